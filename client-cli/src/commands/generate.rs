@@ -1,0 +1,479 @@
+//! `easel generate PROMPT …`: send one job, follow its events, write its images.
+//!
+//! Images are written as the daemon sends them (their PNG bytes already carry the metadata)
+//! with an atomic rename, and each written path is printed on stdout as soon as it exists.
+//! With `--json`, stdout carries one JSON object per event instead (see `easel_client::events`).
+//! Ctrl-C ends the process; the daemon sees the stream drop and cancels the job.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Args;
+use easel_client::events;
+use easel_client::output::{self, OutputTarget};
+use easel_client::pb::generate_event::Event;
+use easel_client::{GenerateOptions, npy, resolve_model};
+
+use super::progress::Display;
+use super::{Global, Interrupted, UsageError};
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// What to draw
+    pub prompt: String,
+
+    /// An installed model's name, or a model folder [default: the daemon's default model]
+    #[arg(long, value_name = "NAME|DIR")]
+    pub model: Option<String>,
+
+    /// What to steer away from
+    #[arg(long, value_name = "TEXT")]
+    pub negative: Option<String>,
+
+    /// Denoising steps [default: 20]
+    #[arg(long, value_name = "N")]
+    pub steps: Option<u32>,
+
+    /// Classifier-free guidance scale; 1 or less turns guidance off [default: 7.5]
+    #[arg(long, value_name = "X")]
+    pub cfg: Option<f32>,
+
+    /// euler, euler_a, ddim, pndm, dpmpp_2m, dpmpp_2m_karras, lcm or heun [default: the model's]
+    #[arg(long, value_name = "NAME")]
+    pub sampler: Option<String>,
+
+    /// Image width in pixels, a multiple of 8 [default: the model's]
+    #[arg(long, value_name = "W")]
+    pub width: Option<u32>,
+
+    /// Image height in pixels, a multiple of 8 [default: the model's]
+    #[arg(long, value_name = "H")]
+    pub height: Option<u32>,
+
+    /// Seed of the first image; image i uses seed + i [default: random]
+    #[arg(long, value_name = "S")]
+    pub seed: Option<u64>,
+
+    /// Number of images [default: 1]
+    #[arg(long, value_name = "N")]
+    pub count: Option<u32>,
+
+    /// Initial noise (unit variance, shape [1, 4, H/8, W/8]) from a NumPy .npy file
+    #[arg(long, value_name = "FILE.npy")]
+    pub init_noise: Option<PathBuf>,
+
+    /// Start from this image (img2img; not available yet)
+    #[arg(long, value_name = "FILE")]
+    pub init_image: Option<PathBuf>,
+
+    /// How much of --init-image to repaint, 0 to 1 (not available yet)
+    #[arg(long, value_name = "X")]
+    pub strength: Option<f32>,
+
+    /// Repaint only where this mask is white (inpainting; not available yet)
+    #[arg(long, value_name = "FILE")]
+    pub mask: Option<PathBuf>,
+
+    /// A file (later images: NAME-1.png, NAME-2.png…) or a folder (easel-SEED.png)
+    /// [default: ./easel-SEED.png]
+    #[arg(short, long, value_name = "FILE.png|DIR")]
+    pub output: Option<PathBuf>,
+
+    /// Write a preview of every step to DIR/step-NNN.png (imageI-step-NNN.png for several images)
+    #[arg(long, value_name = "DIR")]
+    pub previews: Option<PathBuf>,
+
+    /// How long the model stays loaded afterwards, e.g. 5m, 30s, 0, -1 (forever) [default: 5m]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub keep_alive: Option<String>,
+
+    /// Print one JSON object per event on stdout (and nothing else)
+    #[arg(long)]
+    pub json: bool,
+
+    /// Show no progress on stderr
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+impl GenerateArgs {
+    /// Checks what needs no daemon and builds the options (reads --init-noise).
+    pub fn options(&self) -> anyhow::Result<GenerateOptions> {
+        if self.init_image.is_some() || self.strength.is_some() || self.mask.is_some() {
+            return Err(UsageError(
+                "img2img/inpainting is not available yet; --init-image, --strength and --mask will work in a later release"
+                    .into(),
+            )
+            .into());
+        }
+        if self.count == Some(0) {
+            return Err(UsageError("--count must be at least 1".into()).into());
+        }
+        let model = self
+            .model
+            .as_deref()
+            .map(resolve_model)
+            .transpose()
+            .context("invalid --model")?;
+        let init_noise = self
+            .init_noise
+            .as_deref()
+            .map(npy::read)
+            .transpose()
+            .context("cannot use --init-noise")?;
+        Ok(GenerateOptions {
+            prompt: self.prompt.clone(),
+            model,
+            negative_prompt: self.negative.clone(),
+            steps: self.steps,
+            guidance_scale: self.cfg,
+            sampler: self.sampler.clone(),
+            width: self.width,
+            height: self.height,
+            seed: self.seed,
+            count: self.count,
+            init_noise,
+            previews: self.previews.is_some(),
+            keep_alive: self.keep_alive.clone(),
+        })
+    }
+}
+
+pub async fn run(global: &Global, args: GenerateArgs) -> anyhow::Result<()> {
+    let options = args.options()?;
+    let request = options.to_request()?;
+    let count = options.image_count();
+    let target = OutputTarget::from_arg(args.output.as_deref());
+    output::ensure_dir(target.dir())?;
+    if let Some(dir) = &args.previews {
+        output::ensure_dir(dir)?;
+    }
+
+    let mut client = super::client(global).await?;
+    let mut display = Display::new(args.json || args.no_progress, count);
+    let mut stream = match client.generate(request).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => {
+            display.abandon();
+            return Err(status.into());
+        }
+    };
+
+    let mut job = Job {
+        json: args.json,
+        target,
+        previews: args.previews.clone(),
+        count,
+        job_id: String::new(),
+    };
+    let mut written = 0usize;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        let message = tokio::select! {
+            _ = &mut ctrl_c => {
+                display.abandon();
+                return Err(Interrupted.into());
+            }
+            message = stream.message() => message,
+        };
+        let event = match message {
+            Ok(Some(message)) => match message.event {
+                Some(event) => event,
+                None => continue,
+            },
+            Ok(None) => {
+                display.abandon();
+                anyhow::bail!(
+                    "the daemon ended job {} before it finished; its log ({}) may say why",
+                    if job.job_id.is_empty() { "?" } else { &job.job_id },
+                    easel_client::log_path(&global.socket).display()
+                );
+            }
+            Err(status) => {
+                display.abandon();
+                return Err(status.into());
+            }
+        };
+        match job.handle(&event, &mut display) {
+            Ok(Handled::Image) => written += 1,
+            Ok(Handled::Finished) => {
+                if let Event::Finished(finished) = &event {
+                    display.finished(finished.timings.as_ref(), written);
+                }
+                return Ok(());
+            }
+            Ok(Handled::Other) => {}
+            Err(error) => {
+                display.abandon();
+                return Err(error);
+            }
+        }
+    }
+}
+
+/// What one event did.
+#[derive(Debug)]
+enum Handled {
+    Image,
+    Finished,
+    Other,
+}
+
+/// The state of a job being followed.
+struct Job {
+    json: bool,
+    target: OutputTarget,
+    previews: Option<PathBuf>,
+    count: u32,
+    job_id: String,
+}
+
+impl Job {
+    fn handle(&mut self, event: &Event, display: &mut Display) -> anyhow::Result<Handled> {
+        if let Some(id) = events::job_id_of(event).filter(|id| !id.is_empty()) {
+            self.job_id = id.to_string();
+        }
+        let mut path: Option<PathBuf> = None;
+        let handled = match event {
+            Event::Queued(queued) => {
+                display.queued(&self.job_id, queued.position);
+                Handled::Other
+            }
+            Event::Started(started) => {
+                display.started(started.load_ms);
+                Handled::Other
+            }
+            Event::Progress(progress) => {
+                if let (Some(dir), false) = (&self.previews, progress.preview_png.is_empty()) {
+                    let file = output::preview_path(dir, progress.image_index, progress.step, self.count);
+                    output::write_atomic(&file, &progress.preview_png)?;
+                    path = Some(file);
+                }
+                display.progress(progress);
+                Handled::Other
+            }
+            Event::Image(image) => {
+                let file = self.target.image_path(image.index, image.seed);
+                output::write_atomic(&file, &image.png)?;
+                if !self.json {
+                    display.suspend(|| print_path(&file))?;
+                }
+                path = Some(file);
+                Handled::Image
+            }
+            Event::Finished(_) => Handled::Finished,
+        };
+        if self.json {
+            let line = events::event_json(event, &self.job_id, path.as_deref());
+            outln!("{line}");
+        }
+        Ok(handled)
+    }
+}
+
+fn print_path(path: &Path) -> Result<(), super::StdoutClosed> {
+    outln!("{}", path.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use easel_client::pb;
+
+    fn parse(args: &[&str]) -> Result<GenerateArgs, clap::Error> {
+        let mut argv = vec!["easel", "generate"];
+        argv.extend(args);
+        match super::super::Cli::try_parse_from(argv)?.command {
+            super::super::Command::Generate(args) => Ok(*args),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn usage_message(error: anyhow::Error) -> String {
+        error.downcast::<UsageError>().expect("a usage error").0
+    }
+
+    #[test]
+    fn only_given_options_are_set() {
+        let request = parse(&["a fox"]).unwrap().options().unwrap().to_request().unwrap();
+        assert_eq!(request.prompt, "a fox");
+        assert_eq!(
+            (request.steps, request.seed, request.count, request.guidance_scale),
+            (None, None, None, None)
+        );
+        let args = parse(&[
+            "a fox",
+            "--steps",
+            "4",
+            "--cfg",
+            "1.5",
+            "--seed",
+            "9",
+            "--count",
+            "2",
+            "--sampler",
+            "ddim",
+            "--width",
+            "64",
+            "--height",
+            "32",
+            "--negative",
+            "blur",
+            "--keep-alive",
+            "-1",
+        ])
+        .unwrap();
+        let request = args.options().unwrap().to_request().unwrap();
+        assert_eq!(
+            (request.steps, request.seed, request.count),
+            (Some(4), Some(9), Some(2))
+        );
+        assert_eq!(request.guidance_scale, Some(1.5));
+        assert_eq!((request.width, request.height), (Some(64), Some(32)));
+        assert_eq!(
+            (request.sampler.as_str(), request.negative_prompt.as_str()),
+            ("ddim", "blur")
+        );
+        assert_eq!(request.keep_alive, "-1");
+    }
+
+    #[test]
+    fn count_zero_is_a_usage_error() {
+        let error = parse(&["p", "--count", "0"]).unwrap().options().unwrap_err();
+        assert_eq!(usage_message(error), "--count must be at least 1");
+    }
+
+    #[test]
+    fn img2img_is_not_available_yet() {
+        for extra in [["--init-image", "a.png"], ["--strength", "0.5"], ["--mask", "m.png"]] {
+            let mut args = vec!["p"];
+            args.extend(extra);
+            let error = parse(&args).unwrap().options().unwrap_err();
+            assert!(usage_message(error).contains("img2img/inpainting is not available yet"));
+        }
+    }
+
+    #[test]
+    fn bad_numbers_are_clap_errors() {
+        assert!(parse(&["p", "--steps", "-3"]).is_err());
+        assert!(parse(&["p", "--seed", "many"]).is_err());
+        assert!(parse(&["p", "--cfg", "x"]).is_err());
+    }
+
+    #[test]
+    fn a_bad_init_noise_file_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let noise = dir.path().join("noise.npy");
+        std::fs::write(&noise, b"garbage").unwrap();
+        let error = parse(&["p", "--init-noise", noise.to_str().unwrap()])
+            .unwrap()
+            .options()
+            .unwrap_err();
+        let message = format!("{error:#}");
+        assert!(
+            message.contains("--init-noise") && message.contains("not an .npy file"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_model_folder_is_sent_as_an_absolute_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = parse(&["p", "--model", dir.path().to_str().unwrap()])
+            .unwrap()
+            .options()
+            .unwrap();
+        assert_eq!(
+            options.model.as_deref().map(Path::new),
+            Some(dir.path().canonicalize().unwrap().as_path())
+        );
+        let error = parse(&["p", "--model", "./no/such/model"])
+            .unwrap()
+            .options()
+            .unwrap_err();
+        assert!(format!("{error:#}").contains("does not exist"));
+    }
+
+    fn job(dir: &Path, json: bool, previews: bool, count: u32) -> Job {
+        Job {
+            json,
+            target: OutputTarget::from_arg(Some(&dir.join("out.png"))),
+            previews: previews.then(|| dir.join("previews")),
+            count,
+            job_id: String::new(),
+        }
+    }
+
+    #[test]
+    fn events_write_images_and_previews() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("previews")).unwrap();
+        let mut job = job(dir.path(), true, true, 2);
+        let mut display = Display::Quiet;
+        let queued = Event::Queued(pb::Queued {
+            job_id: "j7".into(),
+            position: 0,
+        });
+        assert!(matches!(job.handle(&queued, &mut display).unwrap(), Handled::Other));
+        assert_eq!(job.job_id, "j7");
+        let progress = Event::Progress(pb::Progress {
+            step: 2,
+            total: 4,
+            elapsed_ms: 10,
+            preview_png: b"preview".to_vec(),
+            image_index: 1,
+            latent: None,
+        });
+        job.handle(&progress, &mut display).unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("previews/image1-step-002.png")).unwrap(),
+            b"preview"
+        );
+        for (index, seed) in [(0u32, 5u64), (1, 6)] {
+            let image = Event::Image(pb::Image {
+                index,
+                png: format!("png {index}").into_bytes(),
+                seed,
+                width: 8,
+                height: 8,
+                parameters: String::new(),
+            });
+            assert!(matches!(job.handle(&image, &mut display).unwrap(), Handled::Image));
+        }
+        assert_eq!(std::fs::read(dir.path().join("out.png")).unwrap(), b"png 0");
+        assert_eq!(std::fs::read(dir.path().join("out-1.png")).unwrap(), b"png 1");
+        let finished = Event::Finished(pb::Finished {
+            job_id: "j7".into(),
+            timings: None,
+        });
+        assert!(matches!(
+            job.handle(&finished, &mut display).unwrap(),
+            Handled::Finished
+        ));
+    }
+
+    #[test]
+    fn an_unwritable_output_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut job = Job {
+            json: false,
+            target: OutputTarget::File(dir.path().join("missing-folder").join("x.png")),
+            previews: None,
+            count: 1,
+            job_id: String::new(),
+        };
+        let image = Event::Image(pb::Image {
+            index: 0,
+            png: vec![1],
+            seed: 1,
+            width: 1,
+            height: 1,
+            parameters: "".into(),
+        });
+        let error = job.handle(&image, &mut Display::Quiet).unwrap_err();
+        assert!(format!("{error:#}").contains("missing-folder/x.png"));
+    }
+}

@@ -1,0 +1,310 @@
+//! The small request/reply commands: `status`, `cancel`, `tokenize`, `models list`.
+//!
+//! `status` and `cancel` never start a daemon (a fresh one has nothing to report or cancel);
+//! `tokenize` and `models list` start one like `generate` does.
+
+use anyhow::Context;
+use clap::Args;
+use easel_client::{ClientError, pb, resolve_model};
+use serde_json::json;
+
+use super::Global;
+
+#[derive(Debug, Args)]
+pub struct TokenizeArgs {
+    /// The prompt to tokenize
+    pub prompt: String,
+
+    /// An installed model's name, or a model folder [default: the daemon's default model]
+    #[arg(long, value_name = "NAME|DIR")]
+    pub model: Option<String>,
+
+    /// Print {"ids":[…],"count":N,"tokens":[…],"truncated":bool}
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Connects without starting a daemon; "not running" gets a message fit for `command`.
+async fn connect_existing(
+    global: &Global,
+    what: &str,
+) -> anyhow::Result<easel_client::EaselClient<easel_client::Channel>> {
+    match easel_client::connect(&global.socket).await {
+        Ok(client) => Ok(client),
+        Err(ClientError::NoDaemon { socket, .. }) => {
+            anyhow::bail!(
+                "easeld is not running on {}{what}; start it with `easel daemon start`",
+                socket.display()
+            )
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+pub async fn status(global: &Global, json: bool) -> anyhow::Result<()> {
+    let mut client = connect_existing(global, "").await?;
+    let status = client.get_status(pb::StatusRequest {}).await?.into_inner();
+    if json {
+        outln!("{}", status_json(&status));
+        return Ok(());
+    }
+    for line in status_lines(&status) {
+        outln!("{line}");
+    }
+    Ok(())
+}
+
+fn status_json(status: &pb::StatusReply) -> serde_json::Value {
+    json!({
+        "version": status.version,
+        "pid": status.pid,
+        "socket": status.socket,
+        "device": status.device,
+        "onnxruntime_library": status.onnxruntime_library,
+        "queued_jobs": status.queued_jobs,
+        "running_jobs": status.running_jobs,
+        "loaded_models": status.loaded_models,
+    })
+}
+
+fn status_lines(status: &pb::StatusReply) -> Vec<String> {
+    let models = if status.loaded_models.is_empty() {
+        "none loaded".to_string()
+    } else {
+        status.loaded_models.join(", ")
+    };
+    vec![
+        format!("easeld {} (pid {})", status.version, status.pid),
+        format!("socket       {}", status.socket),
+        format!("device       {}", status.device),
+        format!("onnxruntime  {}", status.onnxruntime_library),
+        format!(
+            "jobs         {} running, {} queued",
+            status.running_jobs, status.queued_jobs
+        ),
+        format!("models       {models}"),
+    ]
+}
+
+pub async fn cancel(global: &Global, job: &str) -> anyhow::Result<()> {
+    let mut client = connect_existing(global, ", so there is no job to cancel").await?;
+    client
+        .cancel(pb::CancelRequest {
+            job_id: job.to_string(),
+        })
+        .await?;
+    outln!("cancelled job {job}");
+    Ok(())
+}
+
+pub async fn tokenize(global: &Global, args: TokenizeArgs) -> anyhow::Result<()> {
+    let model = args
+        .model
+        .as_deref()
+        .map(resolve_model)
+        .transpose()
+        .context("invalid --model")?;
+    let mut client = super::client(global).await?;
+    let reply = client
+        .tokenize(pb::TokenizeRequest {
+            model: model.unwrap_or_default(),
+            prompt: args.prompt,
+        })
+        .await?
+        .into_inner();
+    if args.json {
+        outln!("{}", tokenize_json(&reply));
+    } else {
+        for line in tokenize_table(&reply) {
+            outln!("{line}");
+        }
+    }
+    Ok(())
+}
+
+fn tokenize_json(reply: &pb::TokenizeReply) -> serde_json::Value {
+    json!({"ids": reply.ids, "count": reply.ids.len(), "tokens": reply.tokens, "truncated": reply.truncated})
+}
+
+fn tokenize_table(reply: &pb::TokenizeReply) -> Vec<String> {
+    let mut lines = vec![format!("{:>5}  {:>7}  token", "#", "id")];
+    for (i, id) in reply.ids.iter().enumerate() {
+        let token = reply.tokens.get(i).map(String::as_str).unwrap_or("");
+        lines.push(format!("{i:>5}  {id:>7}  {token}"));
+    }
+    let mut summary = format!(
+        "{} token{}",
+        reply.ids.len(),
+        if reply.ids.len() == 1 { "" } else { "s" }
+    );
+    if reply.truncated {
+        summary.push_str(" (the prompt was truncated to the text encoder's length; the rest is ignored)");
+    }
+    lines.push(summary);
+    lines
+}
+
+pub async fn models_list(global: &Global, json: bool) -> anyhow::Result<()> {
+    let mut client = super::client(global).await?;
+    let reply = client.list_models(pb::ListModelsRequest {}).await?.into_inner();
+    if json {
+        outln!("{}", models_json(&reply));
+        return Ok(());
+    }
+    if reply.models.is_empty() {
+        outln!(
+            "no models installed (looked in {}); put a model folder there, or run one directly with `easel generate --model DIR`",
+            easel_proto::paths::easel_home().join("models").display()
+        );
+        return Ok(());
+    }
+    for line in models_table(&reply) {
+        outln!("{line}");
+    }
+    Ok(())
+}
+
+fn models_json(reply: &pb::ListModelsReply) -> serde_json::Value {
+    let models: Vec<_> = reply
+        .models
+        .iter()
+        .map(|m| {
+            json!({
+                "name": m.name,
+                "path": m.path,
+                "default_sampler": m.default_sampler,
+                "prediction_type": m.prediction_type,
+                "loaded": m.loaded,
+            })
+        })
+        .collect();
+    json!({ "models": models })
+}
+
+fn models_table(reply: &pb::ListModelsReply) -> Vec<String> {
+    let rows: Vec<[String; 5]> = reply
+        .models
+        .iter()
+        .map(|m| {
+            [
+                m.name.clone(),
+                dash(&m.default_sampler),
+                dash(&m.prediction_type),
+                if m.loaded { "yes" } else { "no" }.to_string(),
+                m.path.clone(),
+            ]
+        })
+        .collect();
+    let header = ["NAME", "SAMPLER", "PREDICTION", "LOADED", "PATH"].map(String::from);
+    let mut widths = header.clone().map(|h| h.chars().count());
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    std::iter::once(&header)
+        .chain(&rows)
+        .map(|row| {
+            let cells: Vec<String> = row
+                .iter()
+                .zip(widths)
+                .enumerate()
+                .map(|(i, (cell, width))| {
+                    if i + 1 == row.len() {
+                        cell.clone()
+                    } else {
+                        format!("{cell:<width$}")
+                    }
+                })
+                .collect();
+            cells.join("  ")
+        })
+        .collect()
+}
+
+fn dash(text: &str) -> String {
+    if text.is_empty() {
+        "-".to_string()
+    } else {
+        text.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokenize_json_shape() {
+        let reply = pb::TokenizeReply {
+            ids: vec![49406, 320, 49407],
+            tokens: vec!["<|startoftext|>".into(), "a</w>".into(), "<|endoftext|>".into()],
+            truncated: false,
+        };
+        assert_eq!(
+            tokenize_json(&reply),
+            json!({"ids": [49406, 320, 49407], "count": 3,
+                   "tokens": ["<|startoftext|>", "a</w>", "<|endoftext|>"], "truncated": false})
+        );
+        let table = tokenize_table(&reply);
+        assert_eq!(table.len(), 5);
+        assert_eq!(table[2], "    1      320  a</w>");
+        assert_eq!(table[4], "3 tokens");
+    }
+
+    #[test]
+    fn tokenize_table_survives_missing_tokens() {
+        let reply = pb::TokenizeReply {
+            ids: vec![1, 2],
+            tokens: vec![],
+            truncated: true,
+        };
+        let table = tokenize_table(&reply);
+        assert!(table[3].starts_with("2 tokens (the prompt was truncated"));
+    }
+
+    #[test]
+    fn models_table_aligns() {
+        let reply = pb::ListModelsReply {
+            models: vec![
+                pb::ModelInfo {
+                    name: "tiny".into(),
+                    path: "/m/tiny".into(),
+                    default_sampler: "pndm".into(),
+                    prediction_type: "epsilon".into(),
+                    loaded: true,
+                },
+                pb::ModelInfo {
+                    name: "a-longer-name".into(),
+                    path: "/m/x".into(),
+                    ..Default::default()
+                },
+            ],
+        };
+        let table = models_table(&reply);
+        assert_eq!(table[0], "NAME           SAMPLER  PREDICTION  LOADED  PATH");
+        assert_eq!(table[1], "tiny           pndm     epsilon     yes     /m/tiny");
+        assert_eq!(table[2], "a-longer-name  -        -           no      /m/x");
+        assert_eq!(models_json(&reply)["models"][0]["loaded"], true);
+    }
+
+    #[test]
+    fn status_shapes() {
+        let status = pb::StatusReply {
+            version: "0.1.0".into(),
+            device: "cpu".into(),
+            queued_jobs: 1,
+            running_jobs: 0,
+            loaded_models: vec![],
+            onnxruntime_library: "/lib/libonnxruntime.so".into(),
+            pid: 42,
+            socket: "/run/easel.sock".into(),
+        };
+        let value = status_json(&status);
+        assert_eq!(value["pid"], 42);
+        assert_eq!(value["loaded_models"], json!([]));
+        let lines = status_lines(&status);
+        assert_eq!(lines[0], "easeld 0.1.0 (pid 42)");
+        assert_eq!(lines[5], "models       none loaded");
+    }
+}

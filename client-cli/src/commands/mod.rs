@@ -1,0 +1,224 @@
+//! The command line's shape (clap) and its dispatch to one module per command group.
+//!
+//! - [`generate`]: `easel generate`, with [`progress`] for the terminal display.
+//! - [`info`]: `easel status`, `cancel`, `tokenize`, `models list`.
+//! - [`daemon`]: `easel serve`, `easel daemon start|stop`.
+//!
+//! Commands return `anyhow::Result`; `main` turns errors into `easel: error: …` and an exit
+//! code ([`UsageError`]: 2, [`Interrupted`]: 130, [`StdoutClosed`]: 141, anything else: 1).
+
+/// `println!` that returns [`StdoutClosed`] from the enclosing function instead of panicking.
+/// (Defined before the modules so that they see it.)
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::commands::write_stdout(format_args!($($arg)*))?
+    };
+}
+
+pub mod daemon;
+pub mod generate;
+pub mod info;
+pub mod progress;
+
+use std::fmt;
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Generate images with Stable Diffusion models on your own machine, through the easeld daemon.
+#[derive(Debug, Parser)]
+#[command(name = "easel", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    /// The daemon's socket [default: $EASEL_SOCKET, else $XDG_RUNTIME_DIR/easel/easeld.sock]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+
+    /// Do not start the daemon when none is running (also: EASEL_NO_AUTOSTART=1)
+    #[arg(long, global = true, env = "EASEL_NO_AUTOSTART", value_parser = clap::builder::FalseyValueParser::new())]
+    pub no_autostart: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate images from a text prompt
+    Generate(Box<generate::GenerateArgs>),
+    /// Show the daemon's version, device, queue and loaded models
+    Status {
+        /// Print one JSON object
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a queued or running job
+    Cancel {
+        /// The job id (printed by `easel generate`, and in its --json events)
+        job: String,
+    },
+    /// Show how a model's tokenizer splits a prompt
+    Tokenize(info::TokenizeArgs),
+    /// Manage models
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+    /// Run the daemon in the foreground
+    Serve,
+    /// Start or stop the background daemon
+    Daemon {
+        #[command(subcommand)]
+        command: DaemonCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// List the installed models
+    #[command(visible_alias = "ls")]
+    List {
+        /// Print one JSON object
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DaemonCommand {
+    /// Start the daemon in the background (nothing to do if one is running)
+    Start,
+    /// Ask the daemon to stop, and wait until it has
+    Stop,
+}
+
+/// Settings every command shares.
+#[derive(Debug, Clone)]
+pub struct Global {
+    pub socket: PathBuf,
+    pub autostart: bool,
+}
+
+impl Global {
+    pub fn from_cli(cli: &Cli) -> Self {
+        Self {
+            socket: cli.socket.clone().unwrap_or_else(easel_proto::paths::socket_path),
+            autostart: !cli.no_autostart,
+        }
+    }
+}
+
+/// A mistake in how the command was called: exit code 2, like clap's own.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// The user pressed Ctrl-C: exit code 130.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted; the job is cancelled")]
+pub struct Interrupted;
+
+/// Standard output was closed (e.g. `easel models list | head -1`): exit quietly.
+#[derive(Debug, thiserror::Error)]
+#[error("standard output is closed")]
+pub struct StdoutClosed;
+
+/// Writes one line to stdout; a closed pipe is [`StdoutClosed`] instead of a panic.
+pub fn write_stdout(line: fmt::Arguments<'_>) -> Result<(), StdoutClosed> {
+    let mut out = std::io::stdout().lock();
+    out.write_fmt(line)
+        .and_then(|_| out.write_all(b"\n"))
+        .and_then(|_| out.flush())
+        .map_err(|_| StdoutClosed)
+}
+
+/// Runs the parsed command. `easel serve` replaces this process and never returns on success.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let global = Global::from_cli(&cli);
+    if let Command::Serve = cli.command {
+        return daemon::serve(&global);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Generate(args) => generate::run(&global, *args).await,
+            Command::Status { json } => info::status(&global, json).await,
+            Command::Cancel { job } => info::cancel(&global, &job).await,
+            Command::Tokenize(args) => info::tokenize(&global, args).await,
+            Command::Models {
+                command: ModelsCommand::List { json },
+            } => info::models_list(&global, json).await,
+            Command::Daemon {
+                command: DaemonCommand::Start,
+            } => daemon::start(&global).await,
+            Command::Daemon {
+                command: DaemonCommand::Stop,
+            } => daemon::stop(&global).await,
+            Command::Serve => daemon::serve(&global),
+        }
+    })
+}
+
+/// Connects, starting the daemon first when none runs and autostart is on (and saying so on
+/// stderr, with the log's path).
+pub async fn client(global: &Global) -> anyhow::Result<easel_client::EaselClient<easel_client::Channel>> {
+    match easel_client::connect(&global.socket).await {
+        Err(error) if error.is_no_daemon() && global.autostart => {
+            let (client, started) = easel_client::start_daemon(&global.socket).await?;
+            eprintln!(
+                "easel: started easeld (pid {}); its log is {}",
+                started.pid,
+                started.log.display()
+            );
+            Ok(client)
+        }
+        other => Ok(other?),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_options_go_anywhere() {
+        let cli = Cli::try_parse_from(["easel", "status", "--socket", "/tmp/x.sock", "--no-autostart"]).unwrap();
+        let global = Global::from_cli(&cli);
+        assert_eq!(global.socket, PathBuf::from("/tmp/x.sock"));
+        assert!(!global.autostart);
+        let cli = Cli::try_parse_from(["easel", "--socket", "/tmp/y.sock", "models", "list", "--json"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Models {
+                command: ModelsCommand::List { json: true }
+            }
+        ));
+        assert_eq!(Global::from_cli(&cli).socket, PathBuf::from("/tmp/y.sock"));
+    }
+
+    #[test]
+    fn subcommands_parse() {
+        assert!(matches!(
+            Cli::try_parse_from(["easel", "daemon", "start"]).unwrap().command,
+            Command::Daemon {
+                command: DaemonCommand::Start
+            }
+        ));
+        assert!(matches!(
+            Cli::try_parse_from(["easel", "serve"]).unwrap().command,
+            Command::Serve
+        ));
+        match Cli::try_parse_from(["easel", "cancel", "job-1"]).unwrap().command {
+            Command::Cancel { job } => assert_eq!(job, "job-1"),
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["easel", "daemon"]).is_err());
+        assert!(Cli::try_parse_from(["easel", "generate"]).is_err());
+    }
+}

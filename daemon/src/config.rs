@@ -1,0 +1,126 @@
+//! Daemon settings: defaults, overridden by the config file, overridden by the environment.
+//!
+//! Every setting and its default is listed in the README. The config file is TOML at
+//! `$EASEL_CONFIG` or the platform's config folder (`~/.config/easel/config.toml`).
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Limits that keep one request from taking the machine down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest width × height accepted.
+    pub max_pixels: u64,
+    pub max_steps: u32,
+    /// Images per request.
+    pub max_count: u32,
+    /// Jobs waiting (not counting the running one) before Generate answers RESOURCE_EXHAUSTED.
+    pub max_queue: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_pixels: 2048 * 2048, max_steps: 500, max_count: 16, max_queue: 16 }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub socket: PathBuf,
+    pub home: PathBuf,
+    /// The ONNX Runtime library named in the config file (the lookup's second place).
+    pub onnxruntime: Option<PathBuf>,
+    /// Intra-op threads per ONNX session; 0: ONNX Runtime's default (one per core).
+    pub threads: usize,
+    pub limits: Limits,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the config file {path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("environment variable {name}={value} is not valid: {message}")]
+    Env { name: &'static str, value: String, message: String },
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    socket: Option<PathBuf>,
+    home: Option<PathBuf>,
+    onnxruntime: Option<PathBuf>,
+    threads: Option<usize>,
+    max_pixels: Option<u64>,
+    max_steps: Option<u32>,
+    max_count: Option<u32>,
+    max_queue: Option<usize>,
+}
+
+impl Config {
+    /// Reads the config file (if any) and the environment.
+    pub fn load() -> Result<Self, ConfigError> {
+        let file = match easel_proto::paths::config_file() {
+            Some(path) if path.is_file() => read_file(&path)?,
+            _ => FileConfig::default(),
+        };
+        let env_socket = std::env::var_os("EASEL_SOCKET").filter(|v| !v.is_empty());
+        let env_home = std::env::var_os("EASEL_HOME").filter(|v| !v.is_empty());
+        let mut limits = Limits::default();
+        limits.max_pixels = env_number("EASEL_MAX_PIXELS")?.or(file.max_pixels).unwrap_or(limits.max_pixels);
+        limits.max_steps = env_number("EASEL_MAX_STEPS")?.or(file.max_steps).unwrap_or(limits.max_steps);
+        limits.max_count = env_number("EASEL_MAX_COUNT")?.or(file.max_count).unwrap_or(limits.max_count);
+        limits.max_queue = env_number("EASEL_MAX_QUEUE")?.or(file.max_queue).unwrap_or(limits.max_queue);
+        Ok(Self {
+            socket: match (env_socket, file.socket) {
+                (Some(env), _) => PathBuf::from(env),
+                (None, Some(file)) => file,
+                (None, None) => easel_proto::paths::socket_path(),
+            },
+            home: match (env_home, file.home) {
+                (Some(env), _) => PathBuf::from(env),
+                (None, Some(file)) => file,
+                (None, None) => easel_proto::paths::easel_home(),
+            },
+            onnxruntime: file.onnxruntime,
+            threads: env_number("EASEL_THREADS")?.or(file.threads).unwrap_or(0),
+            limits,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let bad = |message: String| ConfigError::File { path: path.to_path_buf(), message };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    toml::from_str(&text).map_err(|e| bad(e.to_string()))
+}
+
+fn env_number<T: std::str::FromStr>(name: &'static str) -> Result<Option<T>, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    match std::env::var(name) {
+        Ok(value) if !value.is_empty() => {
+            value.parse().map(Some).map_err(|e: T::Err| ConfigError::Env { name, value, message: e.to_string() })
+        }
+        _ => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_file_parses_and_rejects_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, "max_steps = 50\nthreads = 2\n").unwrap();
+        let parsed = read_file(&path).unwrap();
+        assert_eq!(parsed.max_steps, Some(50));
+        assert_eq!(parsed.threads, Some(2));
+        std::fs::write(&path, "max_stepz = 50\n").unwrap();
+        let err = read_file(&path).err().unwrap().to_string();
+        assert!(err.contains("max_stepz"), "{err}");
+    }
+}

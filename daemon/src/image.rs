@@ -1,0 +1,120 @@
+//! Pictures: decoded tensors to 8-bit RGB, cheap latent previews, and PNG files that carry
+//! their generation parameters the way AUTOMATIC1111 writes them (a `parameters` text chunk
+//! other tools read) plus easel's own JSON chunk.
+
+use crate::model::onnx::HostTensor;
+
+/// Stable Diffusion 1.x latent → RGB factors (rows: latent channels, columns: R, G, B).
+pub const SD1_LATENT_RGB_FACTORS: [[f32; 3]; 4] = [
+    [0.3512, 0.2297, 0.3227],
+    [0.3250, 0.4974, 0.2350],
+    [-0.2829, 0.1762, 0.2721],
+    [-0.2120, -0.2616, -0.7177],
+];
+
+/// An 8-bit RGB picture, row-major, 3 bytes a pixel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RgbImage {
+    pub width: u32,
+    pub height: u32,
+    pub pixels: Vec<u8>,
+}
+
+impl RgbImage {
+    /// From a `[1, 3, H, W]` tensor in −1..1, as diffusers' `(x / 2 + 0.5).clamp(0, 1)` then
+    /// `(x * 255).round()`.
+    pub fn from_nchw_signed(tensor: &HostTensor<f32>) -> Option<Self> {
+        let [1, 3, h, w] = tensor.shape[..] else { return None };
+        Some(Self::from_planes(&tensor.data, w, h, |v| v / 2.0 + 0.5))
+    }
+
+    fn from_planes(data: &[f32], w: usize, h: usize, to_unit: impl Fn(f32) -> f32) -> Self {
+        let plane = w * h;
+        let mut pixels = Vec::with_capacity(plane * 3);
+        for i in 0..plane {
+            for c in 0..3 {
+                let v = to_unit(data[c * plane + i]).clamp(0.0, 1.0);
+                pixels.push((v * 255.0).round() as u8);
+            }
+        }
+        Self { width: w as u32, height: h as u32, pixels }
+    }
+
+    /// PNG bytes with tEXt (or iTXt for non-Latin-1 text) chunks.
+    pub fn to_png(&self, text: &[(&str, &str)]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        {
+            let mut encoder = png::Encoder::new(&mut bytes, self.width, self.height);
+            encoder.set_color(png::ColorType::Rgb);
+            encoder.set_depth(png::BitDepth::Eight);
+            for (key, value) in text {
+                let latin1 = value.chars().all(|c| (c as u32) < 256);
+                // Writing to a Vec cannot fail; a bad keyword is a programming error.
+                if latin1 {
+                    encoder.add_text_chunk(key.to_string(), value.to_string()).expect("valid PNG text keyword");
+                } else {
+                    encoder.add_itxt_chunk(key.to_string(), value.to_string()).expect("valid PNG text keyword");
+                }
+            }
+            let mut writer = encoder.write_header().expect("PNG header to memory");
+            writer.write_image_data(&self.pixels).expect("PNG data to memory");
+        }
+        bytes
+    }
+}
+
+/// The cheap preview: the latent → RGB linear map applied to a latent `[1, 4, h, w]`, at latent
+/// resolution. `None` for latents that do not have SD's 4 channels.
+pub fn approx_preview(latent: &[f32], shape: &[usize]) -> Option<RgbImage> {
+    let [1, 4, h, w] = shape[..] else { return None };
+    let plane = h * w;
+    let mut rgb = vec![0.0f32; 3 * plane];
+    for (channel, factors) in SD1_LATENT_RGB_FACTORS.iter().enumerate() {
+        let source = &latent[channel * plane..(channel + 1) * plane];
+        for (c, factor) in factors.iter().enumerate() {
+            for (out, v) in rgb[c * plane..(c + 1) * plane].iter_mut().zip(source) {
+                *out += factor * v;
+            }
+        }
+    }
+    Some(RgbImage::from_planes(&rgb, w, h, |v| (v + 1.0) / 2.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signed_tensor_maps_to_bytes_like_diffusers() {
+        // One pixel per channel value: -1 → 0, 0 → 128 (127.5 rounds up), 1 → 255, beyond clamps.
+        let t = HostTensor::new(vec![1, 3, 1, 2], vec![-1.0, 0.0, 1.0, 2.0, -3.0, 0.5]);
+        let img = RgbImage::from_nchw_signed(&t).unwrap();
+        assert_eq!((img.width, img.height), (2, 1));
+        assert_eq!(img.pixels, vec![0, 255, 0, 128, 255, 191]);
+    }
+
+    #[test]
+    fn png_round_trips_with_text() {
+        let img = RgbImage { width: 2, height: 2, pixels: (0..12).collect() };
+        let bytes = img.to_png(&[("parameters", "a cat\nSteps: 20"), ("easel", "{\"prompt\":\"café ☕\"}")]);
+        let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+        let mut reader = decoder.read_info().unwrap();
+        let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+        reader.next_frame(&mut buf).unwrap();
+        assert_eq!(&buf[..12], &img.pixels[..]);
+        let info = reader.info();
+        assert_eq!(info.uncompressed_latin1_text[0].text, "a cat\nSteps: 20");
+        assert_eq!(info.utf8_text[0].get_text().unwrap(), "{\"prompt\":\"café ☕\"}");
+    }
+
+    #[test]
+    fn approx_preview_applies_the_factors() {
+        // A latent that is 1 in channel 0 only gives the first row of factors.
+        let mut latent = vec![0.0; 4];
+        latent[0] = 1.0;
+        let img = approx_preview(&latent, &[1, 4, 1, 1]).unwrap();
+        let expect = |f: f32| (((f + 1.0) / 2.0) * 255.0).round() as u8;
+        assert_eq!(img.pixels, vec![expect(0.3512), expect(0.2297), expect(0.3227)]);
+        assert!(approx_preview(&[0.0; 3], &[1, 3, 1, 1]).is_none());
+    }
+}

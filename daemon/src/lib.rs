@@ -1,0 +1,66 @@
+//! `easeld`: the easel daemon as a library, so tests can run it in-process and the binary
+//! stays a thin `main`.
+//!
+//! Code map (see ARCHITECTURE.md for the whole picture):
+//! - [`runtime`]: finding and loading the ONNX Runtime library.
+//! - [`model`]: a model folder (configs, tokenizer) and its ONNX sessions.
+//! - [`sampler`]: the eight samplers, each a twin of a diffusers scheduler.
+//! - [`pipeline`]: the denoising loop (text-to-image).
+//! - [`engine`]: the job queue and the inference worker thread that owns loaded models.
+//! - [`service`]: the gRPC service, the only module that knows proto types.
+//! - [`socket`]: the Unix socket, its lock and the peer check.
+//! - [`config`], [`registry`], [`image`]: settings, model names, pictures.
+
+pub mod config;
+pub mod engine;
+pub mod image;
+pub mod model;
+pub mod pipeline;
+pub mod registry;
+pub mod runtime;
+pub mod sampler;
+pub mod service;
+pub mod socket;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use easel_proto::v1::easel_server::EaselServer;
+use tokio::net::UnixListener;
+use tokio::sync::Notify;
+
+use engine::Engine;
+use service::{DaemonInfo, EaselService};
+
+/// Serves the API on `listener` until `shutdown` completes or a client calls `Shutdown`; then
+/// refuses new work, ends running jobs and returns once open calls have finished.
+pub async fn run(
+    listener: UnixListener,
+    engine: Engine,
+    info: DaemonInfo,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let requested = Arc::new(Notify::new());
+    let service = EaselService::new(engine.clone(), info, requested.clone());
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<EaselServer<EaselService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(easel_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the embedded descriptor sets are valid");
+    let stop = async move {
+        tokio::select! {
+            _ = shutdown => tracing::info!("shutting down (signal)"),
+            _ = requested.notified() => tracing::info!("shutting down (requested)"),
+        }
+        health_reporter.set_not_serving::<EaselServer<EaselService>>().await;
+        engine.shutdown().await;
+    };
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(EaselServer::new(service))
+        .serve_with_incoming_shutdown(socket::OwnerOnly::new(listener), stop)
+        .await
+}

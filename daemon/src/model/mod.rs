@@ -1,0 +1,207 @@
+//! A Stable Diffusion model in optimum's ONNX folder layout: its configs, its tokenizer and
+//! its sub-model sessions.
+//!
+//! [`ModelFolder::open`] reads and checks everything that is cheap (configs, tokenizer, that
+//! each sub-model file exists); [`LoadedModel::load`] opens the ONNX sessions and checks
+//! their inputs and outputs against what the pipeline needs, so a broken or incompatible
+//! model fails at load time with a message that names the part, not halfway through a job.
+
+pub mod onnx;
+pub mod tokenizer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::runtime::OrtRuntime;
+use crate::sampler::{SamplerKind, SchedulerConfig};
+use onnx::{IoSpec, OnnxError, OnnxModel};
+use tokenizer::{ClipTokenizer, TokenizerError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("model folder {path} does not exist; pass a folder exported by optimum (`optimum-cli export onnx --task text-to-image`) or the name of an installed model")]
+    NotFound { path: PathBuf },
+    #[error("model {model} is incomplete: {path} is missing; re-export the model with optimum's ONNX exporter")]
+    MissingPart { model: String, path: PathBuf },
+    #[error("model {model}: cannot read {path}: {message}")]
+    BadConfig { model: String, path: PathBuf, message: String },
+    #[error("model {model}: {source}")]
+    Tokenizer {
+        model: String,
+        #[source]
+        source: TokenizerError,
+    },
+    #[error("model {model}: {source}")]
+    Onnx {
+        model: String,
+        #[source]
+        source: OnnxError,
+    },
+    #[error("model {model} is not compatible: {message}")]
+    Incompatible { model: String, message: String },
+}
+
+/// What diffusers calls `prediction_type`: what the UNet's output means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PredictionType {
+    Epsilon,
+    VPrediction,
+    Sample,
+}
+
+impl PredictionType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PredictionType::Epsilon => "epsilon",
+            PredictionType::VPrediction => "v_prediction",
+            PredictionType::Sample => "sample",
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct VaeConfig {
+    scaling_factor: Option<f64>,
+    block_out_channels: Option<Vec<usize>>,
+    latent_channels: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+struct UnetConfig {
+    sample_size: Option<usize>,
+    in_channels: Option<usize>,
+}
+
+/// Everything about a model that is known without loading its weights.
+#[derive(Debug)]
+pub struct ModelFolder {
+    /// The name users see (the folder name for a folder given by path).
+    pub name: String,
+    pub root: PathBuf,
+    pub scheduler: SchedulerConfig,
+    pub default_sampler: SamplerKind,
+    pub prediction_type: PredictionType,
+    /// The VAE's latent scaling (`scaling_factor`, 0.18215 for SD 1.x).
+    pub scaling_factor: f32,
+    /// Pixels per latent cell along each side: 2^(len(block_out_channels) - 1).
+    pub vae_factor: usize,
+    pub latent_channels: usize,
+    /// The UNet's native latent size, when its config says.
+    pub sample_size: Option<usize>,
+    pub tokenizer: ClipTokenizer,
+}
+
+/// The sub-model files of the layout, relative to the model root.
+pub const TEXT_ENCODER: &str = "text_encoder/model.onnx";
+pub const UNET: &str = "unet/model.onnx";
+pub const VAE_DECODER: &str = "vae_decoder/model.onnx";
+
+impl ModelFolder {
+    pub fn open(name: &str, root: &Path) -> Result<Self, ModelError> {
+        if !root.is_dir() {
+            return Err(ModelError::NotFound { path: root.to_path_buf() });
+        }
+        let model = name.to_string();
+        for part in [TEXT_ENCODER, UNET, VAE_DECODER, "scheduler/scheduler_config.json"] {
+            let path = root.join(part);
+            if !path.is_file() {
+                return Err(ModelError::MissingPart { model, path });
+            }
+        }
+        let scheduler: SchedulerConfig = read_json(&model, &root.join("scheduler/scheduler_config.json"))?;
+        let vae: VaeConfig = read_optional_json(&model, &root.join("vae_decoder/config.json"))?;
+        let unet: UnetConfig = read_optional_json(&model, &root.join("unet/config.json"))?;
+        let prediction_type = match scheduler.prediction_type.as_deref().unwrap_or("epsilon") {
+            "epsilon" => PredictionType::Epsilon,
+            "v_prediction" => PredictionType::VPrediction,
+            "sample" => PredictionType::Sample,
+            other => {
+                return Err(ModelError::Incompatible {
+                    model,
+                    message: format!("scheduler_config.json has prediction_type `{other}`; easel supports epsilon, v_prediction and sample"),
+                });
+            }
+        };
+        let vae_factor = vae.block_out_channels.as_ref().map_or(8, |blocks| 1 << blocks.len().saturating_sub(1));
+        let latent_channels = vae.latent_channels.or(unet.in_channels).unwrap_or(4);
+        let tokenizer = ClipTokenizer::from_dir(&root.join("tokenizer")).map_err(|source| ModelError::Tokenizer { model: model.clone(), source })?;
+        Ok(Self {
+            name: model,
+            root: root.to_path_buf(),
+            default_sampler: crate::sampler::default_for(&scheduler),
+            scheduler,
+            prediction_type,
+            scaling_factor: vae.scaling_factor.unwrap_or(0.18215) as f32,
+            vae_factor,
+            latent_channels,
+            sample_size: unet.sample_size,
+            tokenizer,
+        })
+    }
+
+    /// The picture size the model was trained for: UNet sample size × VAE factor.
+    pub fn native_size(&self) -> u32 {
+        (self.sample_size.unwrap_or(64) * self.vae_factor) as u32
+    }
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(model: &str, path: &Path) -> Result<T, ModelError> {
+    let bad = |message: String| ModelError::BadConfig { model: model.to_string(), path: path.to_path_buf(), message };
+    let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))
+}
+
+fn read_optional_json<T: for<'de> Deserialize<'de> + Default>(model: &str, path: &Path) -> Result<T, ModelError> {
+    if path.is_file() { read_json(model, path) } else { Ok(T::default()) }
+}
+
+/// The UNet's inputs as this export names and types them.
+#[derive(Debug, Clone)]
+pub struct UnetInputs {
+    pub sample: IoSpec,
+    pub timestep: IoSpec,
+    pub encoder_hidden_states: IoSpec,
+}
+
+/// A model with its sessions open: what a worker keeps resident between jobs.
+#[derive(Debug)]
+pub struct LoadedModel {
+    pub folder: Arc<ModelFolder>,
+    pub text_encoder: OnnxModel,
+    pub text_input_ids: IoSpec,
+    pub unet: OnnxModel,
+    pub unet_inputs: UnetInputs,
+    pub vae_decoder: OnnxModel,
+    pub vae_latent: IoSpec,
+}
+
+impl LoadedModel {
+    pub fn load(runtime: &OrtRuntime, folder: Arc<ModelFolder>, threads: usize) -> Result<Self, ModelError> {
+        let model = folder.name.clone();
+        let onnx_err = |source: OnnxError| ModelError::Onnx { model: model.clone(), source };
+        let text_encoder = OnnxModel::load(runtime, "text_encoder", &folder.root.join(TEXT_ENCODER), threads).map_err(onnx_err)?;
+        let unet = OnnxModel::load(runtime, "unet", &folder.root.join(UNET), threads).map_err(onnx_err)?;
+        let vae_decoder = OnnxModel::load(runtime, "vae_decoder", &folder.root.join(VAE_DECODER), threads).map_err(onnx_err)?;
+        let text_input_ids = text_encoder.find_input(&["input_ids"], Some(&[2])).map_err(onnx_err)?;
+        let unet_inputs = UnetInputs {
+            sample: unet.find_input(&["sample"], Some(&[4])).map_err(onnx_err)?,
+            timestep: unet.find_input(&["timestep", "timesteps", "t"], Some(&[0, 1])).map_err(onnx_err)?,
+            encoder_hidden_states: unet.find_input(&["encoder_hidden_states"], Some(&[3])).map_err(onnx_err)?,
+        };
+        let vae_latent = vae_decoder.find_input(&["latent_sample", "latent", "z"], Some(&[4])).map_err(onnx_err)?;
+        let incompatible = |message: String| ModelError::Incompatible { model: model.clone(), message };
+        if unet.inputs.len() > 3 {
+            let extra: Vec<_> = unet.inputs.iter().map(|i| i.name.as_str()).filter(|n| ![&unet_inputs.sample.name, &unet_inputs.timestep.name, &unet_inputs.encoder_hidden_states.name].contains(&&n.to_string())).collect();
+            return Err(incompatible(format!(
+                "the UNet takes inputs easel cannot feed yet ({}); SDXL and LCM-distilled UNets come in a later release",
+                extra.join(", ")
+            )));
+        }
+        if text_encoder.outputs.is_empty() || unet.outputs.is_empty() || vae_decoder.outputs.is_empty() {
+            return Err(incompatible("a sub-model has no outputs".into()));
+        }
+        Ok(Self { folder, text_encoder, text_input_ids, unet, unet_inputs, vae_decoder, vae_latent })
+    }
+}

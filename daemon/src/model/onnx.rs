@@ -1,0 +1,210 @@
+//! One ONNX sub-model (text encoder, UNet, VAE decoder…) in an `ort` session, with its
+//! inputs and outputs read from the session rather than assumed.
+//!
+//! Exports in the wild disagree on dtypes and ranks (int32 or int64 `input_ids`, `timestep` as
+//! a 0-d float, an int64 `[B]` or a float `[B]`, fp16 everywhere in half-precision exports).
+//! The pipeline hands this module plain f32/i64 tensors; [`OnnxModel::run`] converts each one
+//! to whatever the graph declares, and every output back to f32.
+
+use std::path::{Path, PathBuf};
+
+use half::f16;
+use ort::session::Session;
+use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
+
+use crate::runtime::OrtRuntime;
+
+/// Element types easel knows how to feed and read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dtype {
+    F32,
+    F16,
+    I64,
+    I32,
+}
+
+impl std::fmt::Display for Dtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Dtype::F32 => "float32",
+            Dtype::F16 => "float16",
+            Dtype::I64 => "int64",
+            Dtype::I32 => "int32",
+        })
+    }
+}
+
+/// An input or output of a session: name, element type and declared shape (-1 = dynamic).
+#[derive(Debug, Clone)]
+pub struct IoSpec {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<i64>,
+}
+
+impl IoSpec {
+    pub fn rank(&self) -> usize {
+        self.shape.len()
+    }
+}
+
+/// A dense tensor on the host, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensor<T> {
+    pub shape: Vec<usize>,
+    pub data: Vec<T>,
+}
+
+impl<T> HostTensor<T> {
+    pub fn new(shape: Vec<usize>, data: Vec<T>) -> Self {
+        debug_assert_eq!(shape.iter().product::<usize>(), data.len(), "shape {shape:?}");
+        Self { shape, data }
+    }
+}
+
+/// A value for one input, converted to the graph's declared dtype at run time.
+#[derive(Debug, Clone)]
+pub enum Input {
+    Float(HostTensor<f32>),
+    Int(HostTensor<i64>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OnnxError {
+    #[error("cannot load {path}: {source}. The file may be truncated or not an ONNX model; re-export the model")]
+    Load {
+        path: PathBuf,
+        #[source]
+        source: ort::Error,
+    },
+    #[error("{model}: input or output `{name}` has element type {found:?}, which easel does not support (expected float32, float16, int64 or int32)")]
+    UnsupportedType { model: String, name: String, found: String },
+    #[error("{model}: no input matching {wanted} (the model's inputs: {available})")]
+    MissingInput { model: String, wanted: String, available: String },
+    #[error("{model}: {message}")]
+    Incompatible { model: String, message: String },
+    #[error("{model}: inference failed: {source}")]
+    Run {
+        model: String,
+        #[source]
+        source: ort::Error,
+    },
+}
+
+/// A loaded sub-model.
+pub struct OnnxModel {
+    /// "text_encoder", "unet", "vae_decoder"…: used in errors.
+    pub label: String,
+    session: Session,
+    pub inputs: Vec<IoSpec>,
+    pub outputs: Vec<IoSpec>,
+}
+
+impl std::fmt::Debug for OnnxModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnnxModel")
+            .field("label", &self.label)
+            .field("inputs", &self.inputs)
+            .field("outputs", &self.outputs)
+            .finish()
+    }
+}
+
+impl OnnxModel {
+    /// Opens `path` in a session using `threads` intra-op threads (0: ONNX Runtime's default).
+    pub fn load(runtime: &OrtRuntime, label: &str, path: &Path, threads: usize) -> Result<Self, OnnxError> {
+        let load_error = |source: ort::Error| OnnxError::Load { path: path.to_path_buf(), source };
+        let mut builder = Session::builder(&runtime.environment).map_err(load_error)?;
+        if threads > 0 {
+            builder = builder.with_intra_threads(threads).map_err(|e| load_error(e.into()))?;
+        }
+        let session = builder.commit_from_file(path).map_err(load_error)?;
+        let inputs = session
+            .inputs()
+            .iter()
+            .map(|o| io_spec(label, o.name(), o.dtype()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let outputs = session
+            .outputs()
+            .iter()
+            .map(|o| io_spec(label, o.name(), o.dtype()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { label: label.to_string(), session, inputs, outputs })
+    }
+
+    /// The input whose name is one of `names`, else the only input of `rank` not already
+    /// claimed by name. Exports name things alike, but not always.
+    pub fn find_input(&self, names: &[&str], rank: Option<&[usize]>) -> Result<IoSpec, OnnxError> {
+        if let Some(spec) = self.inputs.iter().find(|i| names.contains(&i.name.as_str())) {
+            return Ok(spec.clone());
+        }
+        if let Some(ranks) = rank {
+            let mut by_rank = self.inputs.iter().filter(|i| ranks.contains(&i.rank()));
+            if let (Some(spec), None) = (by_rank.next(), by_rank.next()) {
+                return Ok(spec.clone());
+            }
+        }
+        Err(OnnxError::MissingInput {
+            model: self.label.clone(),
+            wanted: names.join(" or "),
+            available: self.inputs.iter().map(|i| format!("{} {} {:?}", i.name, i.dtype, i.shape)).collect::<Vec<_>>().join(", "),
+        })
+    }
+
+    /// Runs the graph on named inputs and returns every output as f32, in the graph's order.
+    pub fn run(&mut self, inputs: Vec<(&IoSpec, Input)>) -> Result<Vec<HostTensor<f32>>, OnnxError> {
+        let mut values: Vec<(String, DynValue)> = Vec::with_capacity(inputs.len());
+        for (spec, input) in inputs {
+            let value = to_value(spec, input).map_err(|source| OnnxError::Run { model: self.label.clone(), source })?;
+            values.push((spec.name.clone(), value));
+        }
+        let label = self.label.clone();
+        let run_error = |source: ort::Error| OnnxError::Run { model: label.clone(), source };
+        let outputs = self.session.run(values).map_err(run_error)?;
+        let mut result = Vec::with_capacity(outputs.len());
+        for (_, value) in outputs.iter() {
+            result.push(to_host_f32(&value).map_err(run_error)?);
+        }
+        Ok(result)
+    }
+}
+
+fn io_spec(model: &str, name: &str, dtype: &ValueType) -> Result<IoSpec, OnnxError> {
+    let unsupported = || OnnxError::UnsupportedType { model: model.to_string(), name: name.to_string(), found: format!("{dtype:?}") };
+    let ValueType::Tensor { ty, shape, .. } = dtype else {
+        return Err(unsupported());
+    };
+    let dtype = match ty {
+        TensorElementType::Float32 => Dtype::F32,
+        TensorElementType::Float16 => Dtype::F16,
+        TensorElementType::Int64 => Dtype::I64,
+        TensorElementType::Int32 => Dtype::I32,
+        _ => return Err(unsupported()),
+    };
+    Ok(IoSpec { name: name.to_string(), dtype, shape: shape.iter().copied().collect() })
+}
+
+fn to_value(spec: &IoSpec, input: Input) -> ort::Result<DynValue> {
+    let (shape, floats): (Vec<usize>, Vec<f64>) = match input {
+        // Fast paths keep the common case free of copies through f64.
+        Input::Float(t) if spec.dtype == Dtype::F32 => return Ok(Tensor::from_array((t.shape, t.data))?.into_dyn()),
+        Input::Int(t) if spec.dtype == Dtype::I64 => return Ok(Tensor::from_array((t.shape, t.data))?.into_dyn()),
+        Input::Float(t) => (t.shape, t.data.into_iter().map(f64::from).collect()),
+        Input::Int(t) => (t.shape, t.data.into_iter().map(|v| v as f64).collect()),
+    };
+    Ok(match spec.dtype {
+        Dtype::F32 => Tensor::from_array((shape, floats.into_iter().map(|v| v as f32).collect::<Vec<_>>()))?.into_dyn(),
+        Dtype::F16 => Tensor::from_array((shape, floats.into_iter().map(f16::from_f64).collect::<Vec<_>>()))?.into_dyn(),
+        // Integer timesteps truncate like `torch.Tensor.long()` does in the pipelines that feed them.
+        Dtype::I64 => Tensor::from_array((shape, floats.into_iter().map(|v| v as i64).collect::<Vec<_>>()))?.into_dyn(),
+        Dtype::I32 => Tensor::from_array((shape, floats.into_iter().map(|v| v as i32).collect::<Vec<_>>()))?.into_dyn(),
+    })
+}
+
+fn to_host_f32(value: &ort::value::DynValueRef<'_>) -> ort::Result<HostTensor<f32>> {
+    if let Ok((shape, data)) = value.try_extract_tensor::<f32>() {
+        return Ok(HostTensor::new(shape.iter().map(|&d| d as usize).collect(), data.to_vec()));
+    }
+    let (shape, data) = value.try_extract_tensor::<f16>()?;
+    Ok(HostTensor::new(shape.iter().map(|&d| d as usize).collect(), data.iter().map(|v| v.to_f32()).collect()))
+}

@@ -1,0 +1,239 @@
+//! Text-to-image: the denoising loop of Stable Diffusion, written to read like the paper.
+//!
+//! 1. Encode the prompt (and, with guidance, the negative prompt) with the text encoder.
+//! 2. Start from Gaussian noise scaled by the sampler's `init_noise_sigma`.
+//! 3. For each timestep: scale the input, run the UNet on [uncond, cond] as one batch, combine
+//!    them with classifier-free guidance, let the sampler take a step.
+//! 4. Decode the final latent with the VAE.
+//!
+//! It knows nothing of gRPC or jobs: a caller passes a [`Request`], a noise source, a
+//! cancellation check and a progress callback. It runs on a worker thread, never on the
+//! async runtime.
+
+use std::time::{Duration, Instant};
+
+use crate::image::{RgbImage, approx_preview};
+use crate::model::onnx::{HostTensor, Input, OnnxError};
+use crate::model::{LoadedModel, ModelError};
+use crate::sampler::{self, NoiseSource, SamplerError, SamplerKind};
+
+/// What to generate. Sizes are validated by the caller against the model (see `validate`).
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub width: u32,
+    pub height: u32,
+    pub steps: usize,
+    pub guidance_scale: f32,
+    pub sampler: SamplerKind,
+    /// Unit-variance initial noise `[1, C, H/f, W/f]`; drawn from the noise source when absent.
+    pub init_noise: Option<HostTensor<f32>>,
+    pub preview: PreviewSettings,
+}
+
+/// Which intermediate results to report, and how often.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PreviewSettings {
+    pub every_n_steps: u32,
+    pub latents: bool,
+    pub image: PreviewKind,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PreviewKind {
+    #[default]
+    None,
+    /// Latent-to-RGB linear map of the predicted clean latent (latent resolution).
+    Approx,
+    /// VAE decode of the predicted clean latent.
+    Full,
+}
+
+/// One step's report.
+#[derive(Debug)]
+pub struct StepReport {
+    /// 1-based.
+    pub step: usize,
+    pub total: usize,
+    pub elapsed: Duration,
+    pub latent: Option<HostTensor<f32>>,
+    pub preview: Option<RgbImage>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Timings {
+    pub encode: Duration,
+    pub denoise: Duration,
+    pub decode: Duration,
+}
+
+#[derive(Debug)]
+pub struct Output {
+    pub image: RgbImage,
+    pub timings: Timings,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("cancelled")]
+    Cancelled,
+    #[error(transparent)]
+    Sampler(#[from] SamplerError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error(transparent)]
+    Onnx(#[from] OnnxError),
+    #[error("{0}")]
+    Tokenizer(String),
+}
+
+/// Latent shape `[1, C, H/f, W/f]` of a request on `model`.
+pub fn latent_shape(model: &LoadedModel, width: u32, height: u32) -> Vec<usize> {
+    let f = model.folder.vae_factor;
+    vec![1, model.folder.latent_channels, height as usize / f, width as usize / f]
+}
+
+/// Runs one text-to-image generation.
+pub fn generate(
+    model: &mut LoadedModel,
+    request: &Request,
+    noise: &mut dyn NoiseSource,
+    is_cancelled: &dyn Fn() -> bool,
+    on_step: &mut dyn FnMut(StepReport),
+) -> Result<Output, PipelineError> {
+    let mut timings = Timings::default();
+    let started = Instant::now();
+    let guided = request.guidance_scale > 1.0;
+    let cond = encode_prompt(model, &request.prompt)?;
+    let text = if guided {
+        let uncond = encode_prompt(model, &request.negative_prompt)?;
+        concat_batch(&[&uncond, &cond])
+    } else {
+        cond
+    };
+    timings.encode = started.elapsed();
+
+    let denoise_started = Instant::now();
+    let mut scheduler = sampler::build(request.sampler, &model.folder.scheduler, request.steps)?;
+    let shape = latent_shape(model, request.width, request.height);
+    let mut latents = match &request.init_noise {
+        Some(noise) => {
+            if noise.shape != shape {
+                return Err(PipelineError::InvalidRequest(format!(
+                    "init noise has shape {:?}, but a {}x{} picture on this model needs {:?}",
+                    noise.shape, request.width, request.height, shape
+                )));
+            }
+            noise.data.clone()
+        }
+        None => {
+            let mut data = vec![0.0; shape.iter().product()];
+            noise.fill_standard_normal(&mut data);
+            data
+        }
+    };
+    let sigma = scheduler.init_noise_sigma() as f32;
+    latents.iter_mut().for_each(|v| *v *= sigma);
+
+    let timesteps = scheduler.timesteps().to_vec();
+    let total = timesteps.len();
+    let every = request.preview.every_n_steps.max(1) as usize;
+    for (index, &t) in timesteps.iter().enumerate() {
+        if is_cancelled() {
+            return Err(PipelineError::Cancelled);
+        }
+        let mut model_input = latents.clone();
+        scheduler.scale_model_input(&mut model_input, index);
+        let noise_pred = predict_noise(model, &model_input, &shape, t, &text, guided.then_some(request.guidance_scale))?;
+        let output = scheduler.step(&noise_pred, index, &latents, noise);
+        latents = output.prev_sample;
+
+        let step = index + 1;
+        let report_now = step % every == 0 || step == total;
+        let mut report = StepReport { step, total, elapsed: denoise_started.elapsed(), latent: None, preview: None };
+        if report_now && request.preview.latents {
+            report.latent = Some(HostTensor::new(shape.clone(), latents.clone()));
+        }
+        if report_now {
+            report.preview = match request.preview.image {
+                PreviewKind::None => None,
+                PreviewKind::Approx => approx_preview(&output.pred_original_sample, &shape),
+                PreviewKind::Full => Some(decode(model, &output.pred_original_sample, &shape)?),
+            };
+        }
+        on_step(report);
+    }
+    timings.denoise = denoise_started.elapsed();
+
+    let decode_started = Instant::now();
+    let image = decode(model, &latents, &shape)?;
+    timings.decode = decode_started.elapsed();
+    Ok(Output { image, timings })
+}
+
+/// Token ids → the text encoder's last hidden state `[1, 77, D]`.
+fn encode_prompt(model: &mut LoadedModel, prompt: &str) -> Result<HostTensor<f32>, PipelineError> {
+    let ids = model.folder.tokenizer.encode_padded(prompt).map_err(|e| PipelineError::Tokenizer(e.to_string()))?;
+    let input = Input::Int(HostTensor::new(vec![1, ids.len()], ids));
+    let spec = model.text_input_ids.clone();
+    let mut outputs = model.text_encoder.run(vec![(&spec, input)])?;
+    let index = model.text_encoder.outputs.iter().position(|o| o.name == "last_hidden_state").unwrap_or(0);
+    Ok(outputs.swap_remove(index))
+}
+
+/// One UNet evaluation; with `guidance`, on the batch [uncond, cond], combined as
+/// `uncond + guidance · (cond − uncond)`.
+fn predict_noise(
+    model: &mut LoadedModel,
+    sample: &[f32],
+    shape: &[usize],
+    timestep: f64,
+    text: &HostTensor<f32>,
+    guidance: Option<f32>,
+) -> Result<Vec<f32>, PipelineError> {
+    let batch = if guidance.is_some() { 2 } else { 1 };
+    let mut batch_shape = shape.to_vec();
+    batch_shape[0] = batch;
+    let sample = if batch == 2 { [sample, sample].concat() } else { sample.to_vec() };
+    let inputs = &model.unet_inputs;
+    let timestep_shape = if inputs.timestep.rank() == 0 { vec![] } else { vec![batch] };
+    let timestep = HostTensor::new(timestep_shape, vec![timestep as f32; if inputs.timestep.rank() == 0 { 1 } else { batch }]);
+    let (sample_spec, timestep_spec, text_spec) = (inputs.sample.clone(), inputs.timestep.clone(), inputs.encoder_hidden_states.clone());
+    let mut outputs = model.unet.run(vec![
+        (&sample_spec, Input::Float(HostTensor::new(batch_shape, sample))),
+        (&timestep_spec, Input::Float(timestep)),
+        (&text_spec, Input::Float(text.clone())),
+    ])?;
+    let out = outputs.swap_remove(0).data;
+    Ok(match guidance {
+        None => out,
+        Some(scale) => {
+            let (uncond, cond) = out.split_at(out.len() / 2);
+            uncond.iter().zip(cond).map(|(u, c)| u + scale * (c - u)).collect()
+        }
+    })
+}
+
+/// Latent → RGB picture, as diffusers' `(decode(z / scaling_factor) / 2 + 0.5).clamp(0, 1)`.
+fn decode(model: &mut LoadedModel, latents: &[f32], shape: &[usize]) -> Result<RgbImage, PipelineError> {
+    let scale = 1.0 / model.folder.scaling_factor;
+    let scaled: Vec<f32> = latents.iter().map(|v| v * scale).collect();
+    let spec = model.vae_latent.clone();
+    let mut outputs = model.vae_decoder.run(vec![(&spec, Input::Float(HostTensor::new(shape.to_vec(), scaled)))])?;
+    let decoded = outputs.swap_remove(0);
+    RgbImage::from_nchw_signed(&decoded).ok_or_else(|| {
+        PipelineError::Model(ModelError::Incompatible {
+            model: model.folder.name.clone(),
+            message: format!("the VAE decoder returned shape {:?}, expected [1, 3, H, W]", decoded.shape),
+        })
+    })
+}
+
+fn concat_batch(parts: &[&HostTensor<f32>]) -> HostTensor<f32> {
+    let mut shape = parts[0].shape.clone();
+    shape[0] = parts.iter().map(|p| p.shape[0]).sum();
+    HostTensor::new(shape, parts.iter().flat_map(|p| p.data.iter().copied()).collect())
+}

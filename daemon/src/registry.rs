@@ -1,0 +1,75 @@
+//! Model names → model folders, and a cache of opened folders.
+//!
+//! A request names a model either by path (a folder in optimum's layout, run without
+//! installing it) or by name (a folder under `$EASEL_HOME/models/`). Opening a folder reads
+//! its configs and builds its tokenizer; that is cached per path so a warm request costs no
+//! file I/O.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::model::{ModelError, ModelFolder};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("no model named `{name}` (looked in {models_dir}); pass a model folder with --model DIR or install one")]
+    UnknownName { name: String, models_dir: PathBuf },
+    #[error("no model was named and there is no default model yet; pass one with --model NAME|DIR")]
+    NoDefault,
+    #[error(transparent)]
+    Model(#[from] ModelError),
+}
+
+#[derive(Debug)]
+pub struct Registry {
+    models_dir: PathBuf,
+    opened: Mutex<HashMap<PathBuf, Arc<ModelFolder>>>,
+}
+
+impl Registry {
+    pub fn new(home: &Path) -> Self {
+        Self { models_dir: home.join("models"), opened: Mutex::new(HashMap::new()) }
+    }
+
+    /// The folder a model reference points at.
+    pub fn resolve(&self, reference: &str) -> Result<(String, PathBuf), RegistryError> {
+        if reference.is_empty() {
+            return Err(RegistryError::NoDefault);
+        }
+        let as_path = Path::new(reference);
+        if as_path.is_absolute() || reference.starts_with('.') || reference.contains('/') {
+            let name = as_path.file_name().map_or_else(|| reference.to_string(), |n| n.to_string_lossy().into_owned());
+            return Ok((name, as_path.to_path_buf()));
+        }
+        let path = self.models_dir.join(reference);
+        if !path.is_dir() {
+            return Err(RegistryError::UnknownName { name: reference.to_string(), models_dir: self.models_dir.clone() });
+        }
+        Ok((reference.to_string(), path))
+    }
+
+    /// Opens (or returns the cached) folder for a reference. Does blocking file I/O.
+    pub fn open(&self, reference: &str) -> Result<Arc<ModelFolder>, RegistryError> {
+        let (name, path) = self.resolve(reference)?;
+        if let Some(folder) = self.opened.lock().expect("registry lock").get(&path) {
+            return Ok(folder.clone());
+        }
+        let folder = Arc::new(ModelFolder::open(&name, &path)?);
+        self.opened.lock().expect("registry lock").insert(path, folder.clone());
+        Ok(folder)
+    }
+
+    /// Installed models (folders under `$EASEL_HOME/models/`).
+    pub fn installed(&self) -> Vec<(String, PathBuf)> {
+        let mut found: Vec<_> = std::fs::read_dir(&self.models_dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_dir())
+            .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+            .collect();
+        found.sort();
+        found
+    }
+}

@@ -1,0 +1,266 @@
+//! The gRPC face of the daemon: the one module that knows the proto types.
+//!
+//! It turns requests into engine calls and engine events into `GenerateEvent`s, and maps every
+//! error to the status code DESIGN.md assigns it, with a message a person can act on.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use easel_proto::v1 as pb;
+use futures::{Stream, StreamExt};
+use tokio::sync::Notify;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::engine::{Engine, EngineError, GenerateSpec, JobEvent};
+use crate::image::RgbImage;
+use crate::model::ModelError;
+use crate::model::onnx::HostTensor;
+use crate::pipeline::{PreviewKind, PreviewSettings};
+use crate::registry::RegistryError;
+
+/// Facts about the running daemon reported by `GetStatus`.
+#[derive(Debug, Clone)]
+pub struct DaemonInfo {
+    pub device: String,
+    pub onnxruntime_library: String,
+    pub socket: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct EaselService {
+    engine: Engine,
+    info: DaemonInfo,
+    shutdown: Arc<Notify>,
+}
+
+impl EaselService {
+    /// `shutdown` is notified when a client asks the daemon to stop.
+    pub fn new(engine: Engine, info: DaemonInfo, shutdown: Arc<Notify>) -> Self {
+        Self { engine, info, shutdown }
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::GenerateEvent, Status>> + Send>>;
+
+/// Cancels its job when dropped: tonic drops the response stream when the client goes away.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+#[tonic::async_trait]
+impl pb::easel_server::Easel for EaselService {
+    type GenerateStream = EventStream;
+
+    async fn generate(&self, request: Request<pb::GenerateRequest>) -> Result<Response<EventStream>, Status> {
+        let spec = generate_spec(request.into_inner())?;
+        let handle = self.engine.submit(spec).await.map_err(status_of)?;
+        tracing::info!(job = %handle.id, "job queued");
+        let job_id = handle.id.clone();
+        let guard = CancelOnDrop(handle.cancel.clone());
+        let stream = UnboundedReceiverStream::new(handle.events).map(move |event| {
+            let _keep_alive_until_stream_drops = &guard;
+            event_to_proto(&job_id, event)
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn cancel(&self, request: Request<pb::CancelRequest>) -> Result<Response<pb::CancelReply>, Status> {
+        let id = request.into_inner().job_id;
+        if self.engine.cancel(&id) {
+            Ok(Response::new(pb::CancelReply { cancelled: true }))
+        } else {
+            Err(Status::not_found(format!("no queued or running job has id `{id}`")))
+        }
+    }
+
+    async fn tokenize(&self, request: Request<pb::TokenizeRequest>) -> Result<Response<pb::TokenizeReply>, Status> {
+        let request = request.into_inner();
+        let registry = self.engine.registry().clone();
+        let folder = tokio::task::spawn_blocking(move || registry.open(&request.model))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| status_of(EngineError::Registry(e)))?;
+        let tokens = folder.tokenizer.encode(&request.prompt).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(Response::new(pb::TokenizeReply { ids: tokens.ids, tokens: tokens.symbols, truncated: tokens.truncated }))
+    }
+
+    async fn list_models(&self, _: Request<pb::ListModelsRequest>) -> Result<Response<pb::ListModelsReply>, Status> {
+        let registry = self.engine.registry().clone();
+        let loaded = self.engine.status().loaded_models;
+        let models = tokio::task::spawn_blocking(move || {
+            registry
+                .installed()
+                .into_iter()
+                .map(|(name, path)| {
+                    let opened = registry.open(&name).ok();
+                    pb::ModelInfo {
+                        loaded: loaded.contains(&name),
+                        default_sampler: opened.as_ref().map(|f| f.default_sampler.to_string()).unwrap_or_default(),
+                        prediction_type: opened.as_ref().map(|f| f.prediction_type.as_str().to_string()).unwrap_or_default(),
+                        path: path.display().to_string(),
+                        name,
+                    }
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::ListModelsReply { models }))
+    }
+
+    async fn get_status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {
+        let status = self.engine.status();
+        Ok(Response::new(pb::StatusReply {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            device: self.info.device.clone(),
+            queued_jobs: status.queued as u32,
+            running_jobs: status.running as u32,
+            loaded_models: status.loaded_models,
+            onnxruntime_library: self.info.onnxruntime_library.clone(),
+            pid: std::process::id(),
+            socket: self.info.socket.clone(),
+        }))
+    }
+
+    async fn shutdown(&self, _: Request<pb::ShutdownRequest>) -> Result<Response<pb::ShutdownReply>, Status> {
+        tracing::info!("shutdown requested by a client");
+        self.shutdown.notify_one();
+        Ok(Response::new(pb::ShutdownReply {}))
+    }
+}
+
+fn generate_spec(request: pb::GenerateRequest) -> Result<GenerateSpec, Status> {
+    let init_noise = request.init_noise.map(tensor_from_proto).transpose()?;
+    let preview = request.preview.unwrap_or_default();
+    Ok(GenerateSpec {
+        model: request.model,
+        prompt: request.prompt,
+        negative_prompt: request.negative_prompt,
+        width: request.width,
+        height: request.height,
+        steps: request.steps,
+        guidance_scale: request.guidance_scale,
+        sampler: Some(request.sampler).filter(|s| !s.is_empty()),
+        seed: request.seed,
+        count: request.count,
+        init_noise,
+        preview: PreviewSettings {
+            every_n_steps: preview.every_n_steps,
+            latents: preview.stream_latents,
+            image: match pb::PreviewImage::try_from(preview.image).unwrap_or(pb::PreviewImage::None) {
+                pb::PreviewImage::None => PreviewKind::None,
+                pb::PreviewImage::Approx => PreviewKind::Approx,
+                pb::PreviewImage::Full => PreviewKind::Full,
+            },
+        },
+    })
+}
+
+fn tensor_from_proto(tensor: pb::Tensor) -> Result<HostTensor<f32>, Status> {
+    let shape: Vec<usize> = tensor
+        .shape
+        .iter()
+        .map(|&d| usize::try_from(d).map_err(|_| Status::invalid_argument(format!("tensor shape {:?} has a negative dimension", tensor.shape))))
+        .collect::<Result<_, _>>()?;
+    let count: usize = shape.iter().product();
+    let data: Vec<f32> = match pb::Dtype::try_from(tensor.dtype).unwrap_or(pb::Dtype::Unspecified) {
+        pb::Dtype::F32 | pb::Dtype::Unspecified => {
+            if tensor.data.len() != count * 4 {
+                return Err(Status::invalid_argument(format!("f32 tensor of shape {shape:?} needs {} bytes, got {}", count * 4, tensor.data.len())));
+            }
+            tensor.data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+        }
+        pb::Dtype::F16 => {
+            if tensor.data.len() != count * 2 {
+                return Err(Status::invalid_argument(format!("f16 tensor of shape {shape:?} needs {} bytes, got {}", count * 2, tensor.data.len())));
+            }
+            tensor.data.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+        }
+    };
+    Ok(HostTensor::new(shape, data))
+}
+
+fn tensor_to_proto(tensor: &HostTensor<f32>) -> pb::Tensor {
+    pb::Tensor {
+        shape: tensor.shape.iter().map(|&d| d as i64).collect(),
+        dtype: pb::Dtype::F32 as i32,
+        data: tensor.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    }
+}
+
+fn ms(d: std::time::Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+fn event_to_proto(job_id: &str, event: JobEvent) -> Result<pb::GenerateEvent, Status> {
+    use pb::generate_event::Event;
+    let event = match event {
+        JobEvent::Queued { position } => Event::Queued(pb::Queued { job_id: job_id.to_string(), position }),
+        JobEvent::Started { load } => Event::Started(pb::Started { job_id: job_id.to_string(), load_ms: ms(load) }),
+        JobEvent::Progress { image_index, report } => Event::Progress(pb::Progress {
+            step: report.step as u32,
+            total: report.total as u32,
+            elapsed_ms: ms(report.elapsed),
+            latent: report.latent.as_ref().map(tensor_to_proto),
+            preview_png: report.preview.as_ref().map(|p: &RgbImage| p.to_png(&[])).unwrap_or_default(),
+            image_index,
+        }),
+        JobEvent::Image { index, seed, image, parameters, metadata_json } => Event::Image(pb::Image {
+            index,
+            png: image.to_png(&[("parameters", &parameters), ("easel", &metadata_json)]),
+            seed,
+            width: image.width,
+            height: image.height,
+            parameters,
+        }),
+        JobEvent::Finished { timings } => Event::Finished(pb::Finished {
+            job_id: job_id.to_string(),
+            timings: Some(pb::Timings {
+                queue_ms: ms(timings.queue),
+                load_ms: ms(timings.load),
+                encode_ms: ms(timings.encode),
+                denoise_ms: ms(timings.denoise),
+                decode_ms: ms(timings.decode),
+                total_ms: ms(timings.total),
+            }),
+        }),
+        JobEvent::Failed(error) => return Err(status_of(error)),
+    };
+    Ok(pb::GenerateEvent { event: Some(event) })
+}
+
+/// The error's message with its causes, for a status a person reads.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
+}
+
+fn status_of(error: EngineError) -> Status {
+    let message = chain(&error);
+    match &error {
+        EngineError::InvalidArgument(_) => Status::invalid_argument(message),
+        EngineError::Registry(RegistryError::UnknownName { .. } | RegistryError::NoDefault)
+        | EngineError::Registry(RegistryError::Model(ModelError::NotFound { .. }))
+        | EngineError::Model(ModelError::NotFound { .. }) => Status::not_found(message),
+        EngineError::Registry(RegistryError::Model(_)) | EngineError::Model(_) => Status::failed_precondition(message),
+        EngineError::QueueFull(_) => Status::resource_exhausted(message),
+        EngineError::Cancelled => Status::cancelled(message),
+        EngineError::ShuttingDown => Status::unavailable(message),
+        EngineError::Pipeline(_) => Status::internal(message),
+    }
+}

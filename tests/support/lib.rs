@@ -1,0 +1,201 @@
+//! Harness for the end-to-end tests: a real `easeld` on a temp socket with a temp
+//! `EASEL_HOME`, and the real `easel` CLI pointed at it.
+//!
+//! The binaries come from the same target folder as the test executable (`cargo xtask test`
+//! builds them first). ONNX Runtime comes from `ORT_DYLIB_PATH` or `cargo xtask fetch-ort`'s
+//! folder; missing, the tests fail with a message saying how to get it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use easel_proto::v1::easel_client::EaselClient;
+use tonic::transport::Channel;
+
+/// `target/debug` (or whichever profile built the tests).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/debug/deps/e2e-HASH → target/debug
+    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(path.is_file(), "{} is missing: build the binaries first (`cargo build --workspace --bins`, done by `cargo xtask test`)", path.display());
+    path
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+pub fn fixtures() -> PathBuf {
+    repo_root().join("tests/fixtures")
+}
+
+pub fn fixture_model(name: &str) -> PathBuf {
+    fixtures().join("models").join(name)
+}
+
+/// The ONNX Runtime library for the daemon under test.
+pub fn ort_library() -> PathBuf {
+    if let Some(path) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
+        return PathBuf::from(path);
+    }
+    let fetched = repo_root().join("target/onnxruntime/libonnxruntime.so.1.31.1");
+    assert!(fetched.is_file(), "ONNX Runtime is missing: run `cargo xtask fetch-ort` (or set ORT_DYLIB_PATH)");
+    fetched
+}
+
+/// A daemon under test. Dropping it stops the daemon (SIGTERM, then SIGKILL).
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub home: PathBuf,
+    pub child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `easeld` and waits until it answers `GetStatus`.
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("run/easeld.sock");
+        let home = dir.path().join("home");
+        let log = dir.path().join("easeld.log");
+        let mut daemon = Self { dir, socket, home, child: None, log };
+        daemon.spawn(env);
+        daemon.wait_ready();
+        daemon
+    }
+
+    /// Environment for a process that talks to (or is) this daemon.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("EASEL_SOCKET".into(), self.socket.display().to_string()),
+            ("EASEL_HOME".into(), self.home.display().to_string()),
+            ("ORT_DYLIB_PATH".into(), ort_library().display().to_string()),
+            ("EASEL_CONFIG".into(), self.dir.path().join("config.toml").display().to_string()),
+            ("EASEL_DAEMON_BIN".into(), bin("easeld").display().to_string()),
+            ("RUST_LOG".into(), "info".into()),
+        ]
+    }
+
+    pub fn spawn(&mut self, extra: &[(&str, &str)]) {
+        let log = std::fs::File::create(&self.log).expect("daemon log");
+        let child = Command::new(bin("easeld"))
+            .envs(self.env())
+            .envs(extra.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("start easeld");
+        self.child = Some(child);
+    }
+
+    pub fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!("easeld exited early ({status}); log:\n{}", self.log_text());
+            }
+            if self.socket.exists() && self.easel(&["status"]).status.success() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "easeld was not ready within 60 s; log:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs the CLI against this daemon (never auto-starting another).
+    pub fn easel(&self, args: &[&str]) -> Output {
+        self.easel_command(args).output().expect("run easel")
+    }
+
+    pub fn easel_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(bin("easel"));
+        command.envs(self.env()).arg("--no-autostart").args(args).stdin(Stdio::null());
+        command
+    }
+
+    /// A gRPC client on the daemon's socket.
+    pub async fn client(&self) -> EaselClient<Channel> {
+        easel_client::connect(&self.socket).await.expect("connect to the daemon")
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("daemon is running");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for easeld") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("easeld did not stop within 30 s of SIGTERM; log:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.terminate();
+        }
+    }
+}
+
+/// Decodes an RGB PNG: (width, height, pixels).
+pub fn read_png(bytes: &[u8]) -> (u32, u32, Vec<u8>) {
+    let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    let mut reader = decoder.read_info().expect("PNG header");
+    let mut buf = vec![0; reader.output_buffer_size().expect("PNG size")];
+    let info = reader.next_frame(&mut buf).expect("PNG data");
+    buf.truncate(info.buffer_size());
+    (info.width, info.height, buf)
+}
+
+/// The text chunks of a PNG (tEXt and iTXt), as (keyword, text).
+pub fn png_text(bytes: &[u8]) -> Vec<(String, String)> {
+    let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    let mut reader = decoder.read_info().expect("PNG header");
+    let mut buf = vec![0; reader.output_buffer_size().expect("PNG size")];
+    reader.next_frame(&mut buf).expect("PNG data");
+    let info = reader.info();
+    let mut text: Vec<(String, String)> =
+        info.uncompressed_latin1_text.iter().map(|t| (t.keyword.clone(), t.text.clone())).collect();
+    text.extend(info.utf8_text.iter().map(|t| (t.keyword.clone(), t.get_text().unwrap_or_default())));
+    text
+}
+
+/// Mean and max absolute difference of two byte images.
+pub fn diff(a: &[u8], b: &[u8]) -> (f64, u8) {
+    assert_eq!(a.len(), b.len(), "images differ in size");
+    let sum: u64 = a.iter().zip(b).map(|(x, y)| u64::from(x.abs_diff(*y))).sum();
+    let max = a.iter().zip(b).map(|(x, y)| x.abs_diff(*y)).max().unwrap_or(0);
+    (sum as f64 / a.len() as f64, max)
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
