@@ -212,7 +212,7 @@ fn find_daemon_binary(
 /// The daemon runs in its own process group (so the terminal's Ctrl-C does not reach it),
 /// with stdin from `/dev/null` and stdout/stderr appended to [`log_path`]. If it exits before
 /// it answers, the error carries its exit status and the end of its log. If another daemon
-/// won the race for the socket, that one is used.
+/// won the race for the socket, that one is used (and its pid reported).
 pub async fn start_daemon(socket: &Path) -> Result<(EaselClient<Channel>, StartedDaemon), ClientError> {
     let socket = std::path::absolute(socket).map_err(|source| ClientError::Prepare {
         path: socket.to_path_buf(),
@@ -256,12 +256,14 @@ pub async fn start_daemon(socket: &Path) -> Result<(EaselClient<Channel>, Starte
             binary: binary.clone(),
             source,
         })?;
-    let started = StartedDaemon {
+    let mut started = StartedDaemon {
         pid: child.id(),
         binary,
         log,
     };
-    let client = wait_until_ready(&socket, &mut child, &started, log_start).await?;
+    let (client, status) = wait_until_ready(&socket, &mut child, &started, log_start).await?;
+    // When another client's daemon won the race for the socket, report that one.
+    started.pid = status.pid;
     Ok((client, started))
 }
 
@@ -270,15 +272,15 @@ async fn wait_until_ready(
     child: &mut Child,
     started: &StartedDaemon,
     log_start: u64,
-) -> Result<EaselClient<Channel>, ClientError> {
+) -> Result<(EaselClient<Channel>, pb::StatusReply), ClientError> {
     let deadline = Instant::now() + START_TIMEOUT;
     let mut pause = Duration::from_millis(20);
     loop {
         if let Ok(Some(status)) = child.try_wait() {
             // Another client may have started a daemon at the same moment; ours then exits
             // because the socket is taken, and the other one is just as good.
-            if let Some(client) = answering(socket, Duration::from_secs(2)).await {
-                return Ok(client);
+            if let Some(ready) = answering(socket, Duration::from_secs(2)).await {
+                return Ok(ready);
             }
             return Err(ClientError::DaemonExited {
                 status,
@@ -295,20 +297,20 @@ async fn wait_until_ready(
                 waited: START_TIMEOUT,
             });
         }
-        if let Some(client) = answering(socket, left.min(Duration::from_secs(5))).await {
-            return Ok(client);
+        if let Some(ready) = answering(socket, left.min(Duration::from_secs(5))).await {
+            return Ok(ready);
         }
         tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
         pause = (pause * 2).min(Duration::from_millis(200));
     }
 }
 
-/// A client whose daemon answered `GetStatus` within `limit`, if any.
-async fn answering(socket: &Path, limit: Duration) -> Option<EaselClient<Channel>> {
+/// A client whose daemon answered `GetStatus` within `limit`, and its answer, if any.
+async fn answering(socket: &Path, limit: Duration) -> Option<(EaselClient<Channel>, pb::StatusReply)> {
     let attempt = async {
         let mut client = connect(socket).await.ok()?;
-        client.get_status(pb::StatusRequest {}).await.ok()?;
-        Some(client)
+        let status = client.get_status(pb::StatusRequest {}).await.ok()?.into_inner();
+        Some((client, status))
     };
     tokio::time::timeout(limit, attempt).await.ok().flatten()
 }

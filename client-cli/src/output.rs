@@ -102,7 +102,10 @@ impl OutputTarget {
     pub fn dir(&self) -> &Path {
         match self {
             OutputTarget::Dir(dir) => dir,
-            OutputTarget::File(file) => file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")),
+            OutputTarget::File(file) => file
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new(".")),
         }
     }
 
@@ -190,7 +193,10 @@ mod tests {
         std::fs::create_dir(&occupied).unwrap();
         std::fs::write(occupied.join("inside"), b"x").unwrap();
         assert!(write_atomic(&occupied, b"png").is_err());
-        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("taken.png")]);
     }
 

@@ -21,7 +21,12 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_pixels: 2048 * 2048, max_steps: 500, max_count: 16, max_queue: 16 }
+        Self {
+            max_pixels: 2048 * 2048,
+            max_steps: 500,
+            max_count: 16,
+            max_queue: 16,
+        }
     }
 }
 
@@ -41,7 +46,11 @@ pub enum ConfigError {
     #[error("cannot read the config file {path}: {message}")]
     File { path: PathBuf, message: String },
     #[error("environment variable {name}={value} is not valid: {message}")]
-    Env { name: &'static str, value: String, message: String },
+    Env {
+        name: &'static str,
+        value: String,
+        message: String,
+    },
 }
 
 #[derive(Deserialize, Default)]
@@ -67,10 +76,18 @@ impl Config {
         let env_socket = std::env::var_os("EASEL_SOCKET").filter(|v| !v.is_empty());
         let env_home = std::env::var_os("EASEL_HOME").filter(|v| !v.is_empty());
         let mut limits = Limits::default();
-        limits.max_pixels = env_number("EASEL_MAX_PIXELS")?.or(file.max_pixels).unwrap_or(limits.max_pixels);
-        limits.max_steps = env_number("EASEL_MAX_STEPS")?.or(file.max_steps).unwrap_or(limits.max_steps);
-        limits.max_count = env_number("EASEL_MAX_COUNT")?.or(file.max_count).unwrap_or(limits.max_count);
-        limits.max_queue = env_number("EASEL_MAX_QUEUE")?.or(file.max_queue).unwrap_or(limits.max_queue);
+        limits.max_pixels = env_number("EASEL_MAX_PIXELS")?
+            .or(file.max_pixels)
+            .unwrap_or(limits.max_pixels);
+        limits.max_steps = env_number("EASEL_MAX_STEPS")?
+            .or(file.max_steps)
+            .unwrap_or(limits.max_steps);
+        limits.max_count = env_number("EASEL_MAX_COUNT")?
+            .or(file.max_count)
+            .unwrap_or(limits.max_count);
+        limits.max_queue = env_number("EASEL_MAX_QUEUE")?
+            .or(file.max_queue)
+            .unwrap_or(limits.max_queue);
         Ok(Self {
             socket: match (env_socket, file.socket) {
                 (Some(env), _) => PathBuf::from(env),
@@ -90,7 +107,10 @@ impl Config {
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let bad = |message: String| ConfigError::File { path: path.to_path_buf(), message };
+    let bad = |message: String| ConfigError::File {
+        path: path.to_path_buf(),
+        message,
+    };
     let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
     toml::from_str(&text).map_err(|e| bad(e.to_string()))
 }
@@ -100,9 +120,11 @@ where
     T::Err: std::fmt::Display,
 {
     match std::env::var(name) {
-        Ok(value) if !value.is_empty() => {
-            value.parse().map(Some).map_err(|e: T::Err| ConfigError::Env { name, value, message: e.to_string() })
-        }
+        Ok(value) if !value.is_empty() => value.parse().map(Some).map_err(|e: T::Err| ConfigError::Env {
+            name,
+            value,
+            message: e.to_string(),
+        }),
         _ => Ok(None),
     }
 }

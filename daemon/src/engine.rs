@@ -76,11 +76,26 @@ pub enum EngineError {
 /// What a job reports, in order: Queued, Started, Progress*, Image+, Finished (or Failed).
 #[derive(Debug)]
 pub enum JobEvent {
-    Queued { position: u32 },
-    Started { load: Duration },
-    Progress { image_index: u32, report: StepReport },
-    Image { index: u32, seed: u64, image: RgbImage, parameters: String, metadata_json: String },
-    Finished { timings: JobTimings },
+    Queued {
+        position: u32,
+    },
+    Started {
+        load: Duration,
+    },
+    Progress {
+        image_index: u32,
+        report: StepReport,
+    },
+    Image {
+        index: u32,
+        seed: u64,
+        image: RgbImage,
+        parameters: String,
+        metadata_json: String,
+    },
+    Finished {
+        timings: JobTimings,
+    },
     Failed(EngineError),
 }
 
@@ -149,13 +164,29 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// Starts the worker thread.
     pub fn start(runtime: OrtRuntime, registry: Arc<Registry>, limits: Limits, threads: usize) -> Self {
-        let shared = Arc::new(Shared { state: Mutex::new(QueueState::default()), wake: Condvar::new() });
+        let shared = Arc::new(Shared {
+            state: Mutex::new(QueueState::default()),
+            wake: Condvar::new(),
+        });
         let worker_shared = shared.clone();
         let worker = std::thread::Builder::new()
             .name("easeld-worker".into())
-            .spawn(move || Worker { shared: worker_shared, runtime, threads, resident: None }.run())
+            .spawn(move || {
+                Worker {
+                    shared: worker_shared,
+                    runtime,
+                    threads,
+                    resident: None,
+                }
+                .run()
+            })
             .expect("spawn the inference worker thread");
-        Self { shared, registry, limits, worker: Arc::new(Mutex::new(Some(worker))) }
+        Self {
+            shared,
+            registry,
+            limits,
+            worker: Arc::new(Mutex::new(Some(worker))),
+        }
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -182,7 +213,13 @@ impl Engine {
             }
             let position = state.pending.len() as u32 + u32::from(state.running.is_some());
             let _ = tx.send(JobEvent::Queued { position });
-            state.pending.push_back(Job { id: id.clone(), job, cancel: cancel.clone(), events: tx, enqueued: Instant::now() });
+            state.pending.push_back(Job {
+                id: id.clone(),
+                job,
+                cancel: cancel.clone(),
+                events: tx,
+                enqueued: Instant::now(),
+            });
         }
         self.shared.wake.notify_all();
         Ok(JobHandle { id, events: rx, cancel })
@@ -238,7 +275,9 @@ impl Engine {
 fn announce_positions(state: &QueueState) {
     let offset = u32::from(state.running.is_some());
     for (i, job) in state.pending.iter().enumerate() {
-        let _ = job.events.send(JobEvent::Queued { position: i as u32 + offset });
+        let _ = job.events.send(JobEvent::Queued {
+            position: i as u32 + offset,
+        });
     }
 }
 
@@ -247,22 +286,34 @@ pub fn validate(registry: &Registry, limits: &Limits, spec: GenerateSpec) -> Res
     let invalid = |m: String| Err(EngineError::InvalidArgument(m));
     let steps = spec.steps.unwrap_or(DEFAULT_STEPS);
     if steps == 0 || steps > limits.max_steps {
-        return invalid(format!("steps must be between 1 and {} (got {steps})", limits.max_steps));
+        return invalid(format!(
+            "steps must be between 1 and {} (got {steps})",
+            limits.max_steps
+        ));
     }
     let count = spec.count.unwrap_or(1);
     if count == 0 || count > limits.max_count {
-        return invalid(format!("count must be between 1 and {} (got {count})", limits.max_count));
+        return invalid(format!(
+            "count must be between 1 and {} (got {count})",
+            limits.max_count
+        ));
     }
     let guidance_scale = spec.guidance_scale.unwrap_or(DEFAULT_GUIDANCE);
     if !guidance_scale.is_finite() || guidance_scale < 0.0 {
-        return invalid(format!("guidance scale must be 0 or more (got {guidance_scale}); values <= 1 turn guidance off"));
+        return invalid(format!(
+            "guidance scale must be 0 or more (got {guidance_scale}); values <= 1 turn guidance off"
+        ));
     }
     let sampler = match spec.sampler.as_deref().filter(|s| !s.is_empty()) {
         None => None,
         Some(name) => match name.parse::<SamplerKind>() {
             Ok(kind) => Some(kind),
             Err(_) => {
-                let known = SamplerKind::ALL.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(", ");
+                let known = SamplerKind::ALL
+                    .iter()
+                    .map(|k| k.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ");
                 return invalid(format!("unknown sampler `{name}`; choose one of {known}"));
             }
         },
@@ -273,7 +324,9 @@ pub fn validate(registry: &Registry, limits: &Limits, spec: GenerateSpec) -> Res
     let multiple = folder.vae_factor as u32;
     for (what, value) in [("width", width), ("height", height)] {
         if value == 0 || value % multiple != 0 {
-            return invalid(format!("{what} must be a positive multiple of {multiple} for this model (got {value})"));
+            return invalid(format!(
+                "{what} must be a positive multiple of {multiple} for this model (got {value})"
+            ));
         }
     }
     if u64::from(width) * u64::from(height) > limits.max_pixels {
@@ -284,9 +337,17 @@ pub fn validate(registry: &Registry, limits: &Limits, spec: GenerateSpec) -> Res
         ));
     }
     if let Some(noise) = &spec.init_noise {
-        let expected = [1, folder.latent_channels, (height / multiple) as usize, (width / multiple) as usize];
+        let expected = [
+            1,
+            folder.latent_channels,
+            (height / multiple) as usize,
+            (width / multiple) as usize,
+        ];
         if noise.shape != expected {
-            return invalid(format!("init noise has shape {:?}, but {width}x{height} on this model needs {expected:?}", noise.shape));
+            return invalid(format!(
+                "init noise has shape {:?}, but {width}x{height} on this model needs {expected:?}",
+                noise.shape
+            ));
         }
         if noise.data.iter().any(|v| !v.is_finite()) {
             return invalid("init noise contains NaN or infinite values".into());
@@ -294,8 +355,12 @@ pub fn validate(registry: &Registry, limits: &Limits, spec: GenerateSpec) -> Res
     }
     let sampler = sampler.unwrap_or(folder.default_sampler);
     // Build the sampler once here so a config it cannot use fails the request up front.
-    crate::sampler::build(sampler, &folder.scheduler, steps as usize)
-        .map_err(|e| EngineError::Model(ModelError::Incompatible { model: folder.name.clone(), message: e.to_string() }))?;
+    crate::sampler::build(sampler, &folder.scheduler, steps as usize).map_err(|e| {
+        EngineError::Model(ModelError::Incompatible {
+            model: folder.name.clone(),
+            message: e.to_string(),
+        })
+    })?;
     let seed = spec.seed.unwrap_or_else(rand::random);
     Ok(ValidJob {
         request: pipeline::Request {
@@ -365,7 +430,8 @@ impl Worker {
     fn run(mut self) {
         while let Some(job) = self.next_job() {
             let events = job.events.clone();
-            let span = tracing::info_span!("job", id = %job.id, model = %job.job.folder.name, steps = job.job.request.steps);
+            let span =
+                tracing::info_span!("job", id = %job.id, model = %job.job.folder.name, steps = job.job.request.steps);
             let _entered = span.enter();
             let result = self.run_job(&job);
             match result {
@@ -405,7 +471,10 @@ impl Worker {
 
     fn run_job(&mut self, job: &Job) -> Result<JobTimings, EngineError> {
         let started = Instant::now();
-        let mut timings = JobTimings { queue: started - job.enqueued, ..Default::default() };
+        let mut timings = JobTimings {
+            queue: started - job.enqueued,
+            ..Default::default()
+        };
         if job.cancel.load(Ordering::SeqCst) {
             return Err(EngineError::Cancelled);
         }
@@ -418,14 +487,20 @@ impl Worker {
             let seed = job.job.seed.wrapping_add(u64::from(index));
             let mut noise = SeededNoise::new(seed);
             let mut on_step = |report: StepReport| {
-                let _ = job.events.send(JobEvent::Progress { image_index: index, report });
+                let _ = job.events.send(JobEvent::Progress {
+                    image_index: index,
+                    report,
+                });
             };
-            let output = pipeline::generate(model, &job.job.request, &mut noise, &is_cancelled, &mut on_step).map_err(|e| match e {
-                PipelineError::Cancelled => EngineError::Cancelled,
-                PipelineError::Model(m) => EngineError::Model(m),
-                PipelineError::InvalidRequest(m) => EngineError::InvalidArgument(m),
-                other => EngineError::Pipeline(other),
-            })?;
+            let output =
+                pipeline::generate(model, &job.job.request, &mut noise, &is_cancelled, &mut on_step).map_err(|e| {
+                    match e {
+                        PipelineError::Cancelled => EngineError::Cancelled,
+                        PipelineError::Model(m) => EngineError::Model(m),
+                        PipelineError::InvalidRequest(m) => EngineError::InvalidArgument(m),
+                        other => EngineError::Pipeline(other),
+                    }
+                })?;
             timings.encode += output.timings.encode;
             timings.denoise += output.timings.denoise;
             timings.decode += output.timings.decode;

@@ -37,7 +37,11 @@ impl RgbImage {
                 pixels.push((v * 255.0).round() as u8);
             }
         }
-        Self { width: w as u32, height: h as u32, pixels }
+        Self {
+            width: w as u32,
+            height: h as u32,
+            pixels,
+        }
     }
 
     /// PNG bytes with tEXt (or iTXt for non-Latin-1 text) chunks.
@@ -51,9 +55,13 @@ impl RgbImage {
                 let latin1 = value.chars().all(|c| (c as u32) < 256);
                 // Writing to a Vec cannot fail; a bad keyword is a programming error.
                 if latin1 {
-                    encoder.add_text_chunk(key.to_string(), value.to_string()).expect("valid PNG text keyword");
+                    encoder
+                        .add_text_chunk(key.to_string(), value.to_string())
+                        .expect("valid PNG text keyword");
                 } else {
-                    encoder.add_itxt_chunk(key.to_string(), value.to_string()).expect("valid PNG text keyword");
+                    encoder
+                        .add_itxt_chunk(key.to_string(), value.to_string())
+                        .expect("valid PNG text keyword");
                 }
             }
             let mut writer = encoder.write_header().expect("PNG header to memory");
@@ -95,8 +103,15 @@ mod tests {
 
     #[test]
     fn png_round_trips_with_text() {
-        let img = RgbImage { width: 2, height: 2, pixels: (0..12).collect() };
-        let bytes = img.to_png(&[("parameters", "a cat\nSteps: 20"), ("easel", "{\"prompt\":\"café ☕\"}")]);
+        let img = RgbImage {
+            width: 2,
+            height: 2,
+            pixels: (0..12).collect(),
+        };
+        let bytes = img.to_png(&[
+            ("parameters", "a cat\nSteps: 20"),
+            ("easel", "{\"prompt\":\"café ☕\"}"),
+        ]);
         let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
         let mut reader = decoder.read_info().unwrap();
         let mut buf = vec![0; reader.output_buffer_size().unwrap()];

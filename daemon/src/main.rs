@@ -32,7 +32,7 @@ fn main() {
 fn real_main() -> anyhow::Result<()> {
     let args = Args::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,ort=warn")))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -67,7 +67,9 @@ fn serve(
     let registry = std::sync::Arc::new(Registry::new(&config.home));
     runtime.block_on(async move {
         let engine = Engine::start(ort, registry, config.limits, config.threads);
-        easeld::run(listener, engine, info, shutdown_signal()).await.context("serving the API")
+        easeld::run(listener, engine, info, shutdown_signal())
+            .await
+            .context("serving the API")
     })?;
     drop(bound);
     tracing::info!("easeld stopped");

@@ -147,13 +147,26 @@ pub fn generate(
         }
         let mut model_input = latents.clone();
         scheduler.scale_model_input(&mut model_input, index);
-        let noise_pred = predict_noise(model, &model_input, &shape, t, &text, guided.then_some(request.guidance_scale))?;
+        let noise_pred = predict_noise(
+            model,
+            &model_input,
+            &shape,
+            t,
+            &text,
+            guided.then_some(request.guidance_scale),
+        )?;
         let output = scheduler.step(&noise_pred, index, &latents, noise);
         latents = output.prev_sample;
 
         let step = index + 1;
         let report_now = step % every == 0 || step == total;
-        let mut report = StepReport { step, total, elapsed: denoise_started.elapsed(), latent: None, preview: None };
+        let mut report = StepReport {
+            step,
+            total,
+            elapsed: denoise_started.elapsed(),
+            latent: None,
+            preview: None,
+        };
         if report_now && request.preview.latents {
             report.latent = Some(HostTensor::new(shape.clone(), latents.clone()));
         }
@@ -176,11 +189,20 @@ pub fn generate(
 
 /// Token ids → the text encoder's last hidden state `[1, 77, D]`.
 fn encode_prompt(model: &mut LoadedModel, prompt: &str) -> Result<HostTensor<f32>, PipelineError> {
-    let ids = model.folder.tokenizer.encode_padded(prompt).map_err(|e| PipelineError::Tokenizer(e.to_string()))?;
+    let ids = model
+        .folder
+        .tokenizer
+        .encode_padded(prompt)
+        .map_err(|e| PipelineError::Tokenizer(e.to_string()))?;
     let input = Input::Int(HostTensor::new(vec![1, ids.len()], ids));
     let spec = model.text_input_ids.clone();
     let mut outputs = model.text_encoder.run(vec![(&spec, input)])?;
-    let index = model.text_encoder.outputs.iter().position(|o| o.name == "last_hidden_state").unwrap_or(0);
+    let index = model
+        .text_encoder
+        .outputs
+        .iter()
+        .position(|o| o.name == "last_hidden_state")
+        .unwrap_or(0);
     Ok(outputs.swap_remove(index))
 }
 
@@ -197,11 +219,26 @@ fn predict_noise(
     let batch = if guidance.is_some() { 2 } else { 1 };
     let mut batch_shape = shape.to_vec();
     batch_shape[0] = batch;
-    let sample = if batch == 2 { [sample, sample].concat() } else { sample.to_vec() };
+    let sample = if batch == 2 {
+        [sample, sample].concat()
+    } else {
+        sample.to_vec()
+    };
     let inputs = &model.unet_inputs;
-    let timestep_shape = if inputs.timestep.rank() == 0 { vec![] } else { vec![batch] };
-    let timestep = HostTensor::new(timestep_shape, vec![timestep as f32; if inputs.timestep.rank() == 0 { 1 } else { batch }]);
-    let (sample_spec, timestep_spec, text_spec) = (inputs.sample.clone(), inputs.timestep.clone(), inputs.encoder_hidden_states.clone());
+    let timestep_shape = if inputs.timestep.rank() == 0 {
+        vec![]
+    } else {
+        vec![batch]
+    };
+    let timestep = HostTensor::new(
+        timestep_shape,
+        vec![timestep as f32; if inputs.timestep.rank() == 0 { 1 } else { batch }],
+    );
+    let (sample_spec, timestep_spec, text_spec) = (
+        inputs.sample.clone(),
+        inputs.timestep.clone(),
+        inputs.encoder_hidden_states.clone(),
+    );
     let mut outputs = model.unet.run(vec![
         (&sample_spec, Input::Float(HostTensor::new(batch_shape, sample))),
         (&timestep_spec, Input::Float(timestep)),
@@ -222,12 +259,17 @@ fn decode(model: &mut LoadedModel, latents: &[f32], shape: &[usize]) -> Result<R
     let scale = 1.0 / model.folder.scaling_factor;
     let scaled: Vec<f32> = latents.iter().map(|v| v * scale).collect();
     let spec = model.vae_latent.clone();
-    let mut outputs = model.vae_decoder.run(vec![(&spec, Input::Float(HostTensor::new(shape.to_vec(), scaled)))])?;
+    let mut outputs = model
+        .vae_decoder
+        .run(vec![(&spec, Input::Float(HostTensor::new(shape.to_vec(), scaled)))])?;
     let decoded = outputs.swap_remove(0);
     RgbImage::from_nchw_signed(&decoded).ok_or_else(|| {
         PipelineError::Model(ModelError::Incompatible {
             model: model.folder.name.clone(),
-            message: format!("the VAE decoder returned shape {:?}, expected [1, 3, H, W]", decoded.shape),
+            message: format!(
+                "the VAE decoder returned shape {:?}, expected [1, 3, H, W]",
+                decoded.shape
+            ),
         })
     })
 }

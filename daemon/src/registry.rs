@@ -29,7 +29,10 @@ pub struct Registry {
 
 impl Registry {
     pub fn new(home: &Path) -> Self {
-        Self { models_dir: home.join("models"), opened: Mutex::new(HashMap::new()) }
+        Self {
+            models_dir: home.join("models"),
+            opened: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The folder a model reference points at.
@@ -39,12 +42,17 @@ impl Registry {
         }
         let as_path = Path::new(reference);
         if as_path.is_absolute() || reference.starts_with('.') || reference.contains('/') {
-            let name = as_path.file_name().map_or_else(|| reference.to_string(), |n| n.to_string_lossy().into_owned());
+            let name = as_path
+                .file_name()
+                .map_or_else(|| reference.to_string(), |n| n.to_string_lossy().into_owned());
             return Ok((name, as_path.to_path_buf()));
         }
         let path = self.models_dir.join(reference);
         if !path.is_dir() {
-            return Err(RegistryError::UnknownName { name: reference.to_string(), models_dir: self.models_dir.clone() });
+            return Err(RegistryError::UnknownName {
+                name: reference.to_string(),
+                models_dir: self.models_dir.clone(),
+            });
         }
         Ok((reference.to_string(), path))
     }

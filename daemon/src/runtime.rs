@@ -46,7 +46,10 @@ pub fn candidate_paths(configured: Option<&Path>, easel_home: &Path) -> Vec<Path
     }
     let runtime_dir = easel_home.join("runtime");
     candidates.extend(library_files_in(&runtime_dir));
-    if let Some(exe_dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+    if let Some(exe_dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
         candidates.extend(library_files_in(&exe_dir));
     }
     candidates
@@ -98,15 +101,28 @@ impl std::fmt::Debug for OrtRuntime {
 /// process, so this is called once, at daemon start.
 pub fn load(candidates: &[PathBuf]) -> Result<OrtRuntime, RuntimeError> {
     let Some(path) = candidates.iter().find(|p| p.is_file()) else {
-        let searched = candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+        let searched = candidates
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
         return Err(RuntimeError::NotFound { searched });
     };
-    let builder = ort::init_from(path).map_err(|source| RuntimeError::Load { path: path.clone(), source })?;
+    let builder = ort::init_from(path).map_err(|source| RuntimeError::Load {
+        path: path.clone(),
+        source,
+    })?;
     let environment = builder
         .with_name("easeld")
         .build()
-        .map_err(|source| RuntimeError::Init { path: path.clone(), source })?;
-    Ok(OrtRuntime { environment: Arc::new(environment), library: path.clone() })
+        .map_err(|source| RuntimeError::Init {
+            path: path.clone(),
+            source,
+        })?;
+    Ok(OrtRuntime {
+        environment: Arc::new(environment),
+        library: path.clone(),
+    })
 }
 
 #[cfg(test)]
@@ -130,6 +146,9 @@ mod tests {
         std::fs::create_dir_all(&runtime).unwrap();
         std::fs::write(runtime.join("libonnxruntime.so.1.31.1"), b"").unwrap();
         let candidates = candidate_paths(None, home.path());
-        assert!(candidates.contains(&runtime.join("libonnxruntime.so.1.31.1")), "{candidates:?}");
+        assert!(
+            candidates.contains(&runtime.join("libonnxruntime.so.1.31.1")),
+            "{candidates:?}"
+        );
     }
 }

@@ -86,8 +86,15 @@ impl pb::easel_server::Easel for EaselService {
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| status_of(EngineError::Registry(e)))?;
-        let tokens = folder.tokenizer.encode(&request.prompt).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        Ok(Response::new(pb::TokenizeReply { ids: tokens.ids, tokens: tokens.symbols, truncated: tokens.truncated }))
+        let tokens = folder
+            .tokenizer
+            .encode(&request.prompt)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(Response::new(pb::TokenizeReply {
+            ids: tokens.ids,
+            tokens: tokens.symbols,
+            truncated: tokens.truncated,
+        }))
     }
 
     async fn list_models(&self, _: Request<pb::ListModelsRequest>) -> Result<Response<pb::ListModelsReply>, Status> {
@@ -101,8 +108,14 @@ impl pb::easel_server::Easel for EaselService {
                     let opened = registry.open(&name).ok();
                     pb::ModelInfo {
                         loaded: loaded.contains(&name),
-                        default_sampler: opened.as_ref().map(|f| f.default_sampler.to_string()).unwrap_or_default(),
-                        prediction_type: opened.as_ref().map(|f| f.prediction_type.as_str().to_string()).unwrap_or_default(),
+                        default_sampler: opened
+                            .as_ref()
+                            .map(|f| f.default_sampler.to_string())
+                            .unwrap_or_default(),
+                        prediction_type: opened
+                            .as_ref()
+                            .map(|f| f.prediction_type.as_str().to_string())
+                            .unwrap_or_default(),
                         path: path.display().to_string(),
                         name,
                     }
@@ -166,21 +179,41 @@ fn tensor_from_proto(tensor: pb::Tensor) -> Result<HostTensor<f32>, Status> {
     let shape: Vec<usize> = tensor
         .shape
         .iter()
-        .map(|&d| usize::try_from(d).map_err(|_| Status::invalid_argument(format!("tensor shape {:?} has a negative dimension", tensor.shape))))
+        .map(|&d| {
+            usize::try_from(d).map_err(|_| {
+                Status::invalid_argument(format!("tensor shape {:?} has a negative dimension", tensor.shape))
+            })
+        })
         .collect::<Result<_, _>>()?;
     let count: usize = shape.iter().product();
     let data: Vec<f32> = match pb::Dtype::try_from(tensor.dtype).unwrap_or(pb::Dtype::Unspecified) {
         pb::Dtype::F32 | pb::Dtype::Unspecified => {
             if tensor.data.len() != count * 4 {
-                return Err(Status::invalid_argument(format!("f32 tensor of shape {shape:?} needs {} bytes, got {}", count * 4, tensor.data.len())));
+                return Err(Status::invalid_argument(format!(
+                    "f32 tensor of shape {shape:?} needs {} bytes, got {}",
+                    count * 4,
+                    tensor.data.len()
+                )));
             }
-            tensor.data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+            tensor
+                .data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect()
         }
         pb::Dtype::F16 => {
             if tensor.data.len() != count * 2 {
-                return Err(Status::invalid_argument(format!("f16 tensor of shape {shape:?} needs {} bytes, got {}", count * 2, tensor.data.len())));
+                return Err(Status::invalid_argument(format!(
+                    "f16 tensor of shape {shape:?} needs {} bytes, got {}",
+                    count * 2,
+                    tensor.data.len()
+                )));
             }
-            tensor.data.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+            tensor
+                .data
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect()
         }
     };
     Ok(HostTensor::new(shape, data))
@@ -201,17 +234,33 @@ fn ms(d: std::time::Duration) -> u64 {
 fn event_to_proto(job_id: &str, event: JobEvent) -> Result<pb::GenerateEvent, Status> {
     use pb::generate_event::Event;
     let event = match event {
-        JobEvent::Queued { position } => Event::Queued(pb::Queued { job_id: job_id.to_string(), position }),
-        JobEvent::Started { load } => Event::Started(pb::Started { job_id: job_id.to_string(), load_ms: ms(load) }),
+        JobEvent::Queued { position } => Event::Queued(pb::Queued {
+            job_id: job_id.to_string(),
+            position,
+        }),
+        JobEvent::Started { load } => Event::Started(pb::Started {
+            job_id: job_id.to_string(),
+            load_ms: ms(load),
+        }),
         JobEvent::Progress { image_index, report } => Event::Progress(pb::Progress {
             step: report.step as u32,
             total: report.total as u32,
             elapsed_ms: ms(report.elapsed),
             latent: report.latent.as_ref().map(tensor_to_proto),
-            preview_png: report.preview.as_ref().map(|p: &RgbImage| p.to_png(&[])).unwrap_or_default(),
+            preview_png: report
+                .preview
+                .as_ref()
+                .map(|p: &RgbImage| p.to_png(&[]))
+                .unwrap_or_default(),
             image_index,
         }),
-        JobEvent::Image { index, seed, image, parameters, metadata_json } => Event::Image(pb::Image {
+        JobEvent::Image {
+            index,
+            seed,
+            image,
+            parameters,
+            metadata_json,
+        } => Event::Image(pb::Image {
             index,
             png: image.to_png(&[("parameters", &parameters), ("easel", &metadata_json)]),
             seed,

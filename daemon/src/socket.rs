@@ -20,7 +20,9 @@ use tokio::net::{UnixListener, UnixStream};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SocketError {
-    #[error("another easeld is already serving on {socket}{pid}; stop it with `easel daemon stop` or choose another socket with EASEL_SOCKET")]
+    #[error(
+        "another easeld is already serving on {socket}{pid}; stop it with `easel daemon stop` or choose another socket with EASEL_SOCKET"
+    )]
     AlreadyRunning { socket: PathBuf, pid: String },
     #[error("cannot prepare the socket folder {path}: {source}")]
     Folder {
@@ -53,13 +55,19 @@ impl Drop for BoundSocket {
 
 /// Takes the lock, cleans a stale socket and binds `path`.
 pub fn bind(path: &Path) -> Result<(BoundSocket, UnixListener), SocketError> {
-    let folder = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let folder = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     if !folder.exists() {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(folder)
-            .map_err(|source| SocketError::Folder { path: folder.to_path_buf(), source })?;
+            .map_err(|source| SocketError::Folder {
+                path: folder.to_path_buf(),
+                source,
+            })?;
     }
     let lock_path = PathBuf::from(format!("{}.lock", path.display()));
     let lock_file = OpenOptions::new()
@@ -68,26 +76,52 @@ pub fn bind(path: &Path) -> Result<(BoundSocket, UnixListener), SocketError> {
         .create(true)
         .truncate(false)
         .open(&lock_path)
-        .map_err(|source| SocketError::Folder { path: lock_path.clone(), source })?;
+        .map_err(|source| SocketError::Folder {
+            path: lock_path.clone(),
+            source,
+        })?;
     let mut lock = match Flock::lock(lock_file, FlockArg::LockExclusiveNonblock) {
         Ok(lock) => lock,
         Err((_, _)) => {
-            let pid = std::fs::read_to_string(&lock_path).ok().map(|p| p.trim().to_string()).filter(|p| !p.is_empty());
+            let pid = std::fs::read_to_string(&lock_path)
+                .ok()
+                .map(|p| p.trim().to_string())
+                .filter(|p| !p.is_empty());
             return Err(SocketError::AlreadyRunning {
                 socket: path.to_path_buf(),
                 pid: pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
             });
         }
     };
-    lock.set_len(0).and_then(|_| write!(lock, "{}", std::process::id())).map_err(|source| SocketError::Folder { path: lock_path.clone(), source })?;
+    lock.set_len(0)
+        .and_then(|_| write!(lock, "{}", std::process::id()))
+        .map_err(|source| SocketError::Folder {
+            path: lock_path.clone(),
+            source,
+        })?;
     // We hold the lock, so any socket file here belongs to a daemon that died.
     if path.exists() {
-        std::fs::remove_file(path).map_err(|source| SocketError::Bind { path: path.to_path_buf(), source })?;
+        std::fs::remove_file(path).map_err(|source| SocketError::Bind {
+            path: path.to_path_buf(),
+            source,
+        })?;
     }
-    let listener = UnixListener::bind(path).map_err(|source| SocketError::Bind { path: path.to_path_buf(), source })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|source| SocketError::Bind { path: path.to_path_buf(), source })?;
-    Ok((BoundSocket { path: path.to_path_buf(), lock_path, _lock: lock }, listener))
+    let listener = UnixListener::bind(path).map_err(|source| SocketError::Bind {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| SocketError::Bind {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok((
+        BoundSocket {
+            path: path.to_path_buf(),
+            lock_path,
+            _lock: lock,
+        },
+        listener,
+    ))
 }
 
 /// Accepted connections from our own uid; others are closed and logged.
@@ -98,7 +132,10 @@ pub struct OwnerOnly {
 
 impl OwnerOnly {
     pub fn new(listener: UnixListener) -> Self {
-        Self { listener, uid: nix::unistd::geteuid().as_raw() }
+        Self {
+            listener,
+            uid: nix::unistd::geteuid().as_raw(),
+        }
     }
 }
 

@@ -40,7 +40,10 @@ fn fixtures() -> PathBuf {
 /// nothing.
 fn runtime() -> easeld::runtime::OrtRuntime {
     let fetched = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/onnxruntime/libonnxruntime.so.1.31.1");
-    let mut candidates: Vec<PathBuf> = std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from).into_iter().collect();
+    let mut candidates: Vec<PathBuf> = std::env::var_os("ORT_DYLIB_PATH")
+        .map(PathBuf::from)
+        .into_iter()
+        .collect();
     candidates.push(fetched);
     easeld::runtime::load(&candidates).expect("ONNX Runtime for the tests (run `cargo xtask fetch-ort`)")
 }
@@ -78,7 +81,8 @@ fn npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
 #[test]
 fn every_reference_case_matches_diffusers() {
     let runtime = runtime();
-    let cases: Vec<Case> = serde_json::from_slice(&std::fs::read(fixtures().join("references/manifest.json")).unwrap()).unwrap();
+    let cases: Vec<Case> =
+        serde_json::from_slice(&std::fs::read(fixtures().join("references/manifest.json")).unwrap()).unwrap();
     assert!(cases.len() >= 30, "the manifest lost cases");
     let mut models: HashMap<String, LoadedModel> = HashMap::new();
     let mut failures = Vec::new();
@@ -104,14 +108,29 @@ fn every_reference_case_matches_diffusers() {
             preview: PreviewSettings::default(),
         };
         let mut replay = Replay {
-            data: case.step_noise.as_ref().map(|p| npy(&fixtures().join(p)).1).unwrap_or_default(),
+            data: case
+                .step_noise
+                .as_ref()
+                .map(|p| npy(&fixtures().join(p)).1)
+                .unwrap_or_default(),
             offset: 0,
         };
         let output = pipeline::generate(model, &request, &mut replay, &|| false, &mut |_| {}).unwrap();
-        assert_eq!(replay.offset, replay.data.len(), "{}: the sampler drew less noise than diffusers did", case.name);
+        assert_eq!(
+            replay.offset,
+            replay.data.len(),
+            "{}: the sampler drew less noise than diffusers did",
+            case.name
+        );
         let (w, h, expected) = read_png(&fixtures().join(&case.image));
         assert_eq!((output.image.width, output.image.height), (w, h), "{}", case.name);
-        let diffs: Vec<u32> = output.image.pixels.iter().zip(&expected).map(|(a, b)| u32::from(a.abs_diff(*b))).collect();
+        let diffs: Vec<u32> = output
+            .image
+            .pixels
+            .iter()
+            .zip(&expected)
+            .map(|(a, b)| u32::from(a.abs_diff(*b)))
+            .collect();
         let mean = diffs.iter().sum::<u32>() as f64 / diffs.len() as f64;
         let max = diffs.iter().copied().max().unwrap_or(0);
         println!("{:<32} mean {mean:.3} max {max}", case.name);
@@ -119,6 +138,10 @@ fn every_reference_case_matches_diffusers() {
             failures.push(format!("{}: mean {mean:.3}, max {max}", case.name));
         }
     }
-    assert_eq!(samplers_seen.len(), 8, "every sampler must have a reference case: {samplers_seen:?}");
+    assert_eq!(
+        samplers_seen.len(),
+        8,
+        "every sampler must have a reference case: {samplers_seen:?}"
+    );
     assert!(failures.is_empty(), "cases beyond tolerance:\n{}", failures.join("\n"));
 }

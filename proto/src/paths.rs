@@ -15,7 +15,9 @@ pub fn socket_path() -> PathBuf {
     if let Some(runtime) = std::env::var_os("XDG_RUNTIME_DIR").filter(|p| !p.is_empty()) {
         return PathBuf::from(runtime).join("easel").join("easeld.sock");
     }
-    std::env::temp_dir().join(format!("easel-{}", nix::unistd::geteuid())).join("easeld.sock")
+    std::env::temp_dir()
+        .join(format!("easel-{}", nix::unistd::geteuid()))
+        .join("easeld.sock")
 }
 
 /// The data folder: installed models under `models/`, the ONNX Runtime library under `runtime/`.

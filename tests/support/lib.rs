@@ -21,12 +21,19 @@ pub fn bin_dir() -> PathBuf {
 
 pub fn bin(name: &str) -> PathBuf {
     let path = bin_dir().join(name);
-    assert!(path.is_file(), "{} is missing: build the binaries first (`cargo build --workspace --bins`, done by `cargo xtask test`)", path.display());
+    assert!(
+        path.is_file(),
+        "{} is missing: build the binaries first (`cargo build --workspace --bins`, done by `cargo xtask test`)",
+        path.display()
+    );
     path
 }
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 pub fn fixtures() -> PathBuf {
@@ -43,7 +50,10 @@ pub fn ort_library() -> PathBuf {
         return PathBuf::from(path);
     }
     let fetched = repo_root().join("target/onnxruntime/libonnxruntime.so.1.31.1");
-    assert!(fetched.is_file(), "ONNX Runtime is missing: run `cargo xtask fetch-ort` (or set ORT_DYLIB_PATH)");
+    assert!(
+        fetched.is_file(),
+        "ONNX Runtime is missing: run `cargo xtask fetch-ort` (or set ORT_DYLIB_PATH)"
+    );
     fetched
 }
 
@@ -67,7 +77,13 @@ impl Daemon {
         let socket = dir.path().join("run/easeld.sock");
         let home = dir.path().join("home");
         let log = dir.path().join("easeld.log");
-        let mut daemon = Self { dir, socket, home, child: None, log };
+        let mut daemon = Self {
+            dir,
+            socket,
+            home,
+            child: None,
+            log,
+        };
         daemon.spawn(env);
         daemon.wait_ready();
         daemon
@@ -79,9 +95,14 @@ impl Daemon {
             ("EASEL_SOCKET".into(), self.socket.display().to_string()),
             ("EASEL_HOME".into(), self.home.display().to_string()),
             ("ORT_DYLIB_PATH".into(), ort_library().display().to_string()),
-            ("EASEL_CONFIG".into(), self.dir.path().join("config.toml").display().to_string()),
+            (
+                "EASEL_CONFIG".into(),
+                self.dir.path().join("config.toml").display().to_string(),
+            ),
             ("EASEL_DAEMON_BIN".into(), bin("easeld").display().to_string()),
             ("RUST_LOG".into(), "info".into()),
+            // Tests run side by side on few cores: one ONNX thread per session each.
+            ("EASEL_THREADS".into(), "1".into()),
         ]
     }
 
@@ -109,7 +130,11 @@ impl Daemon {
             if self.socket.exists() && self.easel(&["status"]).status.success() {
                 return;
             }
-            assert!(Instant::now() < deadline, "easeld was not ready within 60 s; log:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "easeld was not ready within 60 s; log:\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -125,13 +150,35 @@ impl Daemon {
 
     pub fn easel_command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(bin("easel"));
-        command.envs(self.env()).arg("--no-autostart").args(args).stdin(Stdio::null());
+        command
+            .envs(self.env())
+            .arg("--no-autostart")
+            .args(args)
+            .stdin(Stdio::null());
         command
     }
 
     /// A gRPC client on the daemon's socket.
     pub async fn client(&self) -> EaselClient<Channel> {
-        easel_client::connect(&self.socket).await.expect("connect to the daemon")
+        easel_client::connect(&self.socket)
+            .await
+            .expect("connect to the daemon")
+    }
+
+    /// A raw channel on the daemon's socket, for the standard services (health, reflection).
+    pub async fn channel(&self) -> Channel {
+        let path = self.socket.clone();
+        tonic::transport::Endpoint::from_static("http://[::]:50051")
+            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                let path = path.clone();
+                async move {
+                    tokio::net::UnixStream::connect(path)
+                        .await
+                        .map(hyper_util::rt::TokioIo::new)
+                }
+            }))
+            .await
+            .expect("connect to the daemon")
     }
 
     /// Sends SIGTERM and waits for the exit status.
@@ -178,9 +225,16 @@ pub fn png_text(bytes: &[u8]) -> Vec<(String, String)> {
     let mut buf = vec![0; reader.output_buffer_size().expect("PNG size")];
     reader.next_frame(&mut buf).expect("PNG data");
     let info = reader.info();
-    let mut text: Vec<(String, String)> =
-        info.uncompressed_latin1_text.iter().map(|t| (t.keyword.clone(), t.text.clone())).collect();
-    text.extend(info.utf8_text.iter().map(|t| (t.keyword.clone(), t.get_text().unwrap_or_default())));
+    let mut text: Vec<(String, String)> = info
+        .uncompressed_latin1_text
+        .iter()
+        .map(|t| (t.keyword.clone(), t.text.clone()))
+        .collect();
+    text.extend(
+        info.utf8_text
+            .iter()
+            .map(|t| (t.keyword.clone(), t.get_text().unwrap_or_default())),
+    );
     text
 }
 

@@ -63,7 +63,10 @@ fn run() -> Result<()> {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace")
+        .to_path_buf()
 }
 
 fn easel_home() -> PathBuf {
@@ -108,23 +111,49 @@ fn fetch_ort(root: &Path) -> Result<PathBuf> {
     if !wheel.is_file() || sha256_of(&wheel)? != ORT_WHEEL_SHA256 {
         let python = ["python3", "python"]
             .into_iter()
-            .find(|p| Command::new(p).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success()))
+            .find(|p| {
+                Command::new(p)
+                    .arg("--version")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            })
             .context("Python 3 with pip is needed to fetch the ONNX Runtime wheel; install python3 and pip")?;
         let mut pip = Command::new(python);
-        pip.args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version", "3.11"])
-            .args(["--implementation", "cp", "--platform", "manylinux_2_28_x86_64", "--dest"])
-            .arg(&cache)
-            .arg(format!("onnxruntime=={ORT_VERSION}"));
+        pip.args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--python-version",
+            "3.11",
+        ])
+        .args([
+            "--implementation",
+            "cp",
+            "--platform",
+            "manylinux_2_28_x86_64",
+            "--dest",
+        ])
+        .arg(&cache)
+        .arg(format!("onnxruntime=={ORT_VERSION}"));
         status(pip, &format!("pip download onnxruntime=={ORT_VERSION}"))?;
     }
     let digest = sha256_of(&wheel)?;
     if digest != ORT_WHEEL_SHA256 {
         std::fs::remove_file(&wheel).ok();
-        bail!("{} has sha256 {digest}, expected {ORT_WHEEL_SHA256}; the download was corrupted or tampered with, run again", wheel.display());
+        bail!(
+            "{} has sha256 {digest}, expected {ORT_WHEEL_SHA256}; the download was corrupted or tampered with, run again",
+            wheel.display()
+        );
     }
     let file = std::fs::File::open(&wheel)?;
     let mut archive = zip::ZipArchive::new(file).context("reading the wheel")?;
-    let mut entry = archive.by_name(ORT_LIBRARY_IN_WHEEL).with_context(|| format!("{ORT_LIBRARY_IN_WHEEL} is not in the wheel"))?;
+    let mut entry = archive
+        .by_name(ORT_LIBRARY_IN_WHEEL)
+        .with_context(|| format!("{ORT_LIBRARY_IN_WHEEL} is not in the wheel"))?;
     let mut bytes = Vec::new();
     entry.read_to_end(&mut bytes)?;
     std::fs::create_dir_all(&out_dir)?;
@@ -146,28 +175,38 @@ fn test(root: &Path) -> Result<()> {
     fmt.current_dir(root).args(["fmt", "--all", "--check"]);
     status(fmt, "cargo fmt --check")?;
     let mut clippy = cargo();
-    clippy.current_dir(root).args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]);
+    clippy
+        .current_dir(root)
+        .args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]);
     status(clippy, "cargo clippy")?;
     // The end-to-end tests run the real binaries: build them first.
     let mut build = cargo();
     build.current_dir(root).args(["build", "--workspace", "--bins"]);
     status(build, "cargo build --bins")?;
     let mut tests = cargo();
-    tests.current_dir(root).args(["test", "--workspace"]).env("ORT_DYLIB_PATH", &library);
+    tests
+        .current_dir(root)
+        .args(["test", "--workspace"])
+        .env("ORT_DYLIB_PATH", &library);
     status(tests, "cargo test --workspace")
 }
 
 fn demo(root: &Path) -> Result<()> {
     let library = fetch_ort(root)?;
     let mut build = cargo();
-    build.current_dir(root).args(["build", "--release", "-p", "easeld", "-p", "easel"]);
+    build
+        .current_dir(root)
+        .args(["build", "--release", "-p", "easeld", "-p", "easel"]);
     status(build, "cargo build --release")?;
     let bin = root.join("target/release");
     let work = root.join("target/demo");
     std::fs::create_dir_all(&work)?;
     let socket = work.join("easeld.sock");
     let output = work.join("demo.png");
-    let envs = [("ORT_DYLIB_PATH", library.as_os_str()), ("EASEL_SOCKET", socket.as_os_str())];
+    let envs = [
+        ("ORT_DYLIB_PATH", library.as_os_str()),
+        ("EASEL_SOCKET", socket.as_os_str()),
+    ];
 
     let mut daemon = Command::new(bin.join("easeld"));
     daemon.envs(envs).stdin(Stdio::null());
@@ -188,7 +227,12 @@ fn demo(root: &Path) -> Result<()> {
     let mut generate = Command::new(bin.join("easel"));
     generate
         .envs(envs)
-        .args(["--no-autostart", "generate", "a red circle on a blue background", "--model"])
+        .args([
+            "--no-autostart",
+            "generate",
+            "a red circle on a blue background",
+            "--model",
+        ])
         .arg(root.join(DEMO_MODEL))
         .args(["--steps", "20", "--seed", "42", "--output"])
         .arg(&output);

@@ -35,7 +35,8 @@ pub struct GenerateArgs {
     pub steps: Option<u32>,
 
     /// Classifier-free guidance scale; 1 or less turns guidance off [default: 7.5]
-    #[arg(long, value_name = "X")]
+    // Negative values parse so the daemon can say why they are wrong.
+    #[arg(long, value_name = "X", allow_negative_numbers = true)]
     pub cfg: Option<f32>,
 
     /// euler, euler_a, ddim, pndm, dpmpp_2m, dpmpp_2m_karras, lcm or heun [default: the model's]
@@ -58,7 +59,7 @@ pub struct GenerateArgs {
     #[arg(long, value_name = "N")]
     pub count: Option<u32>,
 
-    /// Initial noise (unit variance, shape [1, 4, H/8, W/8]) from a NumPy .npy file
+    /// Initial noise from a NumPy .npy file: unit variance, shape [1, 4, H/8, W/8] for SD models
     #[arg(long, value_name = "FILE.npy")]
     pub init_noise: Option<PathBuf>,
 

@@ -28,13 +28,13 @@ use clap::{Parser, Subcommand};
 
 /// Generate images with Stable Diffusion models on your own machine, through the easeld daemon.
 #[derive(Debug, Parser)]
-#[command(name = "easel", version, propagate_version = true, max_term_width = 100)]
+#[command(name = "easel", version, propagate_version = true)]
 pub struct Cli {
     /// The daemon's socket [default: $EASEL_SOCKET, else $XDG_RUNTIME_DIR/easel/easeld.sock]
     #[arg(long, global = true, value_name = "PATH")]
     pub socket: Option<PathBuf>,
 
-    /// Do not start the daemon when none is running (also: EASEL_NO_AUTOSTART=1)
+    /// Do not start the daemon when none is running
     #[arg(long, global = true, env = "EASEL_NO_AUTOSTART", value_parser = clap::builder::FalseyValueParser::new())]
     pub no_autostart: bool,
 

@@ -21,12 +21,18 @@ use tokenizer::{ClipTokenizer, TokenizerError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("model folder {path} does not exist; pass a folder exported by optimum (`optimum-cli export onnx --task text-to-image`) or the name of an installed model")]
+    #[error(
+        "model folder {path} does not exist; pass a folder exported by optimum (`optimum-cli export onnx --task text-to-image`) or the name of an installed model"
+    )]
     NotFound { path: PathBuf },
     #[error("model {model} is incomplete: {path} is missing; re-export the model with optimum's ONNX exporter")]
     MissingPart { model: String, path: PathBuf },
     #[error("model {model}: cannot read {path}: {message}")]
-    BadConfig { model: String, path: PathBuf, message: String },
+    BadConfig {
+        model: String,
+        path: PathBuf,
+        message: String,
+    },
     #[error("model {model}: {source}")]
     Tokenizer {
         model: String,
@@ -101,7 +107,9 @@ pub const VAE_DECODER: &str = "vae_decoder/model.onnx";
 impl ModelFolder {
     pub fn open(name: &str, root: &Path) -> Result<Self, ModelError> {
         if !root.is_dir() {
-            return Err(ModelError::NotFound { path: root.to_path_buf() });
+            return Err(ModelError::NotFound {
+                path: root.to_path_buf(),
+            });
         }
         let model = name.to_string();
         for part in [TEXT_ENCODER, UNET, VAE_DECODER, "scheduler/scheduler_config.json"] {
@@ -120,13 +128,21 @@ impl ModelFolder {
             other => {
                 return Err(ModelError::Incompatible {
                     model,
-                    message: format!("scheduler_config.json has prediction_type `{other}`; easel supports epsilon, v_prediction and sample"),
+                    message: format!(
+                        "scheduler_config.json has prediction_type `{other}`; easel supports epsilon, v_prediction and sample"
+                    ),
                 });
             }
         };
-        let vae_factor = vae.block_out_channels.as_ref().map_or(8, |blocks| 1 << blocks.len().saturating_sub(1));
+        let vae_factor = vae
+            .block_out_channels
+            .as_ref()
+            .map_or(8, |blocks| 1 << blocks.len().saturating_sub(1));
         let latent_channels = vae.latent_channels.or(unet.in_channels).unwrap_or(4);
-        let tokenizer = ClipTokenizer::from_dir(&root.join("tokenizer")).map_err(|source| ModelError::Tokenizer { model: model.clone(), source })?;
+        let tokenizer = ClipTokenizer::from_dir(&root.join("tokenizer")).map_err(|source| ModelError::Tokenizer {
+            model: model.clone(),
+            source,
+        })?;
         Ok(Self {
             name: model,
             root: root.to_path_buf(),
@@ -148,13 +164,21 @@ impl ModelFolder {
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(model: &str, path: &Path) -> Result<T, ModelError> {
-    let bad = |message: String| ModelError::BadConfig { model: model.to_string(), path: path.to_path_buf(), message };
+    let bad = |message: String| ModelError::BadConfig {
+        model: model.to_string(),
+        path: path.to_path_buf(),
+        message,
+    };
     let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
     serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))
 }
 
 fn read_optional_json<T: for<'de> Deserialize<'de> + Default>(model: &str, path: &Path) -> Result<T, ModelError> {
-    if path.is_file() { read_json(model, path) } else { Ok(T::default()) }
+    if path.is_file() {
+        read_json(model, path)
+    } else {
+        Ok(T::default())
+    }
 }
 
 /// The UNet's inputs as this export names and types them.
@@ -180,20 +204,46 @@ pub struct LoadedModel {
 impl LoadedModel {
     pub fn load(runtime: &OrtRuntime, folder: Arc<ModelFolder>, threads: usize) -> Result<Self, ModelError> {
         let model = folder.name.clone();
-        let onnx_err = |source: OnnxError| ModelError::Onnx { model: model.clone(), source };
-        let text_encoder = OnnxModel::load(runtime, "text_encoder", &folder.root.join(TEXT_ENCODER), threads).map_err(onnx_err)?;
+        let onnx_err = |source: OnnxError| ModelError::Onnx {
+            model: model.clone(),
+            source,
+        };
+        let text_encoder =
+            OnnxModel::load(runtime, "text_encoder", &folder.root.join(TEXT_ENCODER), threads).map_err(onnx_err)?;
         let unet = OnnxModel::load(runtime, "unet", &folder.root.join(UNET), threads).map_err(onnx_err)?;
-        let vae_decoder = OnnxModel::load(runtime, "vae_decoder", &folder.root.join(VAE_DECODER), threads).map_err(onnx_err)?;
+        let vae_decoder =
+            OnnxModel::load(runtime, "vae_decoder", &folder.root.join(VAE_DECODER), threads).map_err(onnx_err)?;
         let text_input_ids = text_encoder.find_input(&["input_ids"], Some(&[2])).map_err(onnx_err)?;
         let unet_inputs = UnetInputs {
             sample: unet.find_input(&["sample"], Some(&[4])).map_err(onnx_err)?,
-            timestep: unet.find_input(&["timestep", "timesteps", "t"], Some(&[0, 1])).map_err(onnx_err)?,
-            encoder_hidden_states: unet.find_input(&["encoder_hidden_states"], Some(&[3])).map_err(onnx_err)?,
+            timestep: unet
+                .find_input(&["timestep", "timesteps", "t"], Some(&[0, 1]))
+                .map_err(onnx_err)?,
+            encoder_hidden_states: unet
+                .find_input(&["encoder_hidden_states"], Some(&[3]))
+                .map_err(onnx_err)?,
         };
-        let vae_latent = vae_decoder.find_input(&["latent_sample", "latent", "z"], Some(&[4])).map_err(onnx_err)?;
-        let incompatible = |message: String| ModelError::Incompatible { model: model.clone(), message };
+        let vae_latent = vae_decoder
+            .find_input(&["latent_sample", "latent", "z"], Some(&[4]))
+            .map_err(onnx_err)?;
+        let incompatible = |message: String| ModelError::Incompatible {
+            model: model.clone(),
+            message,
+        };
         if unet.inputs.len() > 3 {
-            let extra: Vec<_> = unet.inputs.iter().map(|i| i.name.as_str()).filter(|n| ![&unet_inputs.sample.name, &unet_inputs.timestep.name, &unet_inputs.encoder_hidden_states.name].contains(&&n.to_string())).collect();
+            let extra: Vec<_> = unet
+                .inputs
+                .iter()
+                .map(|i| i.name.as_str())
+                .filter(|n| {
+                    ![
+                        &unet_inputs.sample.name,
+                        &unet_inputs.timestep.name,
+                        &unet_inputs.encoder_hidden_states.name,
+                    ]
+                    .contains(&&n.to_string())
+                })
+                .collect();
             return Err(incompatible(format!(
                 "the UNet takes inputs easel cannot feed yet ({}); SDXL and LCM-distilled UNets come in a later release",
                 extra.join(", ")
@@ -202,6 +252,14 @@ impl LoadedModel {
         if text_encoder.outputs.is_empty() || unet.outputs.is_empty() || vae_decoder.outputs.is_empty() {
             return Err(incompatible("a sub-model has no outputs".into()));
         }
-        Ok(Self { folder, text_encoder, text_input_ids, unet, unet_inputs, vae_decoder, vae_latent })
+        Ok(Self {
+            folder,
+            text_encoder,
+            text_input_ids,
+            unet,
+            unet_inputs,
+            vae_decoder,
+            vae_latent,
+        })
     }
 }

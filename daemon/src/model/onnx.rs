@@ -77,10 +77,16 @@ pub enum OnnxError {
         #[source]
         source: ort::Error,
     },
-    #[error("{model}: input or output `{name}` has element type {found:?}, which easel does not support (expected float32, float16, int64 or int32)")]
+    #[error(
+        "{model}: input or output `{name}` has element type {found:?}, which easel does not support (expected float32, float16, int64 or int32)"
+    )]
     UnsupportedType { model: String, name: String, found: String },
     #[error("{model}: no input matching {wanted} (the model's inputs: {available})")]
-    MissingInput { model: String, wanted: String, available: String },
+    MissingInput {
+        model: String,
+        wanted: String,
+        available: String,
+    },
     #[error("{model}: {message}")]
     Incompatible { model: String, message: String },
     #[error("{model}: inference failed: {source}")]
@@ -113,7 +119,10 @@ impl std::fmt::Debug for OnnxModel {
 impl OnnxModel {
     /// Opens `path` in a session using `threads` intra-op threads (0: ONNX Runtime's default).
     pub fn load(runtime: &OrtRuntime, label: &str, path: &Path, threads: usize) -> Result<Self, OnnxError> {
-        let load_error = |source: ort::Error| OnnxError::Load { path: path.to_path_buf(), source };
+        let load_error = |source: ort::Error| OnnxError::Load {
+            path: path.to_path_buf(),
+            source,
+        };
         let mut builder = Session::builder(&runtime.environment).map_err(load_error)?;
         if threads > 0 {
             builder = builder.with_intra_threads(threads).map_err(|e| load_error(e.into()))?;
@@ -129,7 +138,12 @@ impl OnnxModel {
             .iter()
             .map(|o| io_spec(label, o.name(), o.dtype()))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { label: label.to_string(), session, inputs, outputs })
+        Ok(Self {
+            label: label.to_string(),
+            session,
+            inputs,
+            outputs,
+        })
     }
 
     /// The input whose name is one of `names`, else the only input of `rank` not already
@@ -147,7 +161,12 @@ impl OnnxModel {
         Err(OnnxError::MissingInput {
             model: self.label.clone(),
             wanted: names.join(" or "),
-            available: self.inputs.iter().map(|i| format!("{} {} {:?}", i.name, i.dtype, i.shape)).collect::<Vec<_>>().join(", "),
+            available: self
+                .inputs
+                .iter()
+                .map(|i| format!("{} {} {:?}", i.name, i.dtype, i.shape))
+                .collect::<Vec<_>>()
+                .join(", "),
         })
     }
 
@@ -155,11 +174,17 @@ impl OnnxModel {
     pub fn run(&mut self, inputs: Vec<(&IoSpec, Input)>) -> Result<Vec<HostTensor<f32>>, OnnxError> {
         let mut values: Vec<(String, DynValue)> = Vec::with_capacity(inputs.len());
         for (spec, input) in inputs {
-            let value = to_value(spec, input).map_err(|source| OnnxError::Run { model: self.label.clone(), source })?;
+            let value = to_value(spec, input).map_err(|source| OnnxError::Run {
+                model: self.label.clone(),
+                source,
+            })?;
             values.push((spec.name.clone(), value));
         }
         let label = self.label.clone();
-        let run_error = |source: ort::Error| OnnxError::Run { model: label.clone(), source };
+        let run_error = |source: ort::Error| OnnxError::Run {
+            model: label.clone(),
+            source,
+        };
         let outputs = self.session.run(values).map_err(run_error)?;
         let mut result = Vec::with_capacity(outputs.len());
         for (_, value) in outputs.iter() {
@@ -170,7 +195,11 @@ impl OnnxModel {
 }
 
 fn io_spec(model: &str, name: &str, dtype: &ValueType) -> Result<IoSpec, OnnxError> {
-    let unsupported = || OnnxError::UnsupportedType { model: model.to_string(), name: name.to_string(), found: format!("{dtype:?}") };
+    let unsupported = || OnnxError::UnsupportedType {
+        model: model.to_string(),
+        name: name.to_string(),
+        found: format!("{dtype:?}"),
+    };
     let ValueType::Tensor { ty, shape, .. } = dtype else {
         return Err(unsupported());
     };
@@ -181,7 +210,11 @@ fn io_spec(model: &str, name: &str, dtype: &ValueType) -> Result<IoSpec, OnnxErr
         TensorElementType::Int32 => Dtype::I32,
         _ => return Err(unsupported()),
     };
-    Ok(IoSpec { name: name.to_string(), dtype, shape: shape.iter().copied().collect() })
+    Ok(IoSpec {
+        name: name.to_string(),
+        dtype,
+        shape: shape.iter().copied().collect(),
+    })
 }
 
 fn to_value(spec: &IoSpec, input: Input) -> ort::Result<DynValue> {
@@ -194,7 +227,9 @@ fn to_value(spec: &IoSpec, input: Input) -> ort::Result<DynValue> {
     };
     Ok(match spec.dtype {
         Dtype::F32 => Tensor::from_array((shape, floats.into_iter().map(|v| v as f32).collect::<Vec<_>>()))?.into_dyn(),
-        Dtype::F16 => Tensor::from_array((shape, floats.into_iter().map(f16::from_f64).collect::<Vec<_>>()))?.into_dyn(),
+        Dtype::F16 => {
+            Tensor::from_array((shape, floats.into_iter().map(f16::from_f64).collect::<Vec<_>>()))?.into_dyn()
+        }
         // Integer timesteps truncate like `torch.Tensor.long()` does in the pipelines that feed them.
         Dtype::I64 => Tensor::from_array((shape, floats.into_iter().map(|v| v as i64).collect::<Vec<_>>()))?.into_dyn(),
         Dtype::I32 => Tensor::from_array((shape, floats.into_iter().map(|v| v as i32).collect::<Vec<_>>()))?.into_dyn(),
@@ -203,8 +238,14 @@ fn to_value(spec: &IoSpec, input: Input) -> ort::Result<DynValue> {
 
 fn to_host_f32(value: &ort::value::DynValueRef<'_>) -> ort::Result<HostTensor<f32>> {
     if let Ok((shape, data)) = value.try_extract_tensor::<f32>() {
-        return Ok(HostTensor::new(shape.iter().map(|&d| d as usize).collect(), data.to_vec()));
+        return Ok(HostTensor::new(
+            shape.iter().map(|&d| d as usize).collect(),
+            data.to_vec(),
+        ));
     }
     let (shape, data) = value.try_extract_tensor::<f16>()?;
-    Ok(HostTensor::new(shape.iter().map(|&d| d as usize).collect(), data.iter().map(|v| v.to_f32()).collect()))
+    Ok(HostTensor::new(
+        shape.iter().map(|&d| d as usize).collect(),
+        data.iter().map(|v| v.to_f32()).collect(),
+    ))
 }

@@ -23,7 +23,8 @@ use tokenizers::{AddedToken, NormalizerWrapper, PreTokenizerWrapper, SplitDelimi
 const START_OF_TEXT: &str = "<|startoftext|>";
 const END_OF_TEXT: &str = "<|endoftext|>";
 /// CLIP's pre-tokenizer pattern (contractions, letter runs, single digits, punctuation runs).
-const CLIP_SPLIT_PATTERN: &str = r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
+const CLIP_SPLIT_PATTERN: &str =
+    r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
 /// The context length of every CLIP text encoder in the SD family.
 pub const DEFAULT_MAX_LENGTH: usize = 77;
 
@@ -89,7 +90,10 @@ impl ClipTokenizer {
                 return Err(TokenizerError::MissingFile { path: path.clone() });
             }
         }
-        let invalid = |message: String| TokenizerError::Invalid { dir: dir.to_path_buf(), message };
+        let invalid = |message: String| TokenizerError::Invalid {
+            dir: dir.to_path_buf(),
+            message,
+        };
         let config: TokenizerConfig = match std::fs::read(dir.join("tokenizer_config.json")) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| invalid(format!("tokenizer_config.json: {e}")))?,
             Err(_) => TokenizerConfig::default(),
@@ -102,31 +106,53 @@ impl ClipTokenizer {
         let mut inner = Tokenizer::new(bpe);
         let normalizer = NormalizerSequence::new(vec![
             NormalizerWrapper::NFC(NFC),
-            NormalizerWrapper::Replace(Replace::new(tokenizers::normalizers::replace::ReplacePattern::Regex(r"\s+".into()), " ").map_err(|e| invalid(e.to_string()))?),
+            NormalizerWrapper::Replace(
+                Replace::new(
+                    tokenizers::normalizers::replace::ReplacePattern::Regex(r"\s+".into()),
+                    " ",
+                )
+                .map_err(|e| invalid(e.to_string()))?,
+            ),
             NormalizerWrapper::StripNormalizer(Strip::new(true, true)),
             NormalizerWrapper::Lowercase(Lowercase),
         ]);
         inner.with_normalizer(Some(normalizer));
-        let split = Split::new(SplitPattern::Regex(CLIP_SPLIT_PATTERN.into()), SplitDelimiterBehavior::Removed, true)
-            .map_err(|e| invalid(e.to_string()))?;
+        let split = Split::new(
+            SplitPattern::Regex(CLIP_SPLIT_PATTERN.into()),
+            SplitDelimiterBehavior::Removed,
+            true,
+        )
+        .map_err(|e| invalid(e.to_string()))?;
         inner.with_pre_tokenizer(Some(PreTokenizerSequence::new(vec![
             PreTokenizerWrapper::Split(split),
             PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, false, false)),
         ])));
         let id = |token: &str| {
-            inner.token_to_id(token).map(i64::from).ok_or_else(|| invalid(format!("the vocabulary has no `{token}`")))
+            inner
+                .token_to_id(token)
+                .map(i64::from)
+                .ok_or_else(|| invalid(format!("the vocabulary has no `{token}`")))
         };
         let bos = id(START_OF_TEXT)?;
         let eos = id(END_OF_TEXT)?;
         let pad_token = config.pad_token.as_ref().map_or(END_OF_TEXT, TokenSpec::content);
         let pad = id(pad_token)?;
-        let specials: Vec<AddedToken> = [START_OF_TEXT, END_OF_TEXT, pad_token].iter().map(|t| AddedToken::from(*t, true)).collect();
+        let specials: Vec<AddedToken> = [START_OF_TEXT, END_OF_TEXT, pad_token]
+            .iter()
+            .map(|t| AddedToken::from(*t, true))
+            .collect();
         inner.add_special_tokens(&specials);
         let max_length = config
             .model_max_length
             .filter(|&m| m >= 2.0 && m <= DEFAULT_MAX_LENGTH as f64)
             .map_or(DEFAULT_MAX_LENGTH, |m| m as usize);
-        Ok(Self { inner, bos, eos, pad, max_length })
+        Ok(Self {
+            inner,
+            bos,
+            eos,
+            pad,
+            max_length,
+        })
     }
 
     pub fn max_length(&self) -> usize {
@@ -139,7 +165,10 @@ impl ClipTokenizer {
 
     /// BOS + the prompt's tokens + EOS, truncated to the context length; no padding.
     pub fn encode(&self, prompt: &str) -> Result<Tokens, TokenizerError> {
-        let encoding = self.inner.encode(basic_clean(prompt), false).map_err(|e| TokenizerError::Encode(e.to_string()))?;
+        let encoding = self
+            .inner
+            .encode(basic_clean(prompt), false)
+            .map_err(|e| TokenizerError::Encode(e.to_string()))?;
         let room = self.max_length - 2;
         let body = encoding.get_ids();
         let truncated = body.len() > room;
@@ -148,8 +177,15 @@ impl ClipTokenizer {
         ids.push(self.bos);
         ids.extend(body.iter().map(|&id| i64::from(id)));
         ids.push(self.eos);
-        let symbols = ids.iter().map(|&id| self.inner.id_to_token(id as u32).unwrap_or_default()).collect();
-        Ok(Tokens { ids, symbols, truncated })
+        let symbols = ids
+            .iter()
+            .map(|&id| self.inner.id_to_token(id as u32).unwrap_or_default())
+            .collect();
+        Ok(Tokens {
+            ids,
+            symbols,
+            truncated,
+        })
     }
 
     /// `encode`, then padded with the model's pad token to the context length.
@@ -234,16 +270,25 @@ mod tests {
     fn tokenizer(vocab: &str, pad: &str) -> (tempfile::TempDir, ClipTokenizer) {
         let dir = tempfile::tempdir().unwrap();
         for file in ["vocab.json", "merges.txt"] {
-            std::fs::copy(fixtures().join("tokenizer").join(vocab).join(file), dir.path().join(file)).unwrap();
+            std::fs::copy(
+                fixtures().join("tokenizer").join(vocab).join(file),
+                dir.path().join(file),
+            )
+            .unwrap();
         }
-        std::fs::write(dir.path().join("tokenizer_config.json"), format!(r#"{{"pad_token": "{pad}", "model_max_length": 77}}"#)).unwrap();
+        std::fs::write(
+            dir.path().join("tokenizer_config.json"),
+            format!(r#"{{"pad_token": "{pad}", "model_max_length": 77}}"#),
+        )
+        .unwrap();
         let tokenizer = ClipTokenizer::from_dir(dir.path()).unwrap();
         (dir, tokenizer)
     }
 
     #[test]
     fn matches_transformers_clip_tokenizer() {
-        let cases: Value = serde_json::from_slice(&std::fs::read(fixtures().join("tokenizer/cases.json")).unwrap()).unwrap();
+        let cases: Value =
+            serde_json::from_slice(&std::fs::read(fixtures().join("tokenizer/cases.json")).unwrap()).unwrap();
         let mut checked = 0;
         for (vocab, key) in [("clip-full", "full"), ("clip-tiny", "tiny")] {
             let (_d1, sd1) = tokenizer(vocab, "<|endoftext|>");
@@ -253,13 +298,20 @@ mod tests {
                 let expected = ids(&case[format!("ids_{key}")]);
                 assert_eq!(sd1.encode(prompt).unwrap().ids, expected, "{vocab} {prompt:?}");
                 let expected_sd2 = case.get(format!("ids_{key}_sd2")).map(ids).unwrap_or(expected);
-                assert_eq!(sd2.encode(prompt).unwrap().ids, expected_sd2, "{vocab} (pad !) {prompt:?}");
+                assert_eq!(
+                    sd2.encode(prompt).unwrap().ids,
+                    expected_sd2,
+                    "{vocab} (pad !) {prompt:?}"
+                );
                 checked += 1;
             }
             let padded = &cases["padded"];
             let prompt = padded["prompt"].as_str().unwrap();
             assert_eq!(sd1.encode_padded(prompt).unwrap(), ids(&padded["ids"][key]));
-            assert_eq!(sd2.encode_padded(prompt).unwrap(), ids(&padded["ids"][format!("{key}_sd2")]));
+            assert_eq!(
+                sd2.encode_padded(prompt).unwrap(),
+                ids(&padded["ids"][format!("{key}_sd2")])
+            );
         }
         assert!(checked >= 60, "only {checked} cases");
     }
@@ -276,7 +328,10 @@ mod tests {
 
     #[test]
     fn html_and_quotes_are_cleaned_like_ftfy() {
-        assert_eq!(basic_clean("&amp;lt; &#65;&#x42; don\u{2019}t \u{201c}q\u{201d} & a&b;"), "< AB don't \"q\" & a&b;");
+        assert_eq!(
+            basic_clean("&amp;lt; &#65;&#x42; don\u{2019}t \u{201c}q\u{201d} & a&b;"),
+            "< AB don't \"q\" & a&b;"
+        );
     }
 
     #[test]

@@ -3,8 +3,7 @@
 //! diffusers' `DDIMScheduler` with `eta = 0`.
 
 use super::schedule::{
-    self, Ctx, DDPM_DEFAULTS, Defaults, Prediction, Result, Spacing, ZeroSnr, add_noise_vp,
-    predict_x0,
+    self, Ctx, DDPM_DEFAULTS, Defaults, Prediction, Result, Spacing, ZeroSnr, add_noise_vp, predict_x0,
 };
 use super::{NoiseSource, Scheduler, StepOutput};
 
@@ -30,11 +29,7 @@ pub(super) struct Ddim {
 
 impl Ddim {
     pub fn new(ctx: &Ctx, steps: usize) -> Result<Self> {
-        let prediction = ctx.prediction(&[
-            Prediction::Epsilon,
-            Prediction::Velocity,
-            Prediction::Sample,
-        ])?;
+        let prediction = ctx.prediction(&[Prediction::Epsilon, Prediction::Velocity, Prediction::Sample])?;
         ctx.reject_true("thresholding", ctx.cfg.thresholding)?;
         let alphas_cumprod = ctx.alphas_cumprod(&DDIM_DEFAULTS, ZeroSnr::Exact)?;
         let num_train = alphas_cumprod.len();
@@ -47,18 +42,11 @@ impl Ddim {
         let spacing = ctx.spacing(DDIM_DEFAULTS.spacing)?;
         let spaced = schedule::spaced_timesteps(spacing, num_train, steps, ctx.steps_offset());
         let discrete = schedule::discrete_timesteps(ctx, &spaced, num_train)?;
-        let set_alpha_to_one = ctx
-            .cfg
-            .set_alpha_to_one
-            .unwrap_or(DDIM_DEFAULTS.set_alpha_to_one);
+        let set_alpha_to_one = ctx.cfg.set_alpha_to_one.unwrap_or(DDIM_DEFAULTS.set_alpha_to_one);
         Ok(Self {
             timesteps: discrete.iter().map(|&t| t as f64).collect(),
             discrete,
-            final_alpha_cumprod: if set_alpha_to_one {
-                1.0
-            } else {
-                alphas_cumprod[0]
-            },
+            final_alpha_cumprod: if set_alpha_to_one { 1.0 } else { alphas_cumprod[0] },
             alphas_cumprod,
             stride: (num_train / steps) as i64,
             prediction,
@@ -86,13 +74,7 @@ impl Scheduler for Ddim {
 
     fn scale_model_input(&self, _sample: &mut [f32], _index: usize) {}
 
-    fn step(
-        &mut self,
-        model_output: &[f32],
-        index: usize,
-        sample: &[f32],
-        _noise: &mut dyn NoiseSource,
-    ) -> StepOutput {
+    fn step(&mut self, model_output: &[f32], index: usize, sample: &[f32], _noise: &mut dyn NoiseSource) -> StepOutput {
         let t = self.discrete[index];
         let alpha_prod_t = self.alpha_prod(t);
         let alpha_prod_prev = self.alpha_prod(t - self.stride);
@@ -120,11 +102,7 @@ impl Scheduler for Ddim {
         // x_{t−1} = √ᾱ_{t−1}·x₀ + √(1 − ᾱ_{t−1})·ε  (η = 0, so σ_t = 0).
         let direction = (1.0 - alpha_prod_prev).sqrt();
         let keep = alpha_prod_prev.sqrt();
-        let prev_sample = x0
-            .iter()
-            .zip(&eps)
-            .map(|(&d, &e)| keep * d + direction * e)
-            .collect();
+        let prev_sample = x0.iter().zip(&eps).map(|(&d, &e)| keep * d + direction * e).collect();
         StepOutput {
             prev_sample,
             pred_original_sample: x0,

@@ -42,11 +42,7 @@ fn lambda(alpha: f32, sigma: f32) -> f64 {
 
 impl DpmSolverPp2m {
     pub fn new(ctx: &Ctx, steps: usize, karras: bool) -> Result<Self> {
-        let prediction = ctx.prediction(&[
-            Prediction::Epsilon,
-            Prediction::Velocity,
-            Prediction::Sample,
-        ])?;
+        let prediction = ctx.prediction(&[Prediction::Epsilon, Prediction::Velocity, Prediction::Sample])?;
         ctx.reject_true("thresholding", ctx.cfg.thresholding)?;
         ctx.reject_true("use_exponential_sigmas", ctx.cfg.use_exponential_sigmas)?;
         ctx.reject_true("use_beta_sigmas", ctx.cfg.use_beta_sigmas)?;
@@ -67,11 +63,7 @@ impl DpmSolverPp2m {
             None | Some("zero") => true,
             Some("sigma_min") => false,
             Some(other) => {
-                return Err(ctx.unsupported(
-                    "final_sigmas_type",
-                    format!("{other:?}"),
-                    "zero, sigma_min",
-                ));
+                return Err(ctx.unsupported("final_sigmas_type", format!("{other:?}"), "zero, sigma_min"));
             }
         };
 
@@ -106,12 +98,10 @@ impl DpmSolverPp2m {
                     .map(|i| (i * ratio) as f64 + ctx.steps_offset() as f64)
                     .collect()
             }
-            Spacing::Trailing => {
-                schedule::arange_down(last_timestep as f64, num_train as f64 / steps as f64)
-                    .into_iter()
-                    .map(|t| t.round_ties_even() - 1.0)
-                    .collect()
-            }
+            Spacing::Trailing => schedule::arange_down(last_timestep as f64, num_train as f64 / steps as f64)
+                .into_iter()
+                .map(|t| t.round_ties_even() - 1.0)
+                .collect(),
         };
 
         let sigmas: Vec<f64> = if karras {
@@ -123,26 +113,15 @@ impl DpmSolverPp2m {
                 .map(|&s| {
                     let t = schedule::sigma_to_t(s, &log_table);
                     // Rounded, except on cosine schedules; stored as int64 (truncating).
-                    if cosine {
-                        t.trunc()
-                    } else {
-                        t.round_ties_even()
-                    }
+                    if cosine { t.trunc() } else { t.round_ties_even() }
                 })
                 .collect();
             sigmas
         } else {
-            timesteps
-                .iter()
-                .map(|&t| schedule::interp(t, &table))
-                .collect()
+            timesteps.iter().map(|&t| schedule::interp(t, &table)).collect()
         };
         let final_sigma = if final_zero { 0.0 } else { table[0] };
-        let sigmas: Vec<f32> = sigmas
-            .iter()
-            .map(|&s| s as f32)
-            .chain([final_sigma])
-            .collect();
+        let sigmas: Vec<f32> = sigmas.iter().map(|&s| s as f32).chain([final_sigma]).collect();
 
         let n = timesteps.len();
         let lower_order_final = ctx.cfg.lower_order_final.unwrap_or(true);
@@ -188,13 +167,7 @@ impl Scheduler for DpmSolverPp2m {
 
     fn scale_model_input(&self, _sample: &mut [f32], _index: usize) {}
 
-    fn step(
-        &mut self,
-        model_output: &[f32],
-        index: usize,
-        sample: &[f32],
-        _noise: &mut dyn NoiseSource,
-    ) -> StepOutput {
+    fn step(&mut self, model_output: &[f32], index: usize, sample: &[f32], _noise: &mut dyn NoiseSource) -> StepOutput {
         let x0 = self.x0(self.sigmas[index], model_output, sample);
         let previous_x0 = self.previous_x0.take();
 
@@ -233,11 +206,7 @@ impl Scheduler for DpmSolverPp2m {
                     })
                     .collect()
             }
-            _ => sample
-                .iter()
-                .zip(&x0)
-                .map(|(&x, &d)| ratio * x - phi * d)
-                .collect(),
+            _ => sample.iter().zip(&x0).map(|(&x, &d)| ratio * x - phi * d).collect(),
         };
         self.lower_order_nums = (self.lower_order_nums + 1).min(2);
         self.previous_x0 = Some(x0.clone());

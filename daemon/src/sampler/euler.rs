@@ -2,8 +2,8 @@
 //! diffusers' `EulerDiscreteScheduler`.
 
 use super::schedule::{
-    self, Ctx, DDPM_DEFAULTS, Prediction, Result, VeSchedule, ZeroSnr, add_noise_ve,
-    scale_ve_input, ve_init_noise_sigma, ve_x0,
+    self, Ctx, DDPM_DEFAULTS, Prediction, Result, VeSchedule, ZeroSnr, add_noise_ve, scale_ve_input,
+    ve_init_noise_sigma, ve_x0,
 };
 use super::{NoiseSource, Scheduler, StepOutput};
 
@@ -17,11 +17,7 @@ pub(super) struct EulerDiscrete {
 
 impl EulerDiscrete {
     pub fn new(ctx: &Ctx, steps: usize) -> Result<Self> {
-        let prediction = ctx.prediction(&[
-            Prediction::Epsilon,
-            Prediction::Velocity,
-            Prediction::Sample,
-        ])?;
+        let prediction = ctx.prediction(&[Prediction::Epsilon, Prediction::Velocity, Prediction::Sample])?;
         match ctx.cfg.interpolation_type.as_deref() {
             None | Some("linear") => {}
             Some(other) => {
@@ -32,28 +28,16 @@ impl EulerDiscrete {
             None | Some("discrete") => false,
             Some("continuous") => true,
             Some(other) => {
-                return Err(ctx.unsupported(
-                    "timestep_type",
-                    format!("{other:?}"),
-                    "discrete, continuous",
-                ));
+                return Err(ctx.unsupported("timestep_type", format!("{other:?}"), "discrete, continuous"));
             }
         };
         let alphas_cumprod = ctx.alphas_cumprod(&DDPM_DEFAULTS, ZeroSnr::Nudged)?;
         let ve = VeSchedule::new(ctx, &alphas_cumprod, steps)?;
         let final_sigma = final_sigma(ctx, &alphas_cumprod)?;
-        let sigmas: Vec<f32> = ve
-            .sigmas
-            .iter()
-            .map(|&s| s as f32)
-            .chain([final_sigma])
-            .collect();
+        let sigmas: Vec<f32> = ve.sigmas.iter().map(|&s| s as f32).chain([final_sigma]).collect();
         let timesteps = if continuous && prediction == Prediction::Velocity {
             // EDM-style model time c_noise = ¼ ln σ.
-            sigmas[..steps]
-                .iter()
-                .map(|s| (0.25 * s.ln()) as f64)
-                .collect()
+            sigmas[..steps].iter().map(|s| (0.25 * s.ln()) as f64).collect()
         } else {
             ve.timesteps
         };
@@ -71,9 +55,7 @@ pub(super) fn final_sigma(ctx: &Ctx, alphas_cumprod: &[f32]) -> Result<f32> {
     match ctx.cfg.final_sigmas_type.as_deref() {
         None | Some("zero") => Ok(0.0),
         Some("sigma_min") => Ok(schedule::sigmas_from_alphas_cumprod(&alphas_cumprod[..1])[0]),
-        Some(other) => {
-            Err(ctx.unsupported("final_sigmas_type", format!("{other:?}"), "zero, sigma_min"))
-        }
+        Some(other) => Err(ctx.unsupported("final_sigmas_type", format!("{other:?}"), "zero, sigma_min")),
     }
 }
 
@@ -90,13 +72,7 @@ impl Scheduler for EulerDiscrete {
         scale_ve_input(sample, self.sigmas[index]);
     }
 
-    fn step(
-        &mut self,
-        model_output: &[f32],
-        index: usize,
-        sample: &[f32],
-        _noise: &mut dyn NoiseSource,
-    ) -> StepOutput {
+    fn step(&mut self, model_output: &[f32], index: usize, sample: &[f32], _noise: &mut dyn NoiseSource) -> StepOutput {
         let (sigma, sigma_next) = (self.sigmas[index], self.sigmas[index + 1]);
         let x0 = ve_x0(self.prediction, sigma, model_output, sample);
         // dx/dσ = (x − x₀)/σ; one Euler step from σ to σ_next.

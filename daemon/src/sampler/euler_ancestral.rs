@@ -3,8 +3,8 @@
 //! diffusers' `EulerAncestralDiscreteScheduler` with eta 1.
 
 use super::schedule::{
-    self, Ctx, DDPM_DEFAULTS, Prediction, Result, Spacing, ZeroSnr, add_noise_ve, scale_ve_input,
-    ve_init_noise_sigma, ve_x0,
+    self, Ctx, DDPM_DEFAULTS, Prediction, Result, Spacing, ZeroSnr, add_noise_ve, scale_ve_input, ve_init_noise_sigma,
+    ve_x0,
 };
 use super::{NoiseSource, Scheduler, StepOutput};
 
@@ -22,11 +22,10 @@ impl EulerAncestral {
         let prediction = ctx.prediction(&[Prediction::Epsilon, Prediction::Velocity])?;
         let alphas_cumprod = ctx.alphas_cumprod(&DDPM_DEFAULTS, ZeroSnr::Nudged)?;
         let spacing = ctx.spacing(Spacing::Linspace)?;
-        let timesteps: Vec<f64> =
-            schedule::spaced_timesteps(spacing, alphas_cumprod.len(), steps, ctx.steps_offset())
-                .into_iter()
-                .map(|t| t as f32 as f64)
-                .collect();
+        let timesteps: Vec<f64> = schedule::spaced_timesteps(spacing, alphas_cumprod.len(), steps, ctx.steps_offset())
+            .into_iter()
+            .map(|t| t as f32 as f64)
+            .collect();
         let table = schedule::sigmas_from_alphas_cumprod(&alphas_cumprod);
         let sigmas: Vec<f32> = timesteps
             .iter()
@@ -55,18 +54,10 @@ impl Scheduler for EulerAncestral {
         scale_ve_input(sample, self.sigmas[index]);
     }
 
-    fn step(
-        &mut self,
-        model_output: &[f32],
-        index: usize,
-        sample: &[f32],
-        noise: &mut dyn NoiseSource,
-    ) -> StepOutput {
+    fn step(&mut self, model_output: &[f32], index: usize, sample: &[f32], noise: &mut dyn NoiseSource) -> StepOutput {
         let (sigma, sigma_next) = (self.sigmas[index], self.sigmas[index + 1]);
         let x0 = ve_x0(self.prediction, sigma, model_output, sample);
-        let sigma_up = (sigma_next * sigma_next * (sigma * sigma - sigma_next * sigma_next)
-            / (sigma * sigma))
-            .sqrt();
+        let sigma_up = (sigma_next * sigma_next * (sigma * sigma - sigma_next * sigma_next) / (sigma * sigma)).sqrt();
         let sigma_down = (sigma_next * sigma_next - sigma_up * sigma_up).sqrt();
         let dt = sigma_down - sigma;
         // diffusers draws noise on every step, the last one included (where σ_up = 0).

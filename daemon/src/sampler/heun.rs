@@ -5,8 +5,8 @@
 //! corrector because σ_next = 0).
 
 use super::schedule::{
-    Ctx, Defaults, Prediction, Result, Spacing, VeSchedule, ZeroSnr, add_noise_ve, scale_ve_input,
-    ve_init_noise_sigma, ve_x0,
+    Ctx, Defaults, Prediction, Result, Spacing, VeSchedule, ZeroSnr, add_noise_ve, scale_ve_input, ve_init_noise_sigma,
+    ve_x0,
 };
 use super::{NoiseSource, Scheduler, StepOutput};
 
@@ -39,11 +39,7 @@ pub(super) struct HeunDiscrete {
 
 impl HeunDiscrete {
     pub fn new(ctx: &Ctx, steps: usize) -> Result<Self> {
-        let prediction = ctx.prediction(&[
-            Prediction::Epsilon,
-            Prediction::Velocity,
-            Prediction::Sample,
-        ])?;
+        let prediction = ctx.prediction(&[Prediction::Epsilon, Prediction::Velocity, Prediction::Sample])?;
         // HeunDiscreteScheduler has no rescale_betas_zero_snr: from_config ignores the key.
         let alphas_cumprod = ctx.alphas_cumprod(&HEUN_DEFAULTS, ZeroSnr::NotAKey)?;
         let ve = VeSchedule::new(ctx, &alphas_cumprod, steps)?;
@@ -79,13 +75,7 @@ impl Scheduler for HeunDiscrete {
         scale_ve_input(sample, self.sigmas[index]);
     }
 
-    fn step(
-        &mut self,
-        model_output: &[f32],
-        index: usize,
-        sample: &[f32],
-        _noise: &mut dyn NoiseSource,
-    ) -> StepOutput {
+    fn step(&mut self, model_output: &[f32], index: usize, sample: &[f32], _noise: &mut dyn NoiseSource) -> StepOutput {
         // Both stages evaluate the model at σ = sigmas[index]: the predictor at the step's start,
         // the corrector at its end (the predicted point at σ_next).
         let sigma = self.sigmas[index];
@@ -93,19 +83,11 @@ impl Scheduler for HeunDiscrete {
         if let Some(range) = self.clip {
             x0.iter_mut().for_each(|v| *v = v.clamp(-range, range));
         }
-        let slope: Vec<f32> = sample
-            .iter()
-            .zip(&x0)
-            .map(|(&x, &d)| (x - d) / sigma)
-            .collect();
+        let slope: Vec<f32> = sample.iter().zip(&x0).map(|(&x, &d)| (x - d) / sigma).collect();
         let prev_sample = match self.predictor.take() {
             None => {
                 let dt = self.sigmas[index + 1] - sigma;
-                let prev = sample
-                    .iter()
-                    .zip(&slope)
-                    .map(|(&x, &d)| x + d * dt)
-                    .collect();
+                let prev = sample.iter().zip(&slope).map(|(&x, &d)| x + d * dt).collect();
                 self.predictor = Some(Predictor {
                     derivative: slope,
                     dt,

@@ -3,9 +3,7 @@
 //! is then re-noised to the next timestep of a subsequence of the distillation schedule.
 //! diffusers' `LCMScheduler`.
 
-use super::schedule::{
-    Ctx, Defaults, Prediction, Result, Spacing, ZeroSnr, add_noise_vp, linspace, predict_x0,
-};
+use super::schedule::{Ctx, Defaults, Prediction, Result, Spacing, ZeroSnr, add_noise_vp, linspace, predict_x0};
 use super::{NoiseSource, Scheduler, StepOutput};
 
 /// LCM's class defaults: SD's scaled-linear betas, no clipping, ᾱ_prev = 1 at the end.
@@ -32,11 +30,7 @@ pub(super) struct Lcm {
 
 impl Lcm {
     pub fn new(ctx: &Ctx, steps: usize) -> Result<Self> {
-        let prediction = ctx.prediction(&[
-            Prediction::Epsilon,
-            Prediction::Velocity,
-            Prediction::Sample,
-        ])?;
+        let prediction = ctx.prediction(&[Prediction::Epsilon, Prediction::Velocity, Prediction::Sample])?;
         ctx.reject_true("thresholding", ctx.cfg.thresholding)?;
         // timestep_spacing and steps_offset exist in LCMScheduler's config but its schedule
         // ignores them; so do we.
@@ -51,9 +45,7 @@ impl Lcm {
         if steps > original_steps {
             return Err(ctx.invalid_steps(
                 steps,
-                format!(
-                    "LCM can take at most original_inference_steps ({original_steps}) steps; use 2-8 steps"
-                ),
+                format!("LCM can take at most original_inference_steps ({original_steps}) steps; use 2-8 steps"),
             ));
         }
         // The distillation schedule: every k-th training step, k = T / original_steps.
@@ -78,10 +70,7 @@ impl Lcm {
     fn boundary_scalings(&self, t: usize) -> (f32, f32) {
         let scaled = (t as f64 * self.timestep_scaling) as f32;
         let denominator = scaled * scaled + SIGMA_DATA * SIGMA_DATA;
-        (
-            SIGMA_DATA * SIGMA_DATA / denominator,
-            scaled / denominator.sqrt(),
-        )
+        (SIGMA_DATA * SIGMA_DATA / denominator, scaled / denominator.sqrt())
     }
 }
 
@@ -96,13 +85,7 @@ impl Scheduler for Lcm {
 
     fn scale_model_input(&self, _sample: &mut [f32], _index: usize) {}
 
-    fn step(
-        &mut self,
-        model_output: &[f32],
-        index: usize,
-        sample: &[f32],
-        noise: &mut dyn NoiseSource,
-    ) -> StepOutput {
+    fn step(&mut self, model_output: &[f32], index: usize, sample: &[f32], noise: &mut dyn NoiseSource) -> StepOutput {
         let t = self.discrete[index];
         let alpha_prod_t = self.alphas_cumprod[t];
         let mut x0 = predict_x0(self.prediction, alpha_prod_t, model_output, sample);
@@ -110,11 +93,7 @@ impl Scheduler for Lcm {
             x0.iter_mut().for_each(|v| *v = v.clamp(-range, range));
         }
         let (c_skip, c_out) = self.boundary_scalings(t);
-        let denoised: Vec<f32> = x0
-            .iter()
-            .zip(sample)
-            .map(|(&d, &x)| c_out * d + c_skip * x)
-            .collect();
+        let denoised: Vec<f32> = x0.iter().zip(sample).map(|(&d, &x)| c_out * d + c_skip * x).collect();
         let prev_sample = match self.discrete.get(index + 1) {
             // Re-noise the consistency estimate to the next timestep.
             Some(&t_prev) => {

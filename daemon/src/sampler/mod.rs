@@ -88,13 +88,7 @@ pub trait Scheduler: Send {
 
     /// diffusers' step() for entry `index`; `model_output` is the (guidance-combined) raw UNet output in the
     /// model's prediction type. Ancestral/LCM draw fresh noise from `noise` with the sample's length.
-    fn step(
-        &mut self,
-        model_output: &[f32],
-        index: usize,
-        sample: &[f32],
-        noise: &mut dyn NoiseSource,
-    ) -> StepOutput;
+    fn step(&mut self, model_output: &[f32], index: usize, sample: &[f32], noise: &mut dyn NoiseSource) -> StepOutput;
 
     /// diffusers' add_noise for img2img (noise the clean `original` to the level of timesteps()[index]).
     fn add_noise(&self, original: &[f32], noise: &[f32], index: usize) -> Vec<f32>;
@@ -173,9 +167,7 @@ impl SchedulerConfig {
         let text = std::fs::read_to_string(path)
             .map_err(|e| SamplerError::InvalidConfig(format!("{}: {e}", path.display())))?;
         Self::from_json_str(&text).map_err(|e| match e {
-            SamplerError::InvalidConfig(msg) => {
-                SamplerError::InvalidConfig(format!("{}: {msg}", path.display()))
-            }
+            SamplerError::InvalidConfig(msg) => SamplerError::InvalidConfig(format!("{}: {msg}", path.display())),
             other => other,
         })
     }
@@ -272,9 +264,7 @@ impl FromStr for SamplerKind {
         let wanted = s.trim();
         SamplerKind::ALL
             .into_iter()
-            .find(|k| {
-                k.name().eq_ignore_ascii_case(wanted) || k.a1111_name().eq_ignore_ascii_case(wanted)
-            })
+            .find(|k| k.name().eq_ignore_ascii_case(wanted) || k.a1111_name().eq_ignore_ascii_case(wanted))
             .ok_or_else(|| SamplerError::UnknownSampler(s.to_owned()))
     }
 }
@@ -289,9 +279,7 @@ pub fn default_for(config: &SchedulerConfig) -> SamplerKind {
         Some("EulerAncestralDiscreteScheduler") => SamplerKind::EulerAncestral,
         Some("DDIMScheduler") => SamplerKind::Ddim,
         Some("PNDMScheduler") => SamplerKind::Pndm,
-        Some("DPMSolverMultistepScheduler") if config.use_karras_sigmas == Some(true) => {
-            SamplerKind::DpmPp2mKarras
-        }
+        Some("DPMSolverMultistepScheduler") if config.use_karras_sigmas == Some(true) => SamplerKind::DpmPp2mKarras,
         Some("DPMSolverMultistepScheduler") => SamplerKind::DpmPp2m,
         Some("LCMScheduler") => SamplerKind::Lcm,
         Some("HeunDiscreteScheduler") => SamplerKind::Heun,
@@ -301,11 +289,7 @@ pub fn default_for(config: &SchedulerConfig) -> SamplerKind {
 
 /// Builds `kind` for a model with scheduler config `config`, set up for `steps` sampling steps
 /// (diffusers' `from_config` + `set_timesteps(steps)`).
-pub fn build(
-    kind: SamplerKind,
-    config: &SchedulerConfig,
-    steps: usize,
-) -> Result<Box<dyn Scheduler>, SamplerError> {
+pub fn build(kind: SamplerKind, config: &SchedulerConfig, steps: usize) -> Result<Box<dyn Scheduler>, SamplerError> {
     if steps == 0 {
         return Err(SamplerError::ZeroSteps);
     }
@@ -325,9 +309,7 @@ pub fn build(
 /// Why a sampler could not be built.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SamplerError {
-    #[error(
-        "unknown sampler `{0}`; choose one of: euler, euler_a, ddim, pndm, dpmpp_2m, dpmpp_2m_karras, lcm, heun"
-    )]
+    #[error("unknown sampler `{0}`; choose one of: euler, euler_a, ddim, pndm, dpmpp_2m, dpmpp_2m_karras, lcm, heun")]
     UnknownSampler(String),
 
     #[error(
@@ -356,10 +338,7 @@ pub enum SamplerError {
     },
 
     #[error("sampler `{sampler}`: invalid scheduler_config.json: {reason}")]
-    InvalidSchedule {
-        sampler: SamplerKind,
-        reason: String,
-    },
+    InvalidSchedule { sampler: SamplerKind, reason: String },
 }
 
 #[cfg(test)]

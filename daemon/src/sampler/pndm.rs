@@ -5,8 +5,7 @@
 //! Adams–Bashforth of rising order, so N steps take N + 1 UNet evaluations.
 
 use super::schedule::{
-    self, Ctx, DDPM_DEFAULTS, Defaults, Prediction, Result, Spacing, ZeroSnr, add_noise_vp,
-    predict_x0,
+    self, Ctx, DDPM_DEFAULTS, Defaults, Prediction, Result, Spacing, ZeroSnr, add_noise_vp, predict_x0,
 };
 use super::{NoiseSource, Scheduler, StepOutput};
 
@@ -48,18 +47,11 @@ impl Plms {
         if points.len() >= 2 {
             discrete.insert(1, points[1]);
         }
-        let set_alpha_to_one = ctx
-            .cfg
-            .set_alpha_to_one
-            .unwrap_or(PNDM_DEFAULTS.set_alpha_to_one);
+        let set_alpha_to_one = ctx.cfg.set_alpha_to_one.unwrap_or(PNDM_DEFAULTS.set_alpha_to_one);
         Ok(Self {
             timesteps: discrete.iter().map(|&t| t as f64).collect(),
             discrete,
-            final_alpha_cumprod: if set_alpha_to_one {
-                1.0
-            } else {
-                alphas_cumprod[0]
-            },
+            final_alpha_cumprod: if set_alpha_to_one { 1.0 } else { alphas_cumprod[0] },
             alphas_cumprod,
             stride: (num_train / steps) as i64,
             prediction,
@@ -93,8 +85,8 @@ impl Plms {
             _ => model_output.to_vec(),
         };
         let sample_coeff = (alpha_prod_prev / alpha_prod_t).sqrt();
-        let eps_denominator = alpha_prod_t * beta_prod_prev.sqrt()
-            + (alpha_prod_t * beta_prod_t * alpha_prod_prev).sqrt();
+        let eps_denominator =
+            alpha_prod_t * beta_prod_prev.sqrt() + (alpha_prod_t * beta_prod_t * alpha_prod_prev).sqrt();
         let eps_coeff = alpha_prod_prev - alpha_prod_t;
         sample
             .iter()
@@ -115,20 +107,9 @@ impl Scheduler for Plms {
 
     fn scale_model_input(&self, _sample: &mut [f32], _index: usize) {}
 
-    fn step(
-        &mut self,
-        model_output: &[f32],
-        index: usize,
-        sample: &[f32],
-        _noise: &mut dyn NoiseSource,
-    ) -> StepOutput {
+    fn step(&mut self, model_output: &[f32], index: usize, sample: &[f32], _noise: &mut dyn NoiseSource) -> StepOutput {
         let timestep = self.discrete[index];
-        let pred_original_sample = predict_x0(
-            self.prediction,
-            self.alpha_prod(timestep),
-            model_output,
-            sample,
-        );
+        let pred_original_sample = predict_x0(self.prediction, self.alpha_prod(timestep), model_output, sample);
         let (mut t, mut t_prev) = (timestep, timestep - self.stride);
         if self.counter == 1 {
             // Second half of the warm-up: re-take the first step from its start with the
@@ -160,11 +141,7 @@ impl Scheduler for Plms {
                 (1, _) => (model_output[i] + e[0][i]) / 2.0,
                 (2, _) => (3.0 * e[1][i] - e[0][i]) / 2.0,
                 (3, _) => (23.0 * e[2][i] - 16.0 * e[1][i] + 5.0 * e[0][i]) / 12.0,
-                _ => {
-                    ONE_24TH
-                        * (55.0 * e[n - 1][i] - 59.0 * e[n - 2][i] + 37.0 * e[n - 3][i]
-                            - 9.0 * e[n - 4][i])
-                }
+                _ => ONE_24TH * (55.0 * e[n - 1][i] - 59.0 * e[n - 2][i] + 37.0 * e[n - 3][i] - 9.0 * e[n - 4][i]),
             })
             .collect();
         let prev_sample = self.transfer(from, t, t_prev, &eps);

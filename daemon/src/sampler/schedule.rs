@@ -71,12 +71,7 @@ pub(super) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    pub fn unsupported(
-        &self,
-        key: &'static str,
-        value: impl Display,
-        supported: &'static str,
-    ) -> SamplerError {
+    pub fn unsupported(&self, key: &'static str, value: impl Display, supported: &'static str) -> SamplerError {
         SamplerError::Unsupported {
             sampler: self.kind,
             key,
@@ -127,11 +122,9 @@ impl Ctx<'_> {
             Some("linspace") => Ok(Spacing::Linspace),
             Some("leading") => Ok(Spacing::Leading),
             Some("trailing") => Ok(Spacing::Trailing),
-            Some(other) => Err(self.unsupported(
-                "timestep_spacing",
-                format!("{other:?}"),
-                "linspace, leading, trailing",
-            )),
+            Some(other) => {
+                Err(self.unsupported("timestep_spacing", format!("{other:?}"), "linspace, leading, trailing"))
+            }
         }
     }
 
@@ -180,25 +173,17 @@ impl Ctx<'_> {
             None => {
                 let start = self.cfg.beta_start.unwrap_or(defaults.beta_start);
                 let end = self.cfg.beta_end.unwrap_or(defaults.beta_end);
-                let schedule = self
-                    .cfg
-                    .beta_schedule
-                    .as_deref()
-                    .unwrap_or(defaults.beta_schedule);
+                let schedule = self.cfg.beta_schedule.as_deref().unwrap_or(defaults.beta_schedule);
                 match schedule {
                     "linear" => linspace_f32(start, end, n),
                     "scaled_linear" => linspace_f32(start.sqrt(), end.sqrt(), n)
                         .into_iter()
                         .map(|b| b * b)
                         .collect(),
-                    "squaredcos_cap_v2" => betas_for_alpha_bar(n, |t| {
-                        ((t + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2)
-                            .cos()
-                            .powi(2)
-                    }),
-                    "exp" if self.kind == SamplerKind::Heun => {
-                        betas_for_alpha_bar(n, |t| (t * -12.0).exp())
+                    "squaredcos_cap_v2" => {
+                        betas_for_alpha_bar(n, |t| ((t + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2).cos().powi(2))
                     }
+                    "exp" if self.kind == SamplerKind::Heun => betas_for_alpha_bar(n, |t| (t * -12.0).exp()),
                     other => {
                         return Err(self.unsupported(
                             "beta_schedule",
@@ -292,10 +277,7 @@ fn rescale_zero_terminal_snr(betas: &[f32]) -> Vec<f32> {
 
 /// σ_t = √((1 − ᾱ_t)/ᾱ_t) for every training timestep (ascending in t), in `float32`.
 pub(super) fn sigmas_from_alphas_cumprod(alphas_cumprod: &[f32]) -> Vec<f32> {
-    alphas_cumprod
-        .iter()
-        .map(|&a| ((1.0 - a) / a).sqrt())
-        .collect()
+    alphas_cumprod.iter().map(|&a| ((1.0 - a) / a).sqrt()).collect()
 }
 
 /// `np.log` of a `float32` σ table.
@@ -349,13 +331,7 @@ pub(super) fn linspace(start: f64, stop: f64, n: usize) -> Vec<f64> {
     }
     let step = (stop - start) / (n - 1) as f64;
     (0..n)
-        .map(|i| {
-            if i == n - 1 {
-                stop
-            } else {
-                i as f64 * step + start
-            }
-        })
+        .map(|i| if i == n - 1 { stop } else { i as f64 * step + start })
         .collect()
 }
 
@@ -368,12 +344,7 @@ pub(super) fn arange_down(start: f64, step: f64) -> Vec<f64> {
 
 /// Inference timesteps for `steps` steps over `num_train` training steps, descending, as the
 /// Euler/DDIM family spaces them (`linspace` values are not rounded here).
-pub(super) fn spaced_timesteps(
-    spacing: Spacing,
-    num_train: usize,
-    steps: usize,
-    steps_offset: i64,
-) -> Vec<f64> {
+pub(super) fn spaced_timesteps(spacing: Spacing, num_train: usize, steps: usize, steps_offset: i64) -> Vec<f64> {
     match spacing {
         Spacing::Linspace => {
             let mut t = linspace(0.0, (num_train - 1) as f64, steps);
@@ -406,12 +377,7 @@ pub(super) fn discrete_timesteps(ctx: &Ctx, spaced: &[f64], num_train: usize) ->
 }
 
 /// x₀ from a model output at a point with ᾱ = `alpha_prod` (DDIM's parametrisation).
-pub(super) fn predict_x0(
-    prediction: Prediction,
-    alpha_prod: f32,
-    model_output: &[f32],
-    sample: &[f32],
-) -> Vec<f32> {
+pub(super) fn predict_x0(prediction: Prediction, alpha_prod: f32, model_output: &[f32], sample: &[f32]) -> Vec<f32> {
     let sqrt_a = alpha_prod.sqrt();
     let sqrt_b = (1.0 - alpha_prod).sqrt();
     match prediction {
@@ -471,18 +437,9 @@ pub(super) fn replace_non_finite(json: &str) -> Cow<'_, str> {
 
 /// x₀ from a model output at noise level σ in the variance-exploding parametrisation
 /// x = x₀ + σ·ε that the Euler/Heun samplers walk (Karras et al. 2022, Table 1).
-pub(super) fn ve_x0(
-    prediction: Prediction,
-    sigma: f32,
-    model_output: &[f32],
-    sample: &[f32],
-) -> Vec<f32> {
+pub(super) fn ve_x0(prediction: Prediction, sigma: f32, model_output: &[f32], sample: &[f32]) -> Vec<f32> {
     match prediction {
-        Prediction::Epsilon => model_output
-            .iter()
-            .zip(sample)
-            .map(|(&e, &x)| x - sigma * e)
-            .collect(),
+        Prediction::Epsilon => model_output.iter().zip(sample).map(|(&e, &x)| x - sigma * e).collect(),
         Prediction::Velocity => {
             // denoised = c_out · v + c_skip · x with c_out = −σ/√(σ²+1), c_skip = 1/(σ²+1).
             let c_out = -sigma / (sigma * sigma + 1.0).sqrt();
@@ -507,11 +464,7 @@ pub(super) fn scale_ve_input(sample: &mut [f32], sigma: f32) {
 
 /// x₀ + σ·ε (VE forward process).
 pub(super) fn add_noise_ve(sigma: f32, original: &[f32], noise: &[f32]) -> Vec<f32> {
-    original
-        .iter()
-        .zip(noise)
-        .map(|(&x, &n)| x + n * sigma)
-        .collect()
+    original.iter().zip(noise).map(|(&x, &n)| x + n * sigma).collect()
 }
 
 /// diffusers' `init_noise_sigma` for the VE samplers: σ_max, or √(σ_max²+1) with `leading`
@@ -538,11 +491,10 @@ impl VeSchedule {
         let spacing = ctx.spacing(Spacing::Linspace)?;
         ctx.reject_true("use_exponential_sigmas", ctx.cfg.use_exponential_sigmas)?;
         ctx.reject_true("use_beta_sigmas", ctx.cfg.use_beta_sigmas)?;
-        let mut timesteps: Vec<f64> =
-            spaced_timesteps(spacing, num_train, steps, ctx.steps_offset())
-                .into_iter()
-                .map(|t| t as f32 as f64)
-                .collect();
+        let mut timesteps: Vec<f64> = spaced_timesteps(spacing, num_train, steps, ctx.steps_offset())
+            .into_iter()
+            .map(|t| t as f32 as f64)
+            .collect();
         let table = sigmas_from_alphas_cumprod(alphas_cumprod);
         let mut sigmas: Vec<f64> = timesteps.iter().map(|&t| interp(t, &table)).collect();
         if ctx.cfg.use_karras_sigmas == Some(true) {

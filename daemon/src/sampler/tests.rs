@@ -111,11 +111,7 @@ pub(super) fn replay_references(kind: SamplerKind) {
             case.init_noise_sigma
         );
 
-        let mut latents: Vec<f32> = refs
-            .init_noise
-            .iter()
-            .map(|&n| (n as f64 * sigma) as f32)
-            .collect();
+        let mut latents: Vec<f32> = refs.init_noise.iter().map(|&n| (n as f64 * sigma) as f32).collect();
         let mut noise = Replay {
             pool: &refs.noise_pool,
             used: 0,
@@ -167,11 +163,7 @@ fn report_worst_diffs() {
             let config = SchedulerConfig::from_json_str(&json).unwrap();
             let mut s = build(kind, &config, case.steps).unwrap();
             let sigma = s.init_noise_sigma();
-            let mut latents: Vec<f32> = refs
-                .init_noise
-                .iter()
-                .map(|&n| (n as f64 * sigma) as f32)
-                .collect();
+            let mut latents: Vec<f32> = refs.init_noise.iter().map(|&n| (n as f64 * sigma) as f32).collect();
             let mut noise = Replay {
                 pool: &refs.noise_pool,
                 used: 0,
@@ -203,9 +195,9 @@ fn every_sampler_has_reference_cases_for_every_config() {
         for config in refs.configs.keys() {
             for steps in [1, 4, 20] {
                 assert!(
-                    refs.cases.iter().any(|c| c.sampler == kind.name()
-                        && &c.config == config
-                        && c.steps == steps),
+                    refs.cases
+                        .iter()
+                        .any(|c| c.sampler == kind.name() && &c.config == config && c.steps == steps),
                     "missing {kind}/{config}/{steps}"
                 );
             }
@@ -262,10 +254,7 @@ fn unknown_keys_and_python_infinities_are_accepted() {
 fn malformed_config_is_an_error() {
     for bad in ["", "[1, 2]", r#"{"steps_offset": "one"}"#, "{"] {
         let err = SchedulerConfig::from_json_str(bad).unwrap_err();
-        assert!(
-            matches!(err, SamplerError::InvalidConfig(_)),
-            "{bad}: {err}"
-        );
+        assert!(matches!(err, SamplerError::InvalidConfig(_)), "{bad}: {err}");
         assert!(err.to_string().contains("scheduler_config.json"));
     }
     let missing = SchedulerConfig::from_file(Path::new("/nonexistent/scheduler_config.json"));
@@ -280,10 +269,7 @@ fn default_sampler_follows_class_name() {
     };
     let cases = [
         ("EulerDiscreteScheduler", SamplerKind::Euler),
-        (
-            "EulerAncestralDiscreteScheduler",
-            SamplerKind::EulerAncestral,
-        ),
+        ("EulerAncestralDiscreteScheduler", SamplerKind::EulerAncestral),
         ("DDIMScheduler", SamplerKind::Ddim),
         ("PNDMScheduler", SamplerKind::Pndm),
         ("DPMSolverMultistepScheduler", SamplerKind::DpmPp2m),
@@ -335,10 +321,7 @@ fn sampler_names_round_trip() {
     for kind in SamplerKind::ALL {
         assert_eq!(kind.name().parse::<SamplerKind>().unwrap(), kind);
         assert_eq!(kind.a1111_name().parse::<SamplerKind>().unwrap(), kind);
-        assert_eq!(
-            kind.name().to_uppercase().parse::<SamplerKind>().unwrap(),
-            kind
-        );
+        assert_eq!(kind.name().to_uppercase().parse::<SamplerKind>().unwrap(), kind);
         assert!(kind.diffusers_class().ends_with("Scheduler"));
     }
     let err = "dpm++".parse::<SamplerKind>().unwrap_err();
@@ -363,15 +346,9 @@ fn class_defaults_apply_to_absent_keys() {
     assert_eq!(first(SamplerKind::DpmPp2m), 999.0);
     assert_eq!(first(SamplerKind::Lcm), 999.0);
     // Heun runs 2N−1 evaluations, PLMS N+1.
-    assert_eq!(
-        build(SamplerKind::Heun, &c, 10).unwrap().timesteps().len(),
-        19
-    );
+    assert_eq!(build(SamplerKind::Heun, &c, 10).unwrap().timesteps().len(), 19);
     assert_eq!(build(SamplerKind::Heun, &c, 10).unwrap().order(), 2);
-    assert_eq!(
-        build(SamplerKind::Pndm, &c, 10).unwrap().timesteps().len(),
-        11
-    );
+    assert_eq!(build(SamplerKind::Pndm, &c, 10).unwrap().timesteps().len(), 11);
     // Euler with linspace: init sigma is σ_max; with leading: √(σ_max²+1).
     let euler = build(SamplerKind::Euler, &c, 10).unwrap();
     assert!((euler.init_noise_sigma() - 14.614642).abs() < 1e-4);
@@ -424,10 +401,7 @@ fn dpmpp_2m_ignores_karras_request_but_karras_variant_forces_it() {
 #[test]
 fn errors_name_the_problem() {
     let c = sd15();
-    assert_eq!(
-        build(SamplerKind::Euler, &c, 0).err(),
-        Some(SamplerError::ZeroSteps)
-    );
+    assert_eq!(build(SamplerKind::Euler, &c, 0).err(), Some(SamplerError::ZeroSteps));
     assert!(SamplerError::ZeroSteps.to_string().contains("at least 1"));
 
     let bad_beta = SchedulerConfig {
@@ -435,14 +409,10 @@ fn errors_name_the_problem() {
         ..sd15()
     };
     for kind in SamplerKind::ALL {
-        let err = build(kind, &bad_beta, 10)
-            .err()
-            .expect("sigmoid betas must fail");
+        let err = build(kind, &bad_beta, 10).err().expect("sigmoid betas must fail");
         let msg = err.to_string();
         assert!(
-            msg.contains("beta_schedule")
-                && msg.contains("sigmoid")
-                && msg.contains("scaled_linear"),
+            msg.contains("beta_schedule") && msg.contains("sigmoid") && msg.contains("scaled_linear"),
             "{msg}"
         );
         assert!(msg.contains(kind.name()), "{msg}");
@@ -516,20 +486,14 @@ fn errors_name_the_problem() {
         Some(SamplerError::InvalidSteps { steps: 1001, .. })
     ));
     let lcm = build(SamplerKind::Lcm, &c, 51).err().unwrap();
-    assert!(
-        lcm.to_string().contains("original_inference_steps"),
-        "{lcm}"
-    );
+    assert!(lcm.to_string().contains("original_inference_steps"), "{lcm}");
     assert!(build(SamplerKind::Lcm, &c, 50).is_ok());
 
     let offset = SchedulerConfig {
         steps_offset: Some(5),
         ..sd15()
     };
-    let msg = build(SamplerKind::Ddim, &offset, 1000)
-        .err()
-        .unwrap()
-        .to_string();
+    let msg = build(SamplerKind::Ddim, &offset, 1000).err().unwrap().to_string();
     assert!(msg.contains("steps_offset"), "{msg}");
 
     let betas = SchedulerConfig {
@@ -594,9 +558,7 @@ fn img2img_can_start_mid_schedule() {
         for i in start..s.timesteps().len() {
             let mut input = x.clone();
             s.scale_model_input(&mut input, i);
-            x = s
-                .step(&model(&input, s.timesteps()[i]), i, &x, &mut rng)
-                .prev_sample;
+            x = s.step(&model(&input, s.timesteps()[i]), i, &x, &mut rng).prev_sample;
         }
         assert!(x.iter().all(|v| v.is_finite()), "{kind}: {x:?}");
     }

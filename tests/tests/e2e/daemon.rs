@@ -1,0 +1,242 @@
+//! The daemon as a process: socket rules, one daemon per socket, shutdown, standard gRPC
+//! services, privacy, auto-start and a missing ONNX Runtime.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+
+use easel_e2e::*;
+use easel_proto::v1 as pb;
+use futures::StreamExt;
+
+fn mode(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn socket_is_private_and_one_daemon_serves_it() {
+    let daemon = Daemon::start();
+    assert_eq!(mode(&daemon.socket), 0o600, "socket mode");
+    assert_eq!(mode(daemon.socket.parent().unwrap()), 0o700, "socket folder mode");
+
+    let second = Command::new(bin("easeld"))
+        .envs(daemon.env())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!second.status.success(), "a second daemon on the same socket must fail");
+    assert!(stderr(&second).contains("already serving"), "{}", stderr(&second));
+    let status = daemon.easel(&["status", "--json"]);
+    assert!(
+        status.status.success(),
+        "the first daemon keeps serving: {}",
+        stderr(&status)
+    );
+    let json: serde_json::Value = serde_json::from_str(stdout(&status).trim()).unwrap();
+    assert_eq!(json["pid"], daemon.child.as_ref().unwrap().id());
+}
+
+#[test]
+fn a_stale_socket_is_cleaned_up() {
+    let mut daemon = Daemon::start();
+    daemon.terminate();
+    // Leave a dead socket behind, as a crashed daemon would.
+    let listener = std::os::unix::net::UnixListener::bind(&daemon.socket).unwrap();
+    drop(listener);
+    assert!(daemon.socket.exists());
+    daemon.spawn(&[]);
+    daemon.wait_ready();
+}
+
+#[test]
+fn sigterm_and_shutdown_are_graceful() {
+    let mut daemon = Daemon::start();
+    let status = daemon.terminate();
+    assert!(status.success(), "SIGTERM exits cleanly: {status}");
+    assert!(!daemon.socket.exists(), "the socket is removed");
+
+    daemon.spawn(&[]);
+    daemon.wait_ready();
+    let output = daemon.easel(&["daemon", "stop"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let exit = daemon.child.take().unwrap().wait().unwrap();
+    assert!(exit.success(), "Shutdown exits cleanly: {exit}");
+    assert!(!daemon.socket.exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_ends_running_jobs_with_unavailable() {
+    let mut daemon = Daemon::start_with(&[("EASEL_MAX_STEPS", "100000")]);
+    let mut client = daemon.client().await;
+    let request = pb::GenerateRequest {
+        model: fixture_model("sd1-tiny").display().to_string(),
+        prompt: "long".into(),
+        steps: Some(50_000),
+        width: Some(256),
+        height: Some(256),
+        ..Default::default()
+    };
+    let mut stream = client.generate(request).await.unwrap().into_inner();
+    while let Some(event) = stream.next().await {
+        if matches!(event.unwrap().event, Some(pb::generate_event::Event::Progress(_))) {
+            break;
+        }
+    }
+    let child = daemon.child.as_ref().unwrap().id();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let ended = loop {
+        match stream.next().await {
+            Some(Ok(_)) => continue,
+            Some(Err(status)) => break status,
+            None => panic!("the stream ended without a status"),
+        }
+    };
+    assert_eq!(ended.code(), tonic::Code::Unavailable, "{ended:?}");
+    assert!(daemon.terminate().success());
+}
+
+#[test]
+fn another_user_is_refused_even_with_open_modes() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: switching to another uid needs root");
+        return;
+    }
+    let daemon = Daemon::start();
+    let folder = daemon.socket.parent().unwrap();
+    // Open every door on the way: the peer-uid check must still say no.
+    for path in [daemon.dir.path(), folder, daemon.socket.as_path()] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let output = daemon
+        .easel_command(&["status"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "uid 65534 got an answer: {}", stdout(&output));
+    assert!(
+        daemon.log_text().contains("refused a connection from another user"),
+        "{}",
+        daemon.log_text()
+    );
+    assert!(daemon.easel(&["status"]).status.success(), "the owner is still served");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_and_reflection_answer() {
+    let daemon = Daemon::start();
+    let channel = daemon.channel().await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let reply = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "easel.v1.Easel".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        reply.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let mut reflection = tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(channel);
+    let request = tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut replies = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let reply = replies.next().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+        panic!("{reply:?}")
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(names.contains(&"easel.v1.Easel".to_string()), "{names:?}");
+    assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
+}
+
+#[test]
+fn prompts_stay_out_of_the_log() {
+    let daemon = Daemon::start();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.png");
+    let model = fixture_model("sd1-tiny");
+    let output = daemon.easel(&[
+        "generate",
+        "zanzibar-privacy-canary",
+        "--negative",
+        "quokka-negative-canary",
+        "--model",
+        model.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--no-progress",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let log = daemon.log_text();
+    assert!(log.contains("job finished"), "the job is logged: {log}");
+    assert!(!log.contains("canary"), "the prompt leaked into the log:\n{log}");
+}
+
+#[test]
+fn the_cli_starts_a_daemon_when_none_runs() {
+    let mut daemon = Daemon::start();
+    daemon.terminate();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("auto.png");
+    let model = fixture_model("sd1-tiny");
+    let output = Command::new(bin("easel"))
+        .envs(daemon.env())
+        .args([
+            "generate",
+            "a cat",
+            "--model",
+            model.to_str().unwrap(),
+            "--steps",
+            "2",
+            "--no-progress",
+            "-o",
+        ])
+        .arg(&out)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(out.is_file());
+    // Opting out: with no daemon running, a clear error instead of a start.
+    let stop = daemon.easel(&["daemon", "stop"]);
+    assert!(stop.status.success(), "{}", stderr(&stop));
+    let refused = daemon.easel(&["status"]);
+    assert!(!refused.status.success());
+    assert!(stderr(&refused).contains("not running"), "{}", stderr(&refused));
+}
+
+#[test]
+fn a_missing_onnx_runtime_is_a_clear_startup_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(bin("easeld"))
+        .env("EASEL_SOCKET", dir.path().join("s/easeld.sock"))
+        .env("EASEL_HOME", dir.path().join("home"))
+        .env("EASEL_CONFIG", dir.path().join("none.toml"))
+        .env("ORT_DYLIB_PATH", dir.path().join("missing/libonnxruntime.so"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let message = stderr(&output);
+    assert!(message.contains("ONNX Runtime library not found"), "{message}");
+    assert!(message.contains("cargo xtask fetch-ort"), "{message}");
+    assert!(!message.contains("panicked"), "{message}");
+    assert!(!dir.path().join("s/easeld.sock").exists(), "no socket is left behind");
+}

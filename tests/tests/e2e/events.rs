@@ -1,0 +1,167 @@
+//! The event stream: order, JSON lines, previews and latents.
+
+use easel_e2e::*;
+use easel_proto::v1 as pb;
+use futures::StreamExt;
+
+#[test]
+fn json_events_come_in_order_with_the_job_id() {
+    let daemon = Daemon::start();
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixture_model("sd1-tiny");
+    let out = dir.path().join("j.png");
+    let output = daemon.easel(&[
+        "generate",
+        "a boat",
+        "--model",
+        model.to_str().unwrap(),
+        "--steps",
+        "5",
+        "--sampler",
+        "ddim",
+        "--json",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let events: Vec<serde_json::Value> = stdout(&output)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "queued", "started", "progress", "progress", "progress", "progress", "progress", "image", "finished"
+        ]
+    );
+    let job_id = events[0]["job_id"].as_str().unwrap();
+    assert!(!job_id.is_empty());
+    assert!(
+        events.iter().all(|e| e["job_id"] == job_id),
+        "every event carries the job id"
+    );
+    let steps: Vec<u64> = events
+        .iter()
+        .filter(|e| e["event"] == "progress")
+        .map(|e| e["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, [1, 2, 3, 4, 5]);
+    assert!(
+        events
+            .iter()
+            .filter(|e| e["event"] == "progress")
+            .all(|e| e["total"] == 5)
+    );
+    assert_eq!(
+        events[7]["path"].as_str().map(std::path::Path::new),
+        Some(out.as_path())
+    );
+    assert!(out.is_file());
+}
+
+#[test]
+fn previews_dir_gets_one_png_per_step() {
+    let daemon = Daemon::start();
+    let dir = tempfile::tempdir().unwrap();
+    let previews = dir.path().join("previews");
+    let model = fixture_model("sd1-tiny");
+    let out = dir.path().join("p.png");
+    let output = daemon.easel(&[
+        "generate",
+        "a boat",
+        "--model",
+        model.to_str().unwrap(),
+        "--steps",
+        "4",
+        "--sampler",
+        "euler",
+        "--previews",
+        previews.to_str().unwrap(),
+        "--no-progress",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let mut files: Vec<_> = std::fs::read_dir(&previews)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 4, "{files:?}");
+    for file in files {
+        let (w, h, _) = read_png(&std::fs::read(&file).unwrap());
+        assert!(w > 0 && h > 0);
+    }
+}
+
+async fn progress_events(daemon: &Daemon, preview: pb::PreviewOptions, steps: u32) -> Vec<pb::Progress> {
+    let mut client = daemon.client().await;
+    let request = pb::GenerateRequest {
+        model: fixture_model("sd1-tiny").display().to_string(),
+        prompt: "a tree".into(),
+        sampler: "euler".into(),
+        steps: Some(steps),
+        seed: Some(3),
+        preview: Some(preview),
+        ..Default::default()
+    };
+    let mut stream = client.generate(request).await.unwrap().into_inner();
+    let mut progress = Vec::new();
+    while let Some(event) = stream.next().await {
+        if let Some(pb::generate_event::Event::Progress(p)) = event.unwrap().event {
+            progress.push(p);
+        }
+    }
+    progress
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn latents_and_previews_stream_when_asked() {
+    let daemon = Daemon::start();
+    // Latents and full VAE previews every 2 steps (and always the last).
+    let full = progress_events(
+        &daemon,
+        pb::PreviewOptions {
+            stream_latents: true,
+            every_n_steps: 2,
+            image: pb::PreviewImage::Full as i32,
+        },
+        5,
+    )
+    .await;
+    assert_eq!(full.len(), 5);
+    for p in &full {
+        let due = p.step % 2 == 0 || p.step == 5;
+        assert_eq!(p.latent.is_some(), due, "latent at step {}", p.step);
+        assert_eq!(!p.preview_png.is_empty(), due, "preview at step {}", p.step);
+        if let Some(latent) = &p.latent {
+            assert_eq!(latent.shape, [1, 4, 8, 8]);
+            assert_eq!(latent.data.len(), 4 * 4 * 8 * 8);
+            assert_eq!(latent.dtype, pb::Dtype::F32 as i32);
+        }
+        if due {
+            let (w, h, _) = read_png(&p.preview_png);
+            assert_eq!((w, h), (64, 64), "a full preview is a VAE decode at full size");
+        }
+    }
+    // Approximate previews are the latent→RGB map at latent resolution; no latents unless asked.
+    let approx = progress_events(
+        &daemon,
+        pb::PreviewOptions {
+            stream_latents: false,
+            every_n_steps: 1,
+            image: pb::PreviewImage::Approx as i32,
+        },
+        3,
+    )
+    .await;
+    assert_eq!(approx.len(), 3);
+    for p in &approx {
+        assert!(p.latent.is_none());
+        assert_eq!(read_png(&p.preview_png).0, 8);
+    }
+    // Nothing asked, nothing sent.
+    let none = progress_events(&daemon, pb::PreviewOptions::default(), 2).await;
+    assert!(none.iter().all(|p| p.latent.is_none() && p.preview_png.is_empty()));
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests: the real `easeld` on a temp socket with a temp `EASEL_HOME`, driven by the
+//! real `easel` CLI and the client library. One test binary (so the heavy dependencies link
+//! once), one module per area.
+
+mod bad_input;
+mod cancel;
+mod daemon;
+mod events;
+mod generate;
