@@ -240,3 +240,55 @@ fn a_missing_onnx_runtime_is_a_clear_startup_error() {
     assert!(!message.contains("panicked"), "{message}");
     assert!(!dir.path().join("s/easeld.sock").exists(), "no socket is left behind");
 }
+
+/// The inodes of the internet (TCP/UDP/raw) sockets in the daemon's network namespace.
+#[cfg(target_os = "linux")]
+fn internet_socket_inodes(pid: u32) -> std::collections::HashSet<String> {
+    let mut inodes = std::collections::HashSet::new();
+    for table in ["tcp", "tcp6", "udp", "udp6", "raw", "raw6"] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            if let Some(inode) = line.split_whitespace().nth(9) {
+                inodes.insert(inode.to_string());
+            }
+        }
+    }
+    inodes
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn the_daemon_opens_no_network_sockets() {
+    let daemon = Daemon::start();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("n.png");
+    let model = fixture_model("sd1-tiny");
+    let output = daemon.easel(&[
+        "generate",
+        "a cat",
+        "--model",
+        model.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--no-progress",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let pid = daemon.child.as_ref().unwrap().id();
+    let internet = internet_socket_inodes(pid);
+    let mut sockets = 0;
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
+        let Ok(target) = std::fs::read_link(fd.unwrap().path()) else {
+            continue;
+        };
+        let target = target.to_string_lossy().into_owned();
+        if let Some(inode) = target.strip_prefix("socket:[").and_then(|t| t.strip_suffix(']')) {
+            sockets += 1;
+            assert!(!internet.contains(inode), "easeld holds an internet socket ({target})");
+        }
+    }
+    assert!(sockets >= 1, "the daemon's Unix socket should be visible");
+}
