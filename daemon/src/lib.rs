@@ -9,8 +9,10 @@
 //! - [`engine`]: the job queue and the inference worker thread that owns loaded models.
 //! - [`service`]: the gRPC service, the only module that knows proto types.
 //! - [`socket`]: the Unix socket, its lock and the peer check.
-//! - [`config`], [`registry`], [`image`]: settings, model names, pictures.
+//! - [`config`], [`registry`], [`builtin`], [`image`]: settings, model names, the embedded
+//!   default model, pictures.
 
+pub mod builtin;
 pub mod config;
 pub mod engine;
 pub mod image;

@@ -102,7 +102,7 @@ impl pb::easel_server::Easel for EaselService {
         let loaded = self.engine.status().loaded_models;
         let models = tokio::task::spawn_blocking(move || {
             registry
-                .installed()
+                .list()
                 .into_iter()
                 .map(|(name, path)| {
                     let opened = registry.open(&name).ok();
@@ -303,10 +303,12 @@ fn status_of(error: EngineError) -> Status {
     let message = chain(&error);
     match &error {
         EngineError::InvalidArgument(_) => Status::invalid_argument(message),
-        EngineError::Registry(RegistryError::UnknownName { .. } | RegistryError::NoDefault)
+        EngineError::Registry(RegistryError::UnknownName { .. })
         | EngineError::Registry(RegistryError::Model(ModelError::NotFound { .. }))
         | EngineError::Model(ModelError::NotFound { .. }) => Status::not_found(message),
-        EngineError::Registry(RegistryError::Model(_)) | EngineError::Model(_) => Status::failed_precondition(message),
+        EngineError::Registry(RegistryError::Model(_) | RegistryError::Builtin(_)) | EngineError::Model(_) => {
+            Status::failed_precondition(message)
+        }
         EngineError::QueueFull(_) => Status::resource_exhausted(message),
         EngineError::Cancelled => Status::cancelled(message),
         EngineError::ShuttingDown => Status::unavailable(message),

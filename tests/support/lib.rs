@@ -5,6 +5,8 @@
 //! builds them first). ONNX Runtime comes from `ORT_DYLIB_PATH` or `cargo xtask fetch-ort`'s
 //! folder; missing, the tests fail with a message saying how to get it.
 
+pub mod shapes;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};

@@ -8,6 +8,8 @@
 //! - `cargo xtask fetch-ort [--install]`: download the pinned `onnxruntime` wheel with pip,
 //!   verify its sha256, unpack the library into `target/onnxruntime/` (and with `--install`
 //!   into `$EASEL_HOME/runtime/`, where the daemon finds it).
+//! - `cargo xtask samples`: regenerate `docs/tiny-shapes-samples.png`, the README's grid of
+//!   pictures drawn by easel with the built-in model.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -23,8 +25,17 @@ const ORT_WHEEL: &str = "onnxruntime-1.31.1-cp311-cp311-manylinux_2_28_x86_64.wh
 const ORT_WHEEL_SHA256: &str = "5752bd508126ae7c49894d3b9d2e83f0c3d487319246d04c444b393308d7ad7f";
 const ORT_LIBRARY_IN_WHEEL: &str = "onnxruntime/capi/libonnxruntime.so.1.31.1";
 
-/// The model the demo draws with until the embedded default model lands.
-const DEMO_MODEL: &str = "tests/fixtures/models/sd1-tiny";
+/// The README's sample grid: captions drawn by the built-in model, one seed each.
+const SAMPLE_PROMPTS: [&str; 8] = [
+    "a red circle on a blue background",
+    "a yellow triangle on a purple background",
+    "a white square on a black background",
+    "a green circle on an orange background",
+    "a blue square on a yellow background",
+    "a purple triangle on a green background",
+    "an orange circle on a white background",
+    "a black triangle on a red background",
+];
 
 fn main() {
     if let Err(error) = run() {
@@ -41,6 +52,7 @@ fn run() -> Result<()> {
     let root = workspace_root();
     match args.first().map(String::as_str) {
         Some("demo") => demo(&root),
+        Some("samples") => samples(&root),
         Some("test") => test(&root),
         Some("fetch-ort") => {
             let library = fetch_ort(&root)?;
@@ -56,7 +68,7 @@ fn run() -> Result<()> {
             Ok(())
         }
         _ => {
-            eprintln!("usage: cargo xtask <demo | test | fetch-ort [--install]>");
+            eprintln!("usage: cargo xtask <demo | test | samples | fetch-ort [--install]>");
             std::process::exit(2);
         }
     }
@@ -191,58 +203,158 @@ fn test(root: &Path) -> Result<()> {
     status(tests, "cargo test --workspace")
 }
 
-fn demo(root: &Path) -> Result<()> {
-    let library = fetch_ort(root)?;
-    let mut build = cargo();
-    build
-        .current_dir(root)
-        .args(["build", "--release", "-p", "easeld", "-p", "easel"]);
-    status(build, "cargo build --release")?;
-    let bin = root.join("target/release");
-    let work = root.join("target/demo");
-    std::fs::create_dir_all(&work)?;
-    let socket = work.join("easeld.sock");
-    let output = work.join("demo.png");
-    let envs = [
-        ("ORT_DYLIB_PATH", library.as_os_str()),
-        ("EASEL_SOCKET", socket.as_os_str()),
-    ];
+/// A release daemon on a private socket under `target/`, stopped when dropped.
+struct DemoDaemon {
+    child: std::process::Child,
+    bin: PathBuf,
+    envs: Vec<(&'static str, std::ffi::OsString)>,
+}
 
-    let mut daemon = Command::new(bin.join("easeld"));
-    daemon.envs(envs).stdin(Stdio::null());
-    eprintln!("xtask: starting easeld on {}", socket.display());
-    let mut daemon = daemon.spawn().context("starting easeld")?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !socket.exists() {
-        if let Some(exit) = daemon.try_wait()? {
-            bail!("easeld exited before it was ready ({exit})");
+impl DemoDaemon {
+    fn start(root: &Path, name: &str) -> Result<Self> {
+        let library = fetch_ort(root)?;
+        let mut build = cargo();
+        build
+            .current_dir(root)
+            .args(["build", "--release", "-p", "easeld", "-p", "easel"]);
+        status(build, "cargo build --release")?;
+        let bin = root.join("target/release");
+        let work = root.join("target").join(name);
+        std::fs::create_dir_all(&work)?;
+        let socket = work.join("easeld.sock");
+        let envs = vec![
+            ("ORT_DYLIB_PATH", library.into_os_string()),
+            ("EASEL_SOCKET", socket.clone().into_os_string()),
+            // A data folder of its own: the built-in model unpacks here, nothing touches ~/.
+            ("EASEL_HOME", work.join("home").into_os_string()),
+        ];
+        eprintln!("xtask: starting easeld on {}", socket.display());
+        let mut child = Command::new(bin.join("easeld"))
+            .envs(envs.iter().map(|(k, v)| (k, v)))
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .context("starting easeld")?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !socket.exists() {
+            if let Some(exit) = child.try_wait()? {
+                bail!("easeld exited before it was ready ({exit})");
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("easeld did not create its socket within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
-        if Instant::now() > deadline {
-            let _ = daemon.kill();
-            bail!("easeld did not create its socket within 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
+        Ok(Self { child, bin, envs })
     }
 
-    let mut generate = Command::new(bin.join("easel"));
+    fn easel(&self) -> Command {
+        let mut command = Command::new(self.bin.join("easel"));
+        command
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
+            .arg("--no-autostart");
+        command
+    }
+
+    fn stop(mut self) -> Result<()> {
+        let mut stop = self.easel();
+        stop.args(["daemon", "stop"]);
+        let stopped = status(stop, "easel daemon stop");
+        let _ = self.child.wait();
+        stopped
+    }
+}
+
+fn demo(root: &Path) -> Result<()> {
+    let daemon = DemoDaemon::start(root, "demo")?;
+    let output = root.join("target/demo/demo.png");
+    let mut generate = daemon.easel();
+    // No --model: the built-in tiny-shapes model is the default.
     generate
-        .envs(envs)
         .args([
-            "--no-autostart",
             "generate",
             "a red circle on a blue background",
-            "--model",
+            "--seed",
+            "42",
+            "--output",
         ])
-        .arg(root.join(DEMO_MODEL))
-        .args(["--steps", "20", "--seed", "42", "--output"])
         .arg(&output);
     let generated = status(generate, "easel generate");
-    let mut stop = Command::new(bin.join("easel"));
-    stop.envs(envs).args(["--no-autostart", "daemon", "stop"]);
-    let stopped = status(stop, "easel daemon stop");
-    let _ = daemon.wait();
+    let stopped = daemon.stop();
     generated?;
     stopped?;
     println!("{}", output.display());
+    Ok(())
+}
+
+fn samples(root: &Path) -> Result<()> {
+    let daemon = DemoDaemon::start(root, "samples")?;
+    let work = root.join("target/samples");
+    let mut tiles = Vec::new();
+    let mut result = Ok(());
+    for (i, prompt) in SAMPLE_PROMPTS.iter().enumerate() {
+        let path = work.join(format!("{i}.png"));
+        let mut generate = daemon.easel();
+        generate
+            .args([
+                "generate",
+                prompt,
+                "--seed",
+                &(i + 1).to_string(),
+                "--no-progress",
+                "--output",
+            ])
+            .arg(&path);
+        if let Err(e) = status(generate, &format!("easel generate {prompt:?}")) {
+            result = Err(e);
+            break;
+        }
+        tiles.push(path);
+    }
+    daemon.stop()?;
+    result?;
+    let out = root.join("docs/tiny-shapes-samples.png");
+    std::fs::create_dir_all(out.parent().expect("docs folder"))?;
+    write_grid(&tiles, 4, &out)?;
+    println!("{}", out.display());
+    Ok(())
+}
+
+/// Lays equally sized RGB PNGs out in rows of `columns`.
+fn write_grid(tiles: &[PathBuf], columns: usize, out: &Path) -> Result<()> {
+    let mut images = Vec::new();
+    for tile in tiles {
+        let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(tile)?));
+        let mut reader = decoder.read_info()?;
+        let mut buf = vec![0; reader.output_buffer_size().context("PNG size")?];
+        let info = reader.next_frame(&mut buf)?;
+        if info.color_type != png::ColorType::Rgb {
+            bail!("{} is not an RGB PNG", tile.display());
+        }
+        buf.truncate(info.buffer_size());
+        images.push((info.width as usize, info.height as usize, buf));
+    }
+    let (w, h) = (images[0].0, images[0].1);
+    let rows = images.len().div_ceil(columns);
+    let (width, height) = (w * columns, h * rows);
+    let mut canvas = vec![255u8; width * height * 3];
+    for (i, (tw, th, pixels)) in images.iter().enumerate() {
+        if (*tw, *th) != (w, h) {
+            bail!("sample tiles differ in size");
+        }
+        let (x0, y0) = ((i % columns) * w, (i / columns) * h);
+        for y in 0..h {
+            let src = &pixels[y * w * 3..(y + 1) * w * 3];
+            let start = ((y0 + y) * width + x0) * 3;
+            canvas[start..start + w * 3].copy_from_slice(src);
+        }
+    }
+    let file = std::fs::File::create(out)?;
+    let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), width as u32, height as u32);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder.add_text_chunk("Software".into(), "easel (cargo xtask samples)".into())?;
+    encoder.write_header()?.write_image_data(&canvas)?;
     Ok(())
 }

@@ -219,3 +219,38 @@ fn tokenize_prints_ids_and_count() {
     assert_eq!(ids, expected);
     assert_eq!(json["count"], expected.len());
 }
+
+#[test]
+fn the_built_in_model_is_listed_and_is_the_default() {
+    let daemon = Daemon::start();
+    let output = daemon.easel(&["models", "list", "--json"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let json: serde_json::Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+    let models = json["models"].as_array().unwrap();
+    let builtin = models
+        .iter()
+        .find(|m| m["name"] == "tiny-shapes")
+        .expect("tiny-shapes is listed");
+    assert_eq!(builtin["default_sampler"], "ddim");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("default.png");
+    let output = daemon.easel(&[
+        "generate",
+        "a red circle on a blue background",
+        "--steps",
+        "8",
+        "--seed",
+        "5",
+        "--no-progress",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let bytes = std::fs::read(&out).unwrap();
+    assert_eq!(read_png(&bytes).0, 128, "the built-in model draws 128x128 by default");
+    assert!(
+        png_text(&bytes)
+            .iter()
+            .any(|(k, v)| k == "parameters" && v.contains("Model: tiny-shapes"))
+    );
+}

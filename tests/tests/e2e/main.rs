@@ -7,3 +7,4 @@ mod cancel;
 mod daemon;
 mod events;
 mod generate;
+mod quality;
