@@ -5,10 +5,13 @@
 //! The stochastic samplers (`euler_a`, multi-step `lcm`) are tested with their per-step noise
 //! made explicit: the fixture recorded what diffusers drew and this test replays it.
 
+mod common;
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
+use common::{fixtures, runtime};
 use easeld::model::onnx::HostTensor;
 use easeld::model::{LoadedModel, ModelFolder};
 use easeld::pipeline::{self, PreviewSettings, Request};
@@ -29,23 +32,6 @@ struct Case {
     init_noise: String,
     step_noise: Option<String>,
     image: String,
-}
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
-}
-
-/// The ONNX Runtime the tests run on: `ORT_DYLIB_PATH`, else the one `cargo xtask fetch-ort`
-/// unpacks. Missing is a failure, not a skip: a parity suite that silently runs nothing proves
-/// nothing.
-fn runtime() -> easeld::runtime::OrtRuntime {
-    let fetched = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/onnxruntime/libonnxruntime.so.1.31.1");
-    let mut candidates: Vec<PathBuf> = std::env::var_os("ORT_DYLIB_PATH")
-        .map(PathBuf::from)
-        .into_iter()
-        .collect();
-    candidates.push(fetched);
-    easeld::runtime::load(&candidates).expect("ONNX Runtime for the tests (run `cargo xtask fetch-ort`)")
 }
 
 /// Replays recorded per-step noise, one latent-sized draw at a time.

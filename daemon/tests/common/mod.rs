@@ -1,0 +1,19 @@
+//! Shared by the daemon's integration tests: the fixtures folder and the ONNX Runtime.
+
+use std::path::{Path, PathBuf};
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
+}
+
+/// The ONNX Runtime the tests run on: `ORT_DYLIB_PATH`, else the one `cargo xtask fetch-ort`
+/// unpacks. Missing is a failure, not a skip: a suite that silently runs nothing proves nothing.
+pub fn runtime() -> easeld::runtime::OrtRuntime {
+    let fetched = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/onnxruntime/libonnxruntime.so.1.31.1");
+    let mut candidates: Vec<PathBuf> = std::env::var_os("ORT_DYLIB_PATH")
+        .map(PathBuf::from)
+        .into_iter()
+        .collect();
+    candidates.push(fetched);
+    easeld::runtime::load(&candidates).expect("ONNX Runtime for the tests (run `cargo xtask fetch-ort`)")
+}
