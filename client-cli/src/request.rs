@@ -69,6 +69,9 @@ pub struct GenerateOptions {
     pub count: Option<u32>,
     /// Unit-variance initial noise, e.g. read with [`npy::read`].
     pub init_noise: Option<npy::Array>,
+    /// img2img: the encoded picture (PNG or JPEG) and how much of it to repaint.
+    pub init_image: Option<Vec<u8>>,
+    pub strength: Option<f64>,
     /// Ask for an approximate preview PNG with every step.
     pub previews: bool,
     /// How long the model stays loaded afterwards (`"5m"`, `"-1"`, `"0"`…).
@@ -106,6 +109,9 @@ impl GenerateOptions {
             seed: self.seed,
             count: self.count,
             init_noise: self.init_noise.as_ref().map(npy::Array::to_tensor),
+            init_image: self.init_image.clone().unwrap_or_default(),
+            strength: self.strength,
+            mask_image: Vec::new(),
             preview: self.previews.then_some(pb::PreviewOptions {
                 stream_latents: false,
                 every_n_steps: 1,

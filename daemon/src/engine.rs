@@ -40,11 +40,16 @@ pub struct GenerateSpec {
     pub seed: Option<u64>,
     pub count: Option<u32>,
     pub init_noise: Option<HostTensor<f32>>,
+    /// img2img: an encoded PNG or JPEG.
+    pub init_image: Option<Vec<u8>>,
+    pub strength: Option<f64>,
     pub preview: PreviewSettings,
 }
 
 pub const DEFAULT_STEPS: u32 = 20;
 pub const DEFAULT_GUIDANCE: f32 = 7.5;
+/// diffusers' default img2img strength.
+pub const DEFAULT_STRENGTH: f64 = 0.8;
 
 /// A request checked against the model and the limits: everything the worker needs.
 #[derive(Debug, Clone)]
@@ -318,10 +323,28 @@ pub fn validate(registry: &Registry, limits: &Limits, spec: GenerateSpec) -> Res
             }
         },
     };
+    if spec.strength.is_some() && spec.init_image.is_none() {
+        return invalid("strength only applies to img2img: send an init image with it".into());
+    }
+    let strength = spec.strength.unwrap_or(DEFAULT_STRENGTH);
+    if spec.init_image.is_some() && !(strength > 0.0 && strength <= 1.0) {
+        return invalid(format!("strength must be in (0, 1] (got {strength})"));
+    }
     let folder = registry.open(&spec.model)?;
-    let native = folder.native_size();
-    let (width, height) = (spec.width.unwrap_or(native), spec.height.unwrap_or(native));
     let multiple = folder.vae_factor as u32;
+    let picture = match &spec.init_image {
+        Some(bytes) => Some(crate::image::decode_rgb(bytes).map_err(EngineError::InvalidArgument)?),
+        None => None,
+    };
+    // Without a size, img2img keeps the picture's own, rounded down to the VAE's multiple.
+    let native = folder.native_size();
+    let (width, height) = match &picture {
+        Some(p) => (
+            spec.width.unwrap_or(p.width / multiple * multiple),
+            spec.height.unwrap_or(p.height / multiple * multiple),
+        ),
+        None => (spec.width.unwrap_or(native), spec.height.unwrap_or(native)),
+    };
     for (what, value) in [("width", width), ("height", height)] {
         if value == 0 || value % multiple != 0 {
             return invalid(format!(
@@ -353,6 +376,20 @@ pub fn validate(registry: &Registry, limits: &Limits, spec: GenerateSpec) -> Res
             return invalid("init noise contains NaN or infinite values".into());
         }
     }
+    let init_image = match picture {
+        Some(picture) => {
+            if pipeline::img2img_start(steps as usize, strength).is_none() {
+                return invalid(format!(
+                    "strength {strength} with {steps} steps runs no step; raise the strength or the steps"
+                ));
+            }
+            Some(pipeline::InitImage {
+                pixels: picture.resized(width, height).to_nchw_signed(),
+                strength,
+            })
+        }
+        None => None,
+    };
     let sampler = sampler.unwrap_or(folder.default_sampler);
     // Build the sampler once here so a config it cannot use fails the request up front.
     crate::sampler::build(sampler, &folder.scheduler, steps as usize).map_err(|e| {
@@ -372,6 +409,7 @@ pub fn validate(registry: &Registry, limits: &Limits, spec: GenerateSpec) -> Res
             guidance_scale,
             sampler,
             init_noise: spec.init_noise,
+            init_image,
             preview: spec.preview,
         },
         folder,
@@ -388,7 +426,7 @@ pub fn a1111_parameters(job: &ValidJob, seed: u64) -> String {
         text.push_str(&format!("\nNegative prompt: {}", r.negative_prompt));
     }
     text.push_str(&format!(
-        "\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {}, Size: {}x{}, Model: {}, Version: easel {}",
+        "\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {}, Size: {}x{}, Model: {}",
         r.steps,
         r.sampler.a1111_name(),
         r.guidance_scale,
@@ -396,8 +434,11 @@ pub fn a1111_parameters(job: &ValidJob, seed: u64) -> String {
         r.width,
         r.height,
         job.folder.name,
-        env!("CARGO_PKG_VERSION")
     ));
+    if let Some(init) = &r.init_image {
+        text.push_str(&format!(", Denoising strength: {}", init.strength));
+    }
+    text.push_str(&format!(", Version: easel {}", env!("CARGO_PKG_VERSION")));
     text
 }
 
@@ -414,6 +455,7 @@ fn metadata_json(job: &ValidJob, seed: u64) -> String {
         "seed": seed,
         "model": job.folder.name,
         "init_noise": r.init_noise.is_some(),
+        "strength": r.init_image.as_ref().map(|i| i.strength),
         "easel_version": env!("CARGO_PKG_VERSION"),
     })
     .to_string()

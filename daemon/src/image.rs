@@ -88,6 +88,53 @@ pub fn approx_preview(latent: &[f32], shape: &[usize]) -> Option<RgbImage> {
     Some(RgbImage::from_planes(&rgb, w, h, |v| (v + 1.0) / 2.0))
 }
 
+impl RgbImage {
+    /// Resized with a Lanczos filter (like diffusers' PIL `lanczos`); unchanged when the size
+    /// already matches.
+    pub fn resized(self, width: u32, height: u32) -> Self {
+        if (self.width, self.height) == (width, height) {
+            return self;
+        }
+        let buffer = image::RgbImage::from_raw(self.width, self.height, self.pixels).expect("pixels match the size");
+        let resized = image::imageops::resize(&buffer, width, height, image::imageops::FilterType::Lanczos3);
+        Self {
+            width,
+            height,
+            pixels: resized.into_raw(),
+        }
+    }
+
+    /// `[1, 3, H, W]` in −1..1, as diffusers' image processor normalises a picture.
+    pub fn to_nchw_signed(&self) -> HostTensor<f32> {
+        let plane = (self.width * self.height) as usize;
+        let mut data = vec![0.0; 3 * plane];
+        for (i, rgb) in self.pixels.chunks_exact(3).enumerate() {
+            for c in 0..3 {
+                data[c * plane + i] = f32::from(rgb[c]) / 255.0 * 2.0 - 1.0;
+            }
+        }
+        HostTensor::new(vec![1, 3, self.height as usize, self.width as usize], data)
+    }
+}
+
+/// Decodes a PNG or JPEG into RGB (alpha dropped, as PIL's `convert("RGB")` does).
+pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage, String> {
+    if bytes.is_empty() {
+        return Err("the init image is empty (0 bytes)".into());
+    }
+    let decoded = image::load_from_memory(bytes)
+        .map_err(|e| format!("cannot read the init image ({e}); send a PNG or JPEG file"))?;
+    if decoded.width() == 0 || decoded.height() == 0 {
+        return Err("the init image has no pixels".into());
+    }
+    let rgb = decoded.into_rgb8();
+    Ok(RgbImage {
+        width: rgb.width(),
+        height: rgb.height(),
+        pixels: rgb.into_raw(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

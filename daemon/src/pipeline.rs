@@ -1,7 +1,10 @@
-//! Text-to-image: the denoising loop of Stable Diffusion, written to read like the paper.
+//! Text-to-image and img2img: the denoising loop of Stable Diffusion, written to read like the
+//! paper.
 //!
 //! 1. Encode the prompt (and, with guidance, the negative prompt) with the text encoder.
-//! 2. Start from Gaussian noise scaled by the sampler's `init_noise_sigma`.
+//! 2. Start from Gaussian noise scaled by the sampler's `init_noise_sigma` — or, for img2img,
+//!    from the picture's latent noised to the level where the run starts (diffusers' strength:
+//!    skip the first `steps − int(steps · strength)` steps).
 //! 3. For each timestep: scale the input, run the UNet on [uncond, cond] as one batch, combine
 //!    them with classifier-free guidance, let the sampler take a step.
 //! 4. Decode the final latent with the VAE.
@@ -28,8 +31,29 @@ pub struct Request {
     pub guidance_scale: f32,
     pub sampler: SamplerKind,
     /// Unit-variance initial noise `[1, C, H/f, W/f]`; drawn from the noise source when absent.
+    /// For img2img it is the noise `add_noise` mixes into the picture's latent.
     pub init_noise: Option<HostTensor<f32>>,
+    pub init_image: Option<InitImage>,
     pub preview: PreviewSettings,
+}
+
+/// img2img's starting picture, already at the request's size.
+#[derive(Debug, Clone)]
+pub struct InitImage {
+    /// `[1, 3, H, W]` in −1..1.
+    pub pixels: HostTensor<f32>,
+    /// In (0, 1]: how much of the schedule runs (1 = all of it, from a fully noised latent).
+    pub strength: f64,
+}
+
+/// Where an img2img run enters the schedule, as diffusers' `get_timesteps` computes it:
+/// `init_timestep = min(int(steps · strength), steps)`, `t_start = steps − init_timestep`.
+/// Returns `None` when no step would run.
+pub fn img2img_start(steps: usize, strength: f64) -> Option<usize> {
+    // Python multiplies an int by a float64 and truncates (so strength travels as a double:
+    // as f32, 0.7 × 10 would truncate to 6).
+    let init_timestep = ((steps as f64 * strength) as usize).min(steps);
+    (init_timestep > 0).then(|| steps - init_timestep)
 }
 
 /// Which intermediate results to report, and how often.
@@ -119,29 +143,45 @@ pub fn generate(
     let denoise_started = Instant::now();
     let mut scheduler = sampler::build(request.sampler, &model.folder.scheduler, request.steps)?;
     let shape = latent_shape(model, request.width, request.height);
-    let mut latents = match &request.init_noise {
-        Some(noise) => {
-            if noise.shape != shape {
+    // img2img encodes the picture first: its sampling draws before the starting noise does, as
+    // in diffusers, so the same noise stream gives the same picture.
+    let image_latents = match &request.init_image {
+        Some(init) => Some(encode_image(model, &init.pixels, &shape, noise)?),
+        None => None,
+    };
+    let start_noise = match &request.init_noise {
+        Some(given) => {
+            if given.shape != shape {
                 return Err(PipelineError::InvalidRequest(format!(
                     "init noise has shape {:?}, but a {}x{} picture on this model needs {:?}",
-                    noise.shape, request.width, request.height, shape
+                    given.shape, request.width, request.height, shape
                 )));
             }
-            noise.data.clone()
+            given.data.clone()
         }
-        None => {
-            let mut data = vec![0.0; shape.iter().product()];
-            noise.fill_standard_normal(&mut data);
-            data
+        None => noise.standard_normal(shape.iter().product()),
+    };
+    let (first, mut latents) = match (&request.init_image, image_latents) {
+        (Some(init), Some(image_latents)) => {
+            let t_start = img2img_start(request.steps, init.strength).ok_or_else(|| {
+                PipelineError::InvalidRequest(format!(
+                    "strength {} with {} steps runs no step; raise the strength or the steps",
+                    init.strength, request.steps
+                ))
+            })?;
+            let first = t_start * scheduler.order();
+            (first, scheduler.add_noise(&image_latents, &start_noise, first))
+        }
+        _ => {
+            let sigma = scheduler.init_noise_sigma() as f32;
+            (0, start_noise.into_iter().map(|v| v * sigma).collect())
         }
     };
-    let sigma = scheduler.init_noise_sigma() as f32;
-    latents.iter_mut().for_each(|v| *v *= sigma);
 
     let timesteps = scheduler.timesteps().to_vec();
-    let total = timesteps.len();
+    let total = timesteps.len() - first;
     let every = request.preview.every_n_steps.max(1) as usize;
-    for (index, &t) in timesteps.iter().enumerate() {
+    for (index, &t) in timesteps.iter().enumerate().skip(first) {
         if is_cancelled() {
             return Err(PipelineError::Cancelled);
         }
@@ -158,7 +198,7 @@ pub fn generate(
         let output = scheduler.step(&noise_pred, index, &latents, noise);
         latents = output.prev_sample;
 
-        let step = index + 1;
+        let step = index + 1 - first;
         let report_now = step % every == 0 || step == total;
         let mut report = StepReport {
             step,
@@ -251,6 +291,52 @@ fn predict_noise(
             let (uncond, cond) = out.split_at(out.len() / 2);
             uncond.iter().zip(cond).map(|(u, c)| u + scale * (c - u)).collect()
         }
+    })
+}
+
+/// Picture → scaled latent: the VAE encoder's distribution sampled with the noise source
+/// (`mean + exp(0.5 · clamp(logvar, −30, 20)) · ε`), or a legacy encoder's `latent_sample` as
+/// it is; then × `scaling_factor`.
+fn encode_image(
+    model: &mut LoadedModel,
+    pixels: &HostTensor<f32>,
+    latent_shape: &[usize],
+    noise: &mut dyn NoiseSource,
+) -> Result<Vec<f32>, PipelineError> {
+    let scaling = model.folder.scaling_factor;
+    let channels = latent_shape[1];
+    let model_name = model.folder.name.clone();
+    let encoder = model.vae_encoder()?;
+    let spec = encoder.input.clone();
+    let mut outputs = encoder.model.run(vec![(&spec, Input::Float(pixels.clone()))])?;
+    let encoded = outputs.swap_remove(encoder.output);
+    let mut expected = latent_shape.to_vec();
+    let latent = if encoded.shape.get(1) == Some(&(2 * channels)) {
+        expected[1] = 2 * channels;
+        if encoded.shape != expected {
+            return Err(shape_error(&model_name, &encoded.shape, &expected));
+        }
+        let plane = encoded.data.len() / 2;
+        let (mean, logvar) = encoded.data.split_at(plane);
+        let eps = noise.standard_normal(plane);
+        mean.iter()
+            .zip(logvar)
+            .zip(&eps)
+            .map(|((m, lv), e)| m + (0.5 * lv.clamp(-30.0f32, 20.0)).exp() * e)
+            .collect()
+    } else {
+        if encoded.shape != expected {
+            return Err(shape_error(&model_name, &encoded.shape, &expected));
+        }
+        encoded.data
+    };
+    Ok(latent.into_iter().map(|v: f32| v * scaling).collect())
+}
+
+fn shape_error(model: &str, got: &[usize], expected: &[usize]) -> PipelineError {
+    PipelineError::Model(ModelError::Incompatible {
+        model: model.to_string(),
+        message: format!("the VAE encoder returned shape {got:?}, expected {expected:?} (or twice the channels)"),
     })
 }
 

@@ -149,6 +149,11 @@ impl pb::easel_server::Easel for EaselService {
 }
 
 fn generate_spec(request: pb::GenerateRequest) -> Result<GenerateSpec, Status> {
+    if !request.mask_image.is_empty() {
+        return Err(Status::unimplemented(
+            "inpainting (mask_image) is not available yet; send the request without a mask",
+        ));
+    }
     let init_noise = request.init_noise.map(tensor_from_proto).transpose()?;
     let preview = request.preview.unwrap_or_default();
     Ok(GenerateSpec {
@@ -163,6 +168,8 @@ fn generate_spec(request: pb::GenerateRequest) -> Result<GenerateSpec, Status> {
         seed: request.seed,
         count: request.count,
         init_noise,
+        init_image: Some(request.init_image).filter(|b| !b.is_empty()),
+        strength: request.strength,
         preview: PreviewSettings {
             every_n_steps: preview.every_n_steps,
             latents: preview.stream_latents,

@@ -91,6 +91,7 @@ fn every_reference_case_matches_diffusers() {
             guidance_scale: case.guidance_scale,
             sampler,
             init_noise: Some(HostTensor::new(shape, noise)),
+            init_image: None,
             preview: PreviewSettings::default(),
         };
         let mut replay = Replay {
@@ -130,4 +131,93 @@ fn every_reference_case_matches_diffusers() {
         "every sampler must have a reference case: {samplers_seen:?}"
     );
     assert!(failures.is_empty(), "cases beyond tolerance:\n{}", failures.join("\n"));
+}
+
+#[derive(Deserialize)]
+struct Img2ImgCase {
+    name: String,
+    model: String,
+    prompt: String,
+    negative_prompt: String,
+    init_image: String,
+    width: u32,
+    height: u32,
+    steps: usize,
+    strength: f64,
+    guidance_scale: f32,
+    sampler: String,
+    noise: String,
+    image: String,
+    timesteps: Vec<f64>,
+}
+
+/// img2img against diffusers' `StableDiffusionImg2ImgPipeline`: every random draw (the VAE's
+/// sample, the noise mixed in at the starting step, the ancestral samplers' step noise) is
+/// replayed from the fixture, in diffusers' order.
+#[test]
+fn every_img2img_case_matches_diffusers() {
+    let runtime = runtime();
+    let cases: Vec<Img2ImgCase> =
+        serde_json::from_slice(&std::fs::read(fixtures().join("img2img/manifest.json")).unwrap()).unwrap();
+    assert!(cases.len() >= 15, "the img2img manifest lost cases");
+    let mut models: HashMap<String, LoadedModel> = HashMap::new();
+    let mut failures = Vec::new();
+    for case in &cases {
+        let model = models.entry(case.model.clone()).or_insert_with(|| {
+            let folder = ModelFolder::open(&case.model, &fixtures().join(&case.model)).unwrap();
+            LoadedModel::load(&runtime, Arc::new(folder), 1).unwrap()
+        });
+        let picture = easeld::image::decode_rgb(&std::fs::read(fixtures().join(&case.init_image)).unwrap()).unwrap();
+        let request = Request {
+            prompt: case.prompt.clone(),
+            negative_prompt: case.negative_prompt.clone(),
+            width: case.width,
+            height: case.height,
+            steps: case.steps,
+            guidance_scale: case.guidance_scale,
+            sampler: case.sampler.parse().unwrap(),
+            init_noise: None,
+            init_image: Some(pipeline::InitImage {
+                pixels: picture.resized(case.width, case.height).to_nchw_signed(),
+                strength: case.strength,
+            }),
+            preview: PreviewSettings::default(),
+        };
+        let mut replay = Replay {
+            data: npy(&fixtures().join(&case.noise)).1,
+            offset: 0,
+        };
+        let mut steps_run = 0;
+        let output = pipeline::generate(model, &request, &mut replay, &|| false, &mut |report| {
+            steps_run = report.total;
+        })
+        .unwrap();
+        assert_eq!(steps_run, case.timesteps.len(), "{}: UNet evaluations", case.name);
+        assert_eq!(
+            replay.offset,
+            replay.data.len(),
+            "{}: easel drew less noise than diffusers did",
+            case.name
+        );
+        let (w, h, expected) = read_png(&fixtures().join(&case.image));
+        assert_eq!((output.image.width, output.image.height), (w, h), "{}", case.name);
+        let diffs: Vec<u32> = output
+            .image
+            .pixels
+            .iter()
+            .zip(&expected)
+            .map(|(a, b)| u32::from(a.abs_diff(*b)))
+            .collect();
+        let mean = diffs.iter().sum::<u32>() as f64 / diffs.len() as f64;
+        let max = diffs.iter().copied().max().unwrap_or(0);
+        println!("{:<36} mean {mean:.3} max {max}", case.name);
+        if mean > 1.0 || max > 8 {
+            failures.push(format!("{}: mean {mean:.3}, max {max}", case.name));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "img2img cases beyond tolerance:\n{}",
+        failures.join("\n")
+    );
 }

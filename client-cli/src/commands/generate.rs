@@ -63,13 +63,14 @@ pub struct GenerateArgs {
     #[arg(long, value_name = "FILE.npy")]
     pub init_noise: Option<PathBuf>,
 
-    /// Start from this image (img2img; not available yet)
+    /// Start from this picture (img2img; PNG or JPEG). Without --width/--height the output
+    /// keeps its size, rounded down to a multiple of 8
     #[arg(long, value_name = "FILE")]
     pub init_image: Option<PathBuf>,
 
-    /// How much of --init-image to repaint, 0 to 1 (not available yet)
-    #[arg(long, value_name = "X")]
-    pub strength: Option<f32>,
+    /// How much of --init-image to repaint, in (0, 1] [default: 0.8]
+    #[arg(long, value_name = "X", allow_negative_numbers = true, requires = "init_image")]
+    pub strength: Option<f64>,
 
     /// Repaint only where this mask is white (inpainting; not available yet)
     #[arg(long, value_name = "FILE")]
@@ -100,13 +101,25 @@ pub struct GenerateArgs {
 impl GenerateArgs {
     /// Checks what needs no daemon and builds the options (reads --init-noise).
     pub fn options(&self) -> anyhow::Result<GenerateOptions> {
-        if self.init_image.is_some() || self.strength.is_some() || self.mask.is_some() {
-            return Err(UsageError(
-                "img2img/inpainting is not available yet; --init-image, --strength and --mask will work in a later release"
-                    .into(),
-            )
-            .into());
+        if self.mask.is_some() {
+            return Err(
+                UsageError("inpainting is not available yet; --mask will work in a later release".into()).into(),
+            );
         }
+        let init_image = match &self.init_image {
+            Some(path) => {
+                let bytes =
+                    std::fs::read(path).with_context(|| format!("cannot read --init-image {}", path.display()))?;
+                if bytes.is_empty() {
+                    anyhow::bail!(
+                        "--init-image {} is empty (0 bytes); pass a PNG or JPEG picture",
+                        path.display()
+                    );
+                }
+                Some(bytes)
+            }
+            None => None,
+        };
         if self.count == Some(0) {
             return Err(UsageError("--count must be at least 1".into()).into());
         }
@@ -128,6 +141,8 @@ impl GenerateArgs {
             negative_prompt: self.negative.clone(),
             steps: self.steps,
             guidance_scale: self.cfg,
+            init_image,
+            strength: self.strength,
             sampler: self.sampler.clone(),
             width: self.width,
             height: self.height,
@@ -348,13 +363,40 @@ mod tests {
     }
 
     #[test]
-    fn img2img_is_not_available_yet() {
-        for extra in [["--init-image", "a.png"], ["--strength", "0.5"], ["--mask", "m.png"]] {
-            let mut args = vec!["p"];
-            args.extend(extra);
-            let error = parse(&args).unwrap().options().unwrap_err();
-            assert!(usage_message(error).contains("img2img/inpainting is not available yet"));
-        }
+    fn inpainting_is_not_available_yet_and_strength_needs_an_image() {
+        let error = parse(&["p", "--mask", "m.png"]).unwrap().options().unwrap_err();
+        assert!(usage_message(error).contains("inpainting is not available yet"));
+        assert!(
+            parse(&["p", "--strength", "0.5"]).is_err(),
+            "--strength without --init-image"
+        );
+    }
+
+    #[test]
+    fn init_images_are_read_and_empty_ones_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.png");
+        std::fs::write(&empty, b"").unwrap();
+        let error = parse(&["p", "--init-image", empty.to_str().unwrap()])
+            .unwrap()
+            .options()
+            .unwrap_err();
+        assert!(format!("{error:#}").contains("empty"), "{error:#}");
+        let missing = dir.path().join("missing.png");
+        let error = parse(&["p", "--init-image", missing.to_str().unwrap()])
+            .unwrap()
+            .options()
+            .unwrap_err();
+        assert!(format!("{error:#}").contains("missing.png"), "{error:#}");
+        let picture = dir.path().join("p.png");
+        std::fs::write(&picture, b"not really a png").unwrap();
+        let options = parse(&["p", "--init-image", picture.to_str().unwrap(), "--strength", "0.4"])
+            .unwrap()
+            .options()
+            .unwrap();
+        let request = options.to_request().unwrap();
+        assert_eq!(request.init_image, b"not really a png");
+        assert_eq!(request.strength, Some(0.4));
     }
 
     #[test]

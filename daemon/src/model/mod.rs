@@ -103,6 +103,8 @@ pub struct ModelFolder {
 pub const TEXT_ENCODER: &str = "text_encoder/model.onnx";
 pub const UNET: &str = "unet/model.onnx";
 pub const VAE_DECODER: &str = "vae_decoder/model.onnx";
+/// Optional: only img2img and inpainting need it, so it is loaded on first use.
+pub const VAE_ENCODER: &str = "vae_encoder/model.onnx";
 
 impl ModelFolder {
     pub fn open(name: &str, root: &Path) -> Result<Self, ModelError> {
@@ -189,6 +191,16 @@ pub struct UnetInputs {
     pub encoder_hidden_states: IoSpec,
 }
 
+/// The VAE encoder (pixels → latent) and where its latent comes out.
+#[derive(Debug)]
+pub struct VaeEncoder {
+    pub model: OnnxModel,
+    pub input: IoSpec,
+    /// Index of the output to read: `latent_parameters` (mean ‖ log-variance, current optimum)
+    /// or `latent_sample` (legacy exports: the latent itself).
+    pub output: usize,
+}
+
 /// A model with its sessions open: what a worker keeps resident between jobs.
 #[derive(Debug)]
 pub struct LoadedModel {
@@ -199,6 +211,9 @@ pub struct LoadedModel {
     pub unet_inputs: UnetInputs,
     pub vae_decoder: OnnxModel,
     pub vae_latent: IoSpec,
+    vae_encoder: Option<VaeEncoder>,
+    runtime: OrtRuntime,
+    threads: usize,
 }
 
 impl LoadedModel {
@@ -260,6 +275,39 @@ impl LoadedModel {
             unet_inputs,
             vae_decoder,
             vae_latent,
+            vae_encoder: None,
+            runtime: runtime.clone(),
+            threads,
         })
+    }
+
+    /// The VAE encoder, loading it on first use.
+    pub fn vae_encoder(&mut self) -> Result<&mut VaeEncoder, ModelError> {
+        if self.vae_encoder.is_none() {
+            let model_name = self.folder.name.clone();
+            let path = self.folder.root.join(VAE_ENCODER);
+            if !path.is_file() {
+                return Err(ModelError::Incompatible {
+                    model: model_name,
+                    message: format!(
+                        "img2img needs the VAE encoder, but {} is missing; export the model with optimum to get it",
+                        path.display()
+                    ),
+                });
+            }
+            let onnx_err = |source: OnnxError| ModelError::Onnx {
+                model: model_name.clone(),
+                source,
+            };
+            let model = OnnxModel::load(&self.runtime, "vae_encoder", &path, self.threads).map_err(onnx_err)?;
+            let input = model.find_input(&["sample"], Some(&[4])).map_err(onnx_err)?;
+            let output = model
+                .outputs
+                .iter()
+                .position(|o| o.name == "latent_parameters" || o.name == "latent_sample")
+                .unwrap_or(0);
+            self.vae_encoder = Some(VaeEncoder { model, input, output });
+        }
+        Ok(self.vae_encoder.as_mut().expect("loaded above"))
     }
 }

@@ -7,4 +7,5 @@ mod cancel;
 mod daemon;
 mod events;
 mod generate;
+mod img2img;
 mod quality;

@@ -1,0 +1,128 @@
+//! img2img through the CLI: sizes, metadata, seeds and bad input. (Pixel parity with
+//! diffusers, which needs every random draw replayed, is `daemon/tests/parity.rs`.)
+
+use easel_e2e::*;
+
+fn run(daemon: &Daemon, extra: &[&str], out: &std::path::Path) -> std::process::Output {
+    let model = fixture_model("sd1-tiny");
+    let mut args = vec![
+        "generate",
+        "a garden",
+        "--model",
+        model.to_str().unwrap(),
+        "--steps",
+        "6",
+        "--no-progress",
+    ];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["-o", out.to_str().unwrap()]);
+    daemon.easel(&args)
+}
+
+#[test]
+fn img2img_keeps_the_picture_size_and_records_the_strength() {
+    let daemon = Daemon::start();
+    let dir = tempfile::tempdir().unwrap();
+    let init = fixtures().join("img2img/init-80x48.png");
+    let init = init.to_str().unwrap();
+
+    let out = dir.path().join("own-size.png");
+    let output = run(
+        &daemon,
+        &["--init-image", init, "--strength", "0.6", "--seed", "9"],
+        &out,
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let bytes = std::fs::read(&out).unwrap();
+    let (w, h, first) = read_png(&bytes);
+    assert_eq!((w, h), (80, 48), "without --width/--height the picture keeps its size");
+    let parameters = png_text(&bytes).into_iter().find(|(k, _)| k == "parameters").unwrap().1;
+    assert!(parameters.contains("Denoising strength: 0.6"), "{parameters}");
+
+    let again = dir.path().join("again.png");
+    let output = run(
+        &daemon,
+        &["--init-image", init, "--strength", "0.6", "--seed", "9"],
+        &again,
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        read_png(&std::fs::read(&again).unwrap()).2,
+        first,
+        "same seed, same picture"
+    );
+
+    let weaker = dir.path().join("weaker.png");
+    let output = run(
+        &daemon,
+        &["--init-image", init, "--strength", "0.3", "--seed", "9"],
+        &weaker,
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_ne!(
+        read_png(&std::fs::read(&weaker).unwrap()).2,
+        first,
+        "strength changes the picture"
+    );
+
+    let resized = dir.path().join("resized.png");
+    let output = run(
+        &daemon,
+        &["--init-image", init, "--width", "64", "--height", "64"],
+        &resized,
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        read_png(&std::fs::read(&resized).unwrap()).0,
+        64,
+        "resized to the requested size"
+    );
+}
+
+#[test]
+fn bad_img2img_input_fails_clearly() {
+    let daemon = Daemon::start();
+    let dir = tempfile::tempdir().unwrap();
+    let init = fixtures().join("img2img/init-64.png");
+    let init = init.to_str().unwrap();
+    let empty = dir.path().join("empty.png");
+    std::fs::write(&empty, b"").unwrap();
+    let text = dir.path().join("text.png");
+    std::fs::write(&text, b"this is not a picture").unwrap();
+    let out = dir.path().join("out.png");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--init-image", empty.to_str().unwrap()], "empty"),
+        (
+            vec!["--init-image", text.to_str().unwrap()],
+            "cannot read the init image",
+        ),
+        (
+            vec!["--init-image", "/nonexistent/picture.png"],
+            "/nonexistent/picture.png",
+        ),
+        (
+            vec!["--init-image", init, "--strength", "0"],
+            "strength must be in (0, 1]",
+        ),
+        (
+            vec!["--init-image", init, "--strength", "1.5"],
+            "strength must be in (0, 1]",
+        ),
+        (vec!["--init-image", init, "--strength", "0.1"], "runs no step"),
+        (
+            vec!["--init-image", init, "--mask", init],
+            "inpainting is not available yet",
+        ),
+    ];
+    for (flags, expected) in &cases {
+        let output = run(&daemon, flags, &out);
+        assert!(!output.status.success(), "{flags:?} should fail");
+        assert!(
+            stderr(&output).contains(expected),
+            "{flags:?}: `{expected}` not in {}",
+            stderr(&output)
+        );
+    }
+    assert!(!out.exists());
+    assert!(daemon.easel(&["status"]).status.success(), "the daemon is still up");
+}
