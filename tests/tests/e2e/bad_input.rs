@@ -80,6 +80,7 @@ fn each_bad_request_fails_clearly_and_the_daemon_stays_up() {
         ),
         (vec!["--cfg", "-2"], &["guidance"]),
         (vec!["--count", "0"], &["count"]),
+        (vec!["--count", "17"], &["count must be between 1 and 16"]),
         (
             vec!["--init-noise", wrong_noise.to_str().unwrap()],
             &["init noise", "[1, 4, 8, 8]"],
