@@ -130,7 +130,14 @@ pub fn generate(
 ) -> Result<Output, PipelineError> {
     let mut timings = Timings::default();
     let started = Instant::now();
-    let guided = request.guidance_scale > 1.0;
+    // An LCM-distilled UNet takes the guidance scale as an embedding instead of running the
+    // unconditional batch (diffusers: no classifier-free guidance when `time_cond_proj_dim` is
+    // set).
+    let guidance_embedding = model
+        .unet_inputs
+        .guidance_embedding_dim()
+        .map(|dim| guidance_scale_embedding(request.guidance_scale - 1.0, dim));
+    let guided = request.guidance_scale > 1.0 && guidance_embedding.is_none();
     let cond = encode_prompt(model, &request.prompt)?;
     let text = if guided {
         let uncond = encode_prompt(model, &request.negative_prompt)?;
@@ -194,6 +201,7 @@ pub fn generate(
             t,
             &text,
             guided.then_some(request.guidance_scale),
+            guidance_embedding.as_deref(),
         )?;
         let output = scheduler.step(&noise_pred, index, &latents, noise);
         latents = output.prev_sample;
@@ -255,6 +263,7 @@ fn predict_noise(
     timestep: f64,
     text: &HostTensor<f32>,
     guidance: Option<f32>,
+    guidance_embedding: Option<&[f32]>,
 ) -> Result<Vec<f32>, PipelineError> {
     let batch = if guidance.is_some() { 2 } else { 1 };
     let mut batch_shape = shape.to_vec();
@@ -279,11 +288,19 @@ fn predict_noise(
         inputs.timestep.clone(),
         inputs.encoder_hidden_states.clone(),
     );
-    let mut outputs = model.unet.run(vec![
+    let cond_spec = inputs.timestep_cond.clone();
+    let mut feed = vec![
         (&sample_spec, Input::Float(HostTensor::new(batch_shape, sample))),
         (&timestep_spec, Input::Float(timestep)),
         (&text_spec, Input::Float(text.clone())),
-    ])?;
+    ];
+    if let (Some(spec), Some(embedding)) = (cond_spec.as_ref(), guidance_embedding) {
+        feed.push((
+            spec,
+            Input::Float(HostTensor::new(vec![1, embedding.len()], embedding.to_vec())),
+        ));
+    }
+    let mut outputs = model.unet.run(feed)?;
     let out = outputs.swap_remove(0).data;
     Ok(match guidance {
         None => out,
@@ -338,6 +355,23 @@ fn shape_error(model: &str, got: &[usize], expected: &[usize]) -> PipelineError 
         model: model.to_string(),
         message: format!("the VAE encoder returned shape {got:?}, expected {expected:?} (or twice the channels)"),
     })
+}
+
+/// The guidance-scale embedding LCM-distilled UNets take as `timestep_cond` (diffusers'
+/// `get_guidance_scale_embedding`): sinusoids of `w · 1000` at `dim / 2` frequencies from 1 down
+/// to 1/10000, sines first, then cosines. Computed in f32 like the reference.
+pub fn guidance_scale_embedding(w: f32, dim: usize) -> Vec<f32> {
+    let half = dim / 2;
+    let scale = 10000f32.ln() / (half as f32 - 1.0);
+    let w = w * 1000.0;
+    let angles: Vec<f32> = (0..half).map(|i| w * (i as f32 * -scale).exp()).collect();
+    let mut embedding: Vec<f32> = angles
+        .iter()
+        .map(|a| a.sin())
+        .chain(angles.iter().map(|a| a.cos()))
+        .collect();
+    embedding.resize(dim, 0.0);
+    embedding
 }
 
 /// Latent → RGB picture, as diffusers' `(decode(z / scaling_factor) / 2 + 0.5).clamp(0, 1)`.

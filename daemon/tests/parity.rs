@@ -66,10 +66,26 @@ fn npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
 
 #[test]
 fn every_reference_case_matches_diffusers() {
+    let samplers = check_text_to_image("references/manifest.json", 30);
+    assert_eq!(
+        samplers.len(),
+        8,
+        "every sampler must have a reference case: {samplers:?}"
+    );
+}
+
+/// Few-step models: an LCM-distilled UNet (guidance as a `timestep_cond` embedding instead of
+/// classifier-free guidance) and an SD-Turbo-style `trailing` schedule at guidance 0.
+#[test]
+fn few_step_cases_match_diffusers() {
+    check_text_to_image("fewstep/manifest.json", 6);
+}
+
+/// Runs every case of a text-to-image manifest; returns the samplers it covered.
+fn check_text_to_image(manifest: &str, min_cases: usize) -> std::collections::BTreeSet<String> {
     let runtime = runtime();
-    let cases: Vec<Case> =
-        serde_json::from_slice(&std::fs::read(fixtures().join("references/manifest.json")).unwrap()).unwrap();
-    assert!(cases.len() >= 30, "the manifest lost cases");
+    let cases: Vec<Case> = serde_json::from_slice(&std::fs::read(fixtures().join(manifest)).unwrap()).unwrap();
+    assert!(cases.len() >= min_cases, "{manifest} lost cases");
     let mut models: HashMap<String, LoadedModel> = HashMap::new();
     let mut failures = Vec::new();
     let mut samplers_seen = std::collections::BTreeSet::new();
@@ -125,12 +141,8 @@ fn every_reference_case_matches_diffusers() {
             failures.push(format!("{}: mean {mean:.3}, max {max}", case.name));
         }
     }
-    assert_eq!(
-        samplers_seen.len(),
-        8,
-        "every sampler must have a reference case: {samplers_seen:?}"
-    );
     assert!(failures.is_empty(), "cases beyond tolerance:\n{}", failures.join("\n"));
+    samplers_seen
 }
 
 #[derive(Deserialize)]
@@ -220,4 +232,21 @@ fn every_img2img_case_matches_diffusers() {
         "img2img cases beyond tolerance:\n{}",
         failures.join("\n")
     );
+}
+
+/// The guidance embedding matches the `timestep_cond` diffusers computed (float32 sinusoids of
+/// arguments up to ~7500, so one ulp of `exp` moves values by ~5e-4: compare at 1e-3).
+#[test]
+fn guidance_embedding_matches_diffusers() {
+    let (shape, expected) = npy(&fixtures().join("fewstep/timestep_cond/lcm-1step-g8.5.npy"));
+    assert_eq!(shape, [1, 256]);
+    let embedding = pipeline::guidance_scale_embedding(8.5 - 1.0, 256);
+    let worst = embedding
+        .iter()
+        .zip(&expected)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst < 1e-3, "max abs diff {worst}");
+    // Not a constant: sines then cosines of w·1000·freq.
+    assert!((embedding[0] - (7500f32).sin()).abs() < 1e-3 && (embedding[128] - (7500f32).cos()).abs() < 1e-3);
 }

@@ -189,6 +189,19 @@ pub struct UnetInputs {
     pub sample: IoSpec,
     pub timestep: IoSpec,
     pub encoder_hidden_states: IoSpec,
+    /// LCM-distilled UNets: the guidance embedding `[B, D]` that replaces classifier-free
+    /// guidance.
+    pub timestep_cond: Option<IoSpec>,
+}
+
+impl UnetInputs {
+    /// Width of the guidance embedding (`time_cond_proj_dim`), when the UNet takes one.
+    pub fn guidance_embedding_dim(&self) -> Option<usize> {
+        self.timestep_cond.as_ref().map(|spec| match spec.shape.get(1) {
+            Some(&d) if d > 0 => d as usize,
+            _ => 256,
+        })
+    }
 }
 
 /// The VAE encoder (pixels → latent) and where its latent comes out.
@@ -237,6 +250,11 @@ impl LoadedModel {
             encoder_hidden_states: unet
                 .find_input(&["encoder_hidden_states"], Some(&[3]))
                 .map_err(onnx_err)?,
+            timestep_cond: unet
+                .inputs
+                .iter()
+                .find(|i| i.name == "timestep_cond" && i.rank() == 2)
+                .cloned(),
         };
         let vae_latent = vae_decoder
             .find_input(&["latent_sample", "latent", "z"], Some(&[4]))
@@ -245,22 +263,21 @@ impl LoadedModel {
             model: model.clone(),
             message,
         };
-        if unet.inputs.len() > 3 {
-            let extra: Vec<_> = unet
-                .inputs
-                .iter()
-                .map(|i| i.name.as_str())
-                .filter(|n| {
-                    ![
-                        &unet_inputs.sample.name,
-                        &unet_inputs.timestep.name,
-                        &unet_inputs.encoder_hidden_states.name,
-                    ]
-                    .contains(&&n.to_string())
-                })
-                .collect();
+        let known = [
+            Some(&unet_inputs.sample.name),
+            Some(&unet_inputs.timestep.name),
+            Some(&unet_inputs.encoder_hidden_states.name),
+            unet_inputs.timestep_cond.as_ref().map(|s| &s.name),
+        ];
+        let extra: Vec<&str> = unet
+            .inputs
+            .iter()
+            .filter(|i| !known.contains(&Some(&i.name)))
+            .map(|i| i.name.as_str())
+            .collect();
+        if !extra.is_empty() {
             return Err(incompatible(format!(
-                "the UNet takes inputs easel cannot feed yet ({}); SDXL and LCM-distilled UNets come in a later release",
+                "the UNet takes inputs easel cannot feed yet ({}); SDXL UNets come in a later release",
                 extra.join(", ")
             )));
         }

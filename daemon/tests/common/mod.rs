@@ -8,7 +8,13 @@ pub fn fixtures() -> PathBuf {
 
 /// The ONNX Runtime the tests run on: `ORT_DYLIB_PATH`, else the one `cargo xtask fetch-ort`
 /// unpacks. Missing is a failure, not a skip: a suite that silently runs nothing proves nothing.
+/// ONNX Runtime allows one environment per process, so the tests of a binary share it.
 pub fn runtime() -> easeld::runtime::OrtRuntime {
+    static RUNTIME: std::sync::OnceLock<easeld::runtime::OrtRuntime> = std::sync::OnceLock::new();
+    RUNTIME.get_or_init(load).clone()
+}
+
+fn load() -> easeld::runtime::OrtRuntime {
     let fetched = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/onnxruntime/libonnxruntime.so.1.31.1");
     let mut candidates: Vec<PathBuf> = std::env::var_os("ORT_DYLIB_PATH")
         .map(PathBuf::from)
