@@ -59,6 +59,23 @@ fn read_png(path: &Path) -> (u32, u32, Vec<u8>) {
     (info.width, info.height, buf)
 }
 
+/// Holds a picture to its reference PNG: mean abs diff ≤ 1.0 and max ≤ 8 on 0–255. Prints the
+/// figures; returns the failure, if any.
+fn compare(name: &str, image: &easeld::image::RgbImage, reference: &str) -> Option<String> {
+    let (w, h, expected) = read_png(&fixtures().join(reference));
+    assert_eq!((image.width, image.height), (w, h), "{name}");
+    let diffs: Vec<u32> = image
+        .pixels
+        .iter()
+        .zip(&expected)
+        .map(|(a, b)| u32::from(a.abs_diff(*b)))
+        .collect();
+    let mean = diffs.iter().sum::<u32>() as f64 / diffs.len() as f64;
+    let max = diffs.iter().copied().max().unwrap_or(0);
+    println!("{name:<36} mean {mean:.3} max {max}");
+    (mean > 1.0 || max > 8).then(|| format!("{name}: mean {mean:.3}, max {max}"))
+}
+
 fn npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
     let array = easel_client::npy::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     (array.shape, array.data)
@@ -125,21 +142,7 @@ fn check_text_to_image(manifest: &str, min_cases: usize) -> std::collections::BT
             "{}: the sampler drew less noise than diffusers did",
             case.name
         );
-        let (w, h, expected) = read_png(&fixtures().join(&case.image));
-        assert_eq!((output.image.width, output.image.height), (w, h), "{}", case.name);
-        let diffs: Vec<u32> = output
-            .image
-            .pixels
-            .iter()
-            .zip(&expected)
-            .map(|(a, b)| u32::from(a.abs_diff(*b)))
-            .collect();
-        let mean = diffs.iter().sum::<u32>() as f64 / diffs.len() as f64;
-        let max = diffs.iter().copied().max().unwrap_or(0);
-        println!("{:<32} mean {mean:.3} max {max}", case.name);
-        if mean > 1.0 || max > 8 {
-            failures.push(format!("{}: mean {mean:.3}, max {max}", case.name));
-        }
+        failures.extend(compare(&case.name, &output.image, &case.image));
     }
     assert!(failures.is_empty(), "cases beyond tolerance:\n{}", failures.join("\n"));
     samplers_seen
@@ -211,21 +214,7 @@ fn every_img2img_case_matches_diffusers() {
             "{}: easel drew less noise than diffusers did",
             case.name
         );
-        let (w, h, expected) = read_png(&fixtures().join(&case.image));
-        assert_eq!((output.image.width, output.image.height), (w, h), "{}", case.name);
-        let diffs: Vec<u32> = output
-            .image
-            .pixels
-            .iter()
-            .zip(&expected)
-            .map(|(a, b)| u32::from(a.abs_diff(*b)))
-            .collect();
-        let mean = diffs.iter().sum::<u32>() as f64 / diffs.len() as f64;
-        let max = diffs.iter().copied().max().unwrap_or(0);
-        println!("{:<36} mean {mean:.3} max {max}", case.name);
-        if mean > 1.0 || max > 8 {
-            failures.push(format!("{}: mean {mean:.3}, max {max}", case.name));
-        }
+        failures.extend(compare(&case.name, &output.image, &case.image));
     }
     assert!(
         failures.is_empty(),
