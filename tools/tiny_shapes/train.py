@@ -26,7 +26,7 @@ The stages below follow the recipe in /work/shared/models/tiny-shapes-reference/
                 so the model also learns the unconditional prediction that classifier-free
                 guidance and negative prompts steer against.
                 A caption probe (right / empty / shuffled caption) shows when the model starts
-                to read the text (see probe() for why that needs watching).
+                to read the text (CaptionProbe says why that needs watching).
   4. save       a diffusers StableDiffusionPipeline folder (loadable with from_pretrained),
                 then export.py turns it into the ONNX folder easel loads.
   5. check      held-out captions drawn through optimum's ORT pipeline, judged by data.judge.
@@ -41,7 +41,6 @@ weights (on CUDA a few kernels are not bit-deterministic).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import random
@@ -615,6 +614,9 @@ def main():
 
     # 5. check the exported model
     t0 = time.time()
+    from diffusers import StableDiffusionPipeline
+
+    StableDiffusionPipeline.from_pretrained(out / "diffusers")  # the diffusers folder loads as a whole
     diffs = export.check(out / "diffusers", out / "onnx")
     held = check_model(out / "onnx", out / "samples.png")
     timings["check_s"] = time.time() - t0
