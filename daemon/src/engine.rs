@@ -323,6 +323,11 @@ pub fn validate(registry: &Registry, limits: &Limits, spec: GenerateSpec) -> Res
             }
         },
     };
+    for (what, text) in [("prompt", &spec.prompt), ("negative prompt", &spec.negative_prompt)] {
+        if let Err(e) = crate::prompt::parse(text) {
+            return invalid(format!("{what}: {e}"));
+        }
+    }
     if spec.strength.is_some() && spec.init_image.is_none() {
         return invalid("strength only applies to img2img: send an init image with it".into());
     }

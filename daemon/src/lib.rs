@@ -18,6 +18,7 @@ pub mod engine;
 pub mod image;
 pub mod model;
 pub mod pipeline;
+pub mod prompt;
 pub mod registry;
 pub mod runtime;
 pub mod sampler;

@@ -138,12 +138,23 @@ pub fn generate(
         .guidance_embedding_dim()
         .map(|dim| guidance_scale_embedding(request.guidance_scale - 1.0, dim));
     let guided = request.guidance_scale > 1.0 && guidance_embedding.is_none();
-    let cond = encode_prompt(model, &request.prompt)?;
     let text = if guided {
-        let uncond = encode_prompt(model, &request.negative_prompt)?;
-        concat_batch(&[&uncond, &cond])
+        let (mut cond, mut uncond) = (
+            encode_prompt(model, &request.prompt)?,
+            encode_prompt(model, &request.negative_prompt)?,
+        );
+        // Long prompts make more chunks: even out with empty-prompt chunks, as AUTOMATIC1111 does.
+        while cond.len() != uncond.len() {
+            let shorter = if cond.len() < uncond.len() {
+                &mut cond
+            } else {
+                &mut uncond
+            };
+            shorter.push(encode_chunk(model, &[], &[])?);
+        }
+        concat_batch(&[&concat_sequence(&uncond), &concat_sequence(&cond)])
     } else {
-        cond
+        concat_sequence(&encode_prompt(model, &request.prompt)?)
     };
     timings.encode = started.elapsed();
 
@@ -235,13 +246,24 @@ pub fn generate(
     Ok(Output { image, timings })
 }
 
-/// Token ids → the text encoder's last hidden state `[1, 77, D]`.
-fn encode_prompt(model: &mut LoadedModel, prompt: &str) -> Result<HostTensor<f32>, PipelineError> {
-    let ids = model
-        .folder
-        .tokenizer
-        .encode_padded(prompt)
+/// A prompt → its weighted chunk embeddings, each `[1, 77, D]` (see [`crate::prompt`]).
+pub fn encode_prompt(model: &mut LoadedModel, prompt: &str) -> Result<Vec<HostTensor<f32>>, PipelineError> {
+    let pieces = crate::prompt::parse(prompt).map_err(|e| PipelineError::InvalidRequest(e.to_string()))?;
+    let tokenizer = &model.folder.tokenizer;
+    let chunks = crate::prompt::chunk(&pieces, tokenizer.max_length() - 2, |text| tokenizer.token_ids(text))
         .map_err(|e| PipelineError::Tokenizer(e.to_string()))?;
+    chunks
+        .iter()
+        .map(|(ids, weights)| encode_chunk(model, ids, weights))
+        .collect()
+}
+
+/// One chunk (ids without BOS/EOS, and their weights) → the text encoder's last hidden state
+/// `[1, 77, D]`, with the weights applied.
+fn encode_chunk(model: &mut LoadedModel, body: &[i64], weights: &[f64]) -> Result<HostTensor<f32>, PipelineError> {
+    let ids = model.folder.tokenizer.wrap_chunk(body);
+    let mut token_weights = vec![1.0; ids.len()];
+    token_weights[1..1 + weights.len()].copy_from_slice(weights);
     let input = Input::Int(HostTensor::new(vec![1, ids.len()], ids));
     let spec = model.text_input_ids.clone();
     let mut outputs = model.text_encoder.run(vec![(&spec, input)])?;
@@ -251,7 +273,16 @@ fn encode_prompt(model: &mut LoadedModel, prompt: &str) -> Result<HostTensor<f32
         .iter()
         .position(|o| o.name == "last_hidden_state")
         .unwrap_or(0);
-    Ok(outputs.swap_remove(index))
+    let mut embedding = outputs.swap_remove(index);
+    crate::prompt::apply_weights(&mut embedding.data, &token_weights);
+    Ok(embedding)
+}
+
+/// Chunks `[1, 77, D]` → `[1, 77·k, D]`.
+fn concat_sequence(chunks: &[HostTensor<f32>]) -> HostTensor<f32> {
+    let mut shape = chunks[0].shape.clone();
+    shape[1] = chunks.iter().map(|c| c.shape[1]).sum();
+    HostTensor::new(shape, chunks.iter().flat_map(|c| c.data.iter().copied()).collect())
 }
 
 /// One UNet evaluation; with `guidance`, on the batch [uncond, cond], combined as

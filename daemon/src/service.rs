@@ -86,14 +86,25 @@ impl pb::easel_server::Easel for EaselService {
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| status_of(EngineError::Registry(e)))?;
-        let tokens = folder
-            .tokenizer
+        let tokenizer = &folder.tokenizer;
+        let tokens = tokenizer
             .encode(&request.prompt)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let pieces = crate::prompt::parse(&request.prompt).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let chunks = crate::prompt::chunk(&pieces, tokenizer.max_length() - 2, |text| tokenizer.token_ids(text))
+            .map_err(|e| Status::invalid_argument(e.to_string()))?
+            .into_iter()
+            .map(|(ids, weights)| pb::TokenChunk {
+                tokens: tokenizer.symbols(&ids),
+                ids,
+                weights,
+            })
+            .collect();
         Ok(Response::new(pb::TokenizeReply {
             ids: tokens.ids,
             tokens: tokens.symbols,
             truncated: tokens.truncated,
+            chunks,
         }))
     }
 

@@ -123,7 +123,13 @@ pub async fn tokenize(global: &Global, args: TokenizeArgs) -> anyhow::Result<()>
 }
 
 fn tokenize_json(reply: &pb::TokenizeReply) -> serde_json::Value {
-    json!({"ids": reply.ids, "count": reply.ids.len(), "tokens": reply.tokens, "truncated": reply.truncated})
+    let chunks: Vec<_> = reply
+        .chunks
+        .iter()
+        .map(|c| json!({"ids": c.ids, "tokens": c.tokens, "weights": c.weights}))
+        .collect();
+    json!({"ids": reply.ids, "count": reply.ids.len(), "tokens": reply.tokens, "truncated": reply.truncated,
+           "chunks": chunks})
 }
 
 fn tokenize_table(reply: &pb::TokenizeReply) -> Vec<String> {
@@ -137,10 +143,34 @@ fn tokenize_table(reply: &pb::TokenizeReply) -> Vec<String> {
         reply.ids.len(),
         if reply.ids.len() == 1 { "" } else { "s" }
     );
-    if reply.truncated {
+    let weighted = reply.chunks.len() > 1 || reply.chunks.iter().any(|c| c.weights.iter().any(|&w| w != 1.0));
+    if reply.truncated && !weighted {
         summary.push_str(" (the prompt was truncated to the text encoder's length; the rest is ignored)");
     }
     lines.push(summary);
+    if weighted {
+        // What easel actually encodes: chunks of up to 75 tokens, each token with its weight.
+        for (k, chunk) in reply.chunks.iter().enumerate() {
+            let tokens: Vec<String> = chunk
+                .ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| {
+                    let token = chunk.tokens.get(i).cloned().unwrap_or_else(|| id.to_string());
+                    match chunk.weights.get(i) {
+                        Some(&w) if w != 1.0 => format!("{token}×{w:.3}"),
+                        _ => token,
+                    }
+                })
+                .collect();
+            lines.push(format!(
+                "chunk {} ({} tokens): {}",
+                k + 1,
+                chunk.ids.len(),
+                tokens.join(" ")
+            ));
+        }
+    }
     lines
 }
 
@@ -240,11 +270,17 @@ mod tests {
             ids: vec![49406, 320, 49407],
             tokens: vec!["<|startoftext|>".into(), "a</w>".into(), "<|endoftext|>".into()],
             truncated: false,
+            chunks: vec![pb::TokenChunk {
+                ids: vec![320],
+                tokens: vec!["a</w>".into()],
+                weights: vec![1.0],
+            }],
         };
         assert_eq!(
             tokenize_json(&reply),
             json!({"ids": [49406, 320, 49407], "count": 3,
-                   "tokens": ["<|startoftext|>", "a</w>", "<|endoftext|>"], "truncated": false})
+                   "tokens": ["<|startoftext|>", "a</w>", "<|endoftext|>"], "truncated": false,
+                   "chunks": [{"ids": [320], "tokens": ["a</w>"], "weights": [1.0]}]})
         );
         let table = tokenize_table(&reply);
         assert_eq!(table.len(), 5);
@@ -258,9 +294,28 @@ mod tests {
             ids: vec![1, 2],
             tokens: vec![],
             truncated: true,
+            chunks: vec![],
         };
         let table = tokenize_table(&reply);
         assert!(table[3].starts_with("2 tokens (the prompt was truncated"));
+    }
+
+    #[test]
+    fn tokenize_table_shows_weighted_chunks() {
+        let chunk = |ids: Vec<i64>, w: f64| pb::TokenChunk {
+            tokens: vec![],
+            weights: vec![w; ids.len()],
+            ids,
+        };
+        let reply = pb::TokenizeReply {
+            ids: vec![1, 5, 2],
+            tokens: vec![],
+            truncated: false,
+            chunks: vec![chunk(vec![5], 1.1), chunk(vec![6, 7], 1.0)],
+        };
+        let table = tokenize_table(&reply);
+        assert_eq!(table[table.len() - 2], "chunk 1 (1 tokens): 5×1.100");
+        assert_eq!(table[table.len() - 1], "chunk 2 (2 tokens): 6 7");
     }
 
     #[test]

@@ -165,27 +165,46 @@ impl ClipTokenizer {
 
     /// BOS + the prompt's tokens + EOS, truncated to the context length; no padding.
     pub fn encode(&self, prompt: &str) -> Result<Tokens, TokenizerError> {
-        let encoding = self
-            .inner
-            .encode(basic_clean(prompt), false)
-            .map_err(|e| TokenizerError::Encode(e.to_string()))?;
+        let body = self.token_ids(prompt)?;
         let room = self.max_length - 2;
-        let body = encoding.get_ids();
         let truncated = body.len() > room;
-        let body = &body[..body.len().min(room)];
-        let mut ids = Vec::with_capacity(body.len() + 2);
+        let mut ids = Vec::with_capacity(body.len().min(room) + 2);
         ids.push(self.bos);
-        ids.extend(body.iter().map(|&id| i64::from(id)));
+        ids.extend(&body[..body.len().min(room)]);
         ids.push(self.eos);
-        let symbols = ids
-            .iter()
-            .map(|&id| self.inner.id_to_token(id as u32).unwrap_or_default())
-            .collect();
+        let symbols = self.symbols(&ids);
         Ok(Tokens {
             ids,
             symbols,
             truncated,
         })
+    }
+
+    /// The text's token ids without BOS/EOS and without truncation.
+    pub fn token_ids(&self, text: &str) -> Result<Vec<i64>, TokenizerError> {
+        let encoding = self
+            .inner
+            .encode(basic_clean(text), false)
+            .map_err(|e| TokenizerError::Encode(e.to_string()))?;
+        Ok(encoding.get_ids().iter().map(|&id| i64::from(id)).collect())
+    }
+
+    /// The vocabulary's symbols for `ids` (for `easel tokenize`).
+    pub fn symbols(&self, ids: &[i64]) -> Vec<String> {
+        ids.iter()
+            .map(|&id| self.inner.id_to_token(id as u32).unwrap_or_default())
+            .collect()
+    }
+
+    /// One chunk as the text encoder reads it: BOS, up to `max_length − 2` ids, EOS, then the
+    /// pad token up to `max_length`.
+    pub fn wrap_chunk(&self, body: &[i64]) -> Vec<i64> {
+        let mut ids = Vec::with_capacity(self.max_length);
+        ids.push(self.bos);
+        ids.extend(&body[..body.len().min(self.max_length - 2)]);
+        ids.push(self.eos);
+        ids.resize(self.max_length, self.pad);
+        ids
     }
 
     /// `encode`, then padded with the model's pad token to the context length.

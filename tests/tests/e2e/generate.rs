@@ -254,3 +254,76 @@ fn the_built_in_model_is_listed_and_is_the_default() {
             .any(|(k, v)| k == "parameters" && v.contains("Model: tiny-shapes"))
     );
 }
+
+#[test]
+fn weighted_and_long_prompts_are_chunked_and_syntax_errors_name_their_position() {
+    let daemon = Daemon::start();
+    let model = fixture_model("sd1-tiny");
+    let model = model.to_str().unwrap();
+    let output = daemon.easel(&[
+        "tokenize",
+        "a (red:1.5) cat BREAK [blue] dog",
+        "--model",
+        model,
+        "--json",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let json: serde_json::Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+    let chunks = json["chunks"].as_array().unwrap();
+    assert_eq!(chunks.len(), 2, "BREAK starts a new chunk: {json}");
+    let weights: Vec<f64> = chunks
+        .iter()
+        .flat_map(|c| c["weights"].as_array().unwrap().iter().map(|w| w.as_f64().unwrap()))
+        .collect();
+    assert!(weights.iter().any(|&w| (w - 1.5).abs() < 1e-9), "{weights:?}");
+    assert!(weights.iter().any(|&w| (w - 1.0 / 1.1).abs() < 1e-9), "{weights:?}");
+
+    let long = "a very long prompt about a cat ".repeat(20);
+    let output = daemon.easel(&["tokenize", &long, "--model", model, "--json"]);
+    let json: serde_json::Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+    assert!(
+        json["chunks"].as_array().unwrap().len() >= 2,
+        "a long prompt makes several chunks"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("long.png");
+    let output = daemon.easel(&[
+        "generate",
+        &long,
+        "--model",
+        model,
+        "--negative",
+        "(blurry:1.3)",
+        "--steps",
+        "2",
+        "--no-progress",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "a long prompt with a short weighted negative generates: {}",
+        stderr(&output)
+    );
+
+    for (prompt, expected) in [
+        ("a (cat", "unclosed `(` at position 2"),
+        ("a cat)", "unmatched `)` at position 5"),
+        ("(a:1.2.3)", "invalid weight `1.2.3` at position 3"),
+    ] {
+        let output = daemon.easel(&[
+            "generate",
+            prompt,
+            "--model",
+            model,
+            "--steps",
+            "2",
+            "--no-progress",
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        assert!(!output.status.success(), "{prompt}");
+        assert!(stderr(&output).contains(expected), "{prompt}: {}", stderr(&output));
+    }
+}
