@@ -139,20 +139,8 @@ pub fn generate(
         .map(|dim| guidance_scale_embedding(request.guidance_scale - 1.0, dim));
     let guided = request.guidance_scale > 1.0 && guidance_embedding.is_none();
     let text = if guided {
-        let (mut cond, mut uncond) = (
-            encode_prompt(model, &request.prompt)?,
-            encode_prompt(model, &request.negative_prompt)?,
-        );
-        // Long prompts make more chunks: even out with empty-prompt chunks, as AUTOMATIC1111 does.
-        while cond.len() != uncond.len() {
-            let shorter = if cond.len() < uncond.len() {
-                &mut cond
-            } else {
-                &mut uncond
-            };
-            shorter.push(encode_chunk(model, &[], &[])?);
-        }
-        concat_batch(&[&concat_sequence(&uncond), &concat_sequence(&cond)])
+        let (cond, uncond) = encode_guided(model, &request.prompt, &request.negative_prompt)?;
+        concat_batch(&[&uncond, &cond])
     } else {
         concat_sequence(&encode_prompt(model, &request.prompt)?)
     };
@@ -256,6 +244,25 @@ pub fn encode_prompt(model: &mut LoadedModel, prompt: &str) -> Result<Vec<HostTe
         .iter()
         .map(|(ids, weights)| encode_chunk(model, ids, weights))
         .collect()
+}
+
+/// Prompt and negative prompt → (cond, uncond), each `[1, 77·k, D]` with the same k: the one
+/// with fewer chunks is evened out with empty-prompt chunks, as AUTOMATIC1111 does.
+pub fn encode_guided(
+    model: &mut LoadedModel,
+    prompt: &str,
+    negative: &str,
+) -> Result<(HostTensor<f32>, HostTensor<f32>), PipelineError> {
+    let (mut cond, mut uncond) = (encode_prompt(model, prompt)?, encode_prompt(model, negative)?);
+    while cond.len() != uncond.len() {
+        let shorter = if cond.len() < uncond.len() {
+            &mut cond
+        } else {
+            &mut uncond
+        };
+        shorter.push(encode_chunk(model, &[], &[])?);
+    }
+    Ok((concat_sequence(&cond), concat_sequence(&uncond)))
 }
 
 /// One chunk (ids without BOS/EOS, and their weights) → the text encoder's last hidden state

@@ -29,8 +29,7 @@ pub enum PromptError {
     InvalidWeight { text: String, position: usize },
 }
 
-const ROUND_MULTIPLIER: f64 = 1.1;
-const SQUARE_MULTIPLIER: f64 = 1.0 / 1.1;
+const BRACKET_FACTOR: f64 = 1.1;
 
 /// Parses the attention syntax into weighted text and breaks.
 pub fn parse(prompt: &str) -> Result<Vec<Piece>, PromptError> {
@@ -64,16 +63,20 @@ pub fn parse(prompt: &str) -> Result<Vec<Piece>, PromptError> {
             }
             ')' | ']' => {
                 flush(&mut text, &mut pieces);
-                let (stack, multiplier) = if c == ')' {
-                    (&mut round, ROUND_MULTIPLIER)
-                } else {
-                    (&mut square, SQUARE_MULTIPLIER)
-                };
+                let stack = if c == ')' { &mut round } else { &mut square };
                 let (start, _) = stack.pop().ok_or(PromptError::Unmatched {
                     bracket: c,
                     position: i,
                 })?;
-                multiply(&mut pieces[start..], multiplier);
+                // `[x]` divides (rather than multiplying by 1/1.1) to match the reference bit for bit.
+                let scale = |w: f64| {
+                    if c == ')' {
+                        w * BRACKET_FACTOR
+                    } else {
+                        w / BRACKET_FACTOR
+                    }
+                };
+                reweight(&mut pieces[start..], scale);
             }
             ':' => match weight_at(&chars, i)? {
                 Some((weight, close)) => {
@@ -82,7 +85,7 @@ pub fn parse(prompt: &str) -> Result<Vec<Piece>, PromptError> {
                         bracket: ')',
                         position: close,
                     })?;
-                    multiply(&mut pieces[start..], weight);
+                    reweight(&mut pieces[start..], |w| w * weight);
                     i = close + 1;
                     continue;
                 }
@@ -134,10 +137,10 @@ fn weight_at(chars: &[char], colon: usize) -> Result<Option<(f64, usize)>, Promp
     }
 }
 
-fn multiply(pieces: &mut [Piece], factor: f64) {
+fn reweight(pieces: &mut [Piece], scale: impl Fn(f64) -> f64) {
     for piece in pieces {
         if let Piece::Text { weight, .. } = piece {
-            *weight *= factor;
+            *weight = scale(*weight);
         }
     }
 }
@@ -240,12 +243,26 @@ pub fn apply_weights(embedding: &mut [f32], weights: &[f64]) {
     let dim = embedding.len() / weights.len();
     let mean = |values: &[f32]| values.iter().map(|&v| f64::from(v)).sum::<f64>() / values.len() as f64;
     let original = mean(embedding);
-    for (row, &weight) in embedding.chunks_exact_mut(dim).zip(weights) {
-        row.iter_mut().for_each(|v| *v = (f64::from(*v) * weight) as f32);
+    let magnitude = embedding.iter().map(|&v| f64::from(v).abs()).sum::<f64>() / embedding.len() as f64;
+    let mut weighted: Vec<f64> = Vec::with_capacity(embedding.len());
+    for (row, &weight) in embedding.chunks_exact(dim).zip(weights) {
+        weighted.extend(row.iter().map(|&v| f64::from(v) * weight));
     }
-    let scale = (original / mean(embedding)) as f32;
-    embedding.iter_mut().for_each(|v| *v *= scale);
+    // A text encoder whose final layer norm has no bias gives a chunk mean of ~0 (1e-9 against
+    // values of ~1): restoring it would divide noise by noise, so it is skipped there.
+    let new_mean = weighted.iter().sum::<f64>() / weighted.len() as f64;
+    let scale = if original.abs() > MEAN_FLOOR * magnitude && new_mean != 0.0 {
+        original / new_mean
+    } else {
+        1.0
+    };
+    for (out, v) in embedding.iter_mut().zip(weighted) {
+        *out = (v * scale) as f32;
+    }
 }
+
+/// Below this fraction of the mean magnitude, a chunk's mean is treated as zero.
+const MEAN_FLOOR: f64 = 1e-4;
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,133 @@
+//! Prompt weighting and long prompts against the Python reference implementation
+//! (`tools/prompt_reference.py` → `tests/fixtures/prompts/`): parsed segments, chunk ids and
+//! weights, error positions, and the cond/uncond embeddings the sd1-tiny text encoder gives.
+
+mod common;
+
+use std::sync::Arc;
+
+use easeld::model::{LoadedModel, ModelFolder};
+use easeld::pipeline;
+use easeld::prompt::{self, Piece};
+use serde_json::Value;
+
+fn npy(path: &str) -> (Vec<usize>, Vec<f32>) {
+    let array = easel_client::npy::read(&common::fixtures().join(path)).unwrap();
+    (array.shape, array.data)
+}
+
+fn segments(pieces: &[Piece]) -> Vec<(String, f64)> {
+    pieces
+        .iter()
+        .map(|p| match p {
+            Piece::Text { text, weight } => (text.clone(), *weight),
+            Piece::Break => ("BREAK".to_string(), -1.0),
+        })
+        .collect()
+}
+
+fn expected_segments(value: &Value) -> Vec<(String, f64)> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s[0].as_str().unwrap().to_string(), s[1].as_f64().unwrap()))
+        .collect()
+}
+
+fn same_segments(got: &[(String, f64)], want: &[(String, f64)]) -> bool {
+    got.len() == want.len()
+        && got
+            .iter()
+            .zip(want)
+            .all(|(a, b)| a.0 == b.0 && (a.1 - b.1).abs() <= 1e-12 * b.1.abs().max(1.0))
+}
+
+fn assert_close(name: &str, what: &str, got: &easeld::model::onnx::HostTensor<f32>, path: &str) {
+    let (shape, want) = npy(path);
+    assert_eq!(got.shape, shape, "{name}: {what} shape");
+    let worst = got
+        .data
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
+        .fold(0.0f32, f32::max);
+    assert!(worst < 1e-4, "{name}: {what} differs by {worst}");
+}
+
+#[test]
+fn weighting_and_chunks_match_the_reference() {
+    let cases: Vec<Value> =
+        serde_json::from_slice(&std::fs::read(common::fixtures().join("prompts/cases.json")).unwrap()).unwrap();
+    assert!(cases.len() >= 20);
+    let root = common::fixtures().join("models/sd1-tiny");
+    let folder = ModelFolder::open("sd1-tiny", &root).unwrap();
+    let mut model = LoadedModel::load(&common::runtime(), Arc::new(folder), 1).unwrap();
+    let (mut errors, mut encoded) = (0, 0);
+    for case in &cases {
+        let name = case["name"].as_str().unwrap_or("?");
+        let prompt = case["prompt"].as_str().unwrap();
+        if let Some(error) = case.get("error").and_then(Value::as_str) {
+            let message = prompt::parse(prompt).expect_err(name).to_string();
+            assert!(message.contains(error), "{name}: `{error}` not in `{message}`");
+            errors += 1;
+            continue;
+        }
+        let pieces = prompt::parse(prompt).unwrap();
+        let got = segments(&pieces);
+        assert!(
+            same_segments(&got, &expected_segments(&case["segments"])),
+            "{name}: segments {got:?}"
+        );
+        let tokenizer = &model.folder.tokenizer;
+        let chunks = prompt::chunk(&pieces, 75, |t| tokenizer.token_ids(t)).unwrap();
+        let want_chunks = case["chunks"].as_array().unwrap();
+        // The reference lists cond's chunks after evening out with the negative prompt: any
+        // beyond ours must be empty-prompt chunks.
+        assert!(
+            chunks.len() <= want_chunks.len(),
+            "{name}: {} chunks, reference {}",
+            chunks.len(),
+            want_chunks.len()
+        );
+        let empty = tokenizer.wrap_chunk(&[]);
+        for extra in &want_chunks[chunks.len()..] {
+            let ids: Vec<i64> = extra["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_i64().unwrap())
+                .collect();
+            assert_eq!(ids, empty, "{name}: padding chunk");
+        }
+        for ((ids, weights), want) in chunks.iter().zip(want_chunks) {
+            let wrapped = tokenizer.wrap_chunk(ids);
+            let want_ids: Vec<i64> = want["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_i64().unwrap())
+                .collect();
+            assert_eq!(wrapped, want_ids, "{name}: chunk ids");
+            let want_weights: Vec<f64> = want["weights"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            for (i, w) in weights.iter().enumerate() {
+                assert!(
+                    (w - want_weights[i + 1]).abs() <= 1e-12,
+                    "{name}: weight {i}: {w} vs {}",
+                    want_weights[i + 1]
+                );
+            }
+        }
+        let negative = case["negative_prompt"].as_str().unwrap();
+        let (cond, uncond) = pipeline::encode_guided(&mut model, prompt, negative).unwrap();
+        assert_close(name, "cond", &cond, case["cond"].as_str().unwrap());
+        assert_close(name, "uncond", &uncond, case["uncond"].as_str().unwrap());
+        encoded += 1;
+    }
+    assert!(errors >= 6 && encoded >= 14, "{errors} error cases, {encoded} encoded");
+}
