@@ -150,6 +150,21 @@ impl Daemon {
         self.easel_command(args).output().expect("run easel")
     }
 
+    /// `easel generate PROMPT` on the sd1-tiny fixture, quietly, into `out`, with `extra` flags.
+    pub fn generate_tiny(&self, prompt: &str, extra: &[&str], out: &Path) -> Output {
+        let model = fixture_model("sd1-tiny");
+        let mut args = vec![
+            "generate",
+            prompt,
+            "--model",
+            model.to_str().expect("UTF-8 path"),
+            "--no-progress",
+        ];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["-o", out.to_str().expect("UTF-8 path")]);
+        self.easel(&args)
+    }
+
     pub fn easel_command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(bin("easel"));
         command

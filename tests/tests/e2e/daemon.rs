@@ -169,20 +169,11 @@ fn prompts_stay_out_of_the_log() {
     let daemon = Daemon::start();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("x.png");
-    let model = fixture_model("sd1-tiny");
-    let output = daemon.easel(&[
-        "generate",
+    let output = daemon.generate_tiny(
         "zanzibar-privacy-canary",
-        "--negative",
-        "quokka-negative-canary",
-        "--model",
-        model.to_str().unwrap(),
-        "--steps",
-        "2",
-        "--no-progress",
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+        &["--negative", "quokka-negative-canary", "--steps", "2"],
+        &out,
+    );
     assert!(output.status.success(), "{}", stderr(&output));
     let log = daemon.log_text();
     assert!(log.contains("job finished"), "the job is logged: {log}");
@@ -264,18 +255,7 @@ fn the_daemon_opens_no_network_sockets() {
     let daemon = Daemon::start();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("n.png");
-    let model = fixture_model("sd1-tiny");
-    let output = daemon.easel(&[
-        "generate",
-        "a cat",
-        "--model",
-        model.to_str().unwrap(),
-        "--steps",
-        "2",
-        "--no-progress",
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    let output = daemon.generate_tiny("a cat", &["--steps", "2"], &out);
     assert!(output.status.success(), "{}", stderr(&output));
     let pid = daemon.child.as_ref().unwrap().id();
     let internet = internet_socket_inodes(pid);

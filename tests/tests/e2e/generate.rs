@@ -135,20 +135,9 @@ fn pngs_carry_a1111_parameters_and_easel_metadata() {
 }
 
 fn generate_seeded(daemon: &Daemon, seed: &str, out: &Path, extra: &[&str]) -> Vec<u8> {
-    let model = fixture_model("sd1-tiny");
-    let mut args = vec![
-        "generate",
-        "a cat",
-        "--model",
-        model.to_str().unwrap(),
-        "--steps",
-        "4",
-        "--seed",
-        seed,
-    ];
+    let mut args = vec!["--steps", "4", "--seed", seed];
     args.extend_from_slice(extra);
-    args.extend_from_slice(&["--no-progress", "-o", out.to_str().unwrap()]);
-    let output = daemon.easel(&args);
+    let output = daemon.generate_tiny("a cat", &args, out);
     assert!(output.status.success(), "{}", stderr(&output));
     read_png(&std::fs::read(out).unwrap()).2
 }

@@ -4,19 +4,9 @@
 use easel_e2e::*;
 
 fn run(daemon: &Daemon, extra: &[&str], out: &std::path::Path) -> std::process::Output {
-    let model = fixture_model("sd1-tiny");
-    let mut args = vec![
-        "generate",
-        "a garden",
-        "--model",
-        model.to_str().unwrap(),
-        "--steps",
-        "6",
-        "--no-progress",
-    ];
+    let mut args = vec!["--steps", "6"];
     args.extend_from_slice(extra);
-    args.extend_from_slice(&["-o", out.to_str().unwrap()]);
-    daemon.easel(&args)
+    daemon.generate_tiny("a garden", &args, out)
 }
 
 #[test]
