@@ -159,10 +159,6 @@ impl ClipTokenizer {
         self.max_length
     }
 
-    pub fn pad_id(&self) -> i64 {
-        self.pad
-    }
-
     /// BOS + the prompt's tokens + EOS, truncated to the context length; no padding.
     pub fn encode(&self, prompt: &str) -> Result<Tokens, TokenizerError> {
         let body = self.token_ids(prompt)?;
@@ -205,13 +201,6 @@ impl ClipTokenizer {
         ids.push(self.eos);
         ids.resize(self.max_length, self.pad);
         ids
-    }
-
-    /// `encode`, then padded with the model's pad token to the context length.
-    pub fn encode_padded(&self, prompt: &str) -> Result<Vec<i64>, TokenizerError> {
-        let mut ids = self.encode(prompt)?.ids;
-        ids.resize(self.max_length, self.pad);
-        Ok(ids)
     }
 }
 
@@ -326,9 +315,13 @@ mod tests {
             }
             let padded = &cases["padded"];
             let prompt = padded["prompt"].as_str().unwrap();
-            assert_eq!(sd1.encode_padded(prompt).unwrap(), ids(&padded["ids"][key]));
+            // What the text encoder reads: one chunk, padded with the model's pad token.
             assert_eq!(
-                sd2.encode_padded(prompt).unwrap(),
+                sd1.wrap_chunk(&sd1.token_ids(prompt).unwrap()),
+                ids(&padded["ids"][key])
+            );
+            assert_eq!(
+                sd2.wrap_chunk(&sd2.token_ids(prompt).unwrap()),
                 ids(&padded["ids"][format!("{key}_sd2")])
             );
         }
