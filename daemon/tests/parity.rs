@@ -9,11 +9,10 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 
-use common::{fixtures, runtime};
+use common::{fixtures, load_fixture_model};
+use easeld::model::LoadedModel;
 use easeld::model::onnx::HostTensor;
-use easeld::model::{LoadedModel, ModelFolder};
 use easeld::pipeline::{self, PreviewSettings, Request};
 use easeld::sampler::{NoiseSource, SamplerKind};
 use serde::Deserialize;
@@ -38,6 +37,17 @@ struct Case {
 struct Replay {
     data: Vec<f32>,
     offset: usize,
+}
+
+impl Replay {
+    /// Every recorded draw must have been used: fewer draws than diffusers is a bug too.
+    fn assert_exhausted(&self, case: &str) {
+        assert_eq!(
+            self.offset,
+            self.data.len(),
+            "{case}: easel drew less noise than diffusers did"
+        );
+    }
 }
 
 impl NoiseSource for Replay {
@@ -100,18 +110,15 @@ fn few_step_cases_match_diffusers() {
 
 /// Runs every case of a text-to-image manifest; returns the samplers it covered.
 fn check_text_to_image(manifest: &str, min_cases: usize) -> std::collections::BTreeSet<String> {
-    let runtime = runtime();
     let cases: Vec<Case> = serde_json::from_slice(&std::fs::read(fixtures().join(manifest)).unwrap()).unwrap();
     assert!(cases.len() >= min_cases, "{manifest} lost cases");
     let mut models: HashMap<String, LoadedModel> = HashMap::new();
     let mut failures = Vec::new();
     let mut samplers_seen = std::collections::BTreeSet::new();
     for case in &cases {
-        let model = models.entry(case.model.clone()).or_insert_with(|| {
-            let root = fixtures().join(&case.model);
-            let folder = ModelFolder::open(&case.model, &root).unwrap();
-            LoadedModel::load(&runtime, Arc::new(folder), 1).unwrap()
-        });
+        let model = models
+            .entry(case.model.clone())
+            .or_insert_with(|| load_fixture_model(&case.model));
         let (shape, noise) = npy(&fixtures().join(&case.init_noise));
         let sampler: SamplerKind = case.sampler.parse().unwrap();
         samplers_seen.insert(sampler.to_string());
@@ -136,12 +143,7 @@ fn check_text_to_image(manifest: &str, min_cases: usize) -> std::collections::BT
             offset: 0,
         };
         let output = pipeline::generate(model, &request, &mut replay, &|| false, &mut |_| {}).unwrap();
-        assert_eq!(
-            replay.offset,
-            replay.data.len(),
-            "{}: the sampler drew less noise than diffusers did",
-            case.name
-        );
+        replay.assert_exhausted(&case.name);
         failures.extend(compare(&case.name, &output.image, &case.image));
     }
     assert!(failures.is_empty(), "cases beyond tolerance:\n{}", failures.join("\n"));
@@ -171,17 +173,15 @@ struct Img2ImgCase {
 /// replayed from the fixture, in diffusers' order.
 #[test]
 fn every_img2img_case_matches_diffusers() {
-    let runtime = runtime();
     let cases: Vec<Img2ImgCase> =
         serde_json::from_slice(&std::fs::read(fixtures().join("img2img/manifest.json")).unwrap()).unwrap();
     assert!(cases.len() >= 15, "the img2img manifest lost cases");
     let mut models: HashMap<String, LoadedModel> = HashMap::new();
     let mut failures = Vec::new();
     for case in &cases {
-        let model = models.entry(case.model.clone()).or_insert_with(|| {
-            let folder = ModelFolder::open(&case.model, &fixtures().join(&case.model)).unwrap();
-            LoadedModel::load(&runtime, Arc::new(folder), 1).unwrap()
-        });
+        let model = models
+            .entry(case.model.clone())
+            .or_insert_with(|| load_fixture_model(&case.model));
         let picture = easeld::image::decode_rgb(&std::fs::read(fixtures().join(&case.init_image)).unwrap()).unwrap();
         let request = Request {
             prompt: case.prompt.clone(),
@@ -208,12 +208,7 @@ fn every_img2img_case_matches_diffusers() {
         })
         .unwrap();
         assert_eq!(steps_run, case.timesteps.len(), "{}: UNet evaluations", case.name);
-        assert_eq!(
-            replay.offset,
-            replay.data.len(),
-            "{}: easel drew less noise than diffusers did",
-            case.name
-        );
+        replay.assert_exhausted(&case.name);
         failures.extend(compare(&case.name, &output.image, &case.image));
     }
     assert!(

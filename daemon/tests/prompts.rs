@@ -4,9 +4,6 @@
 
 mod common;
 
-use std::sync::Arc;
-
-use easeld::model::{LoadedModel, ModelFolder};
 use easeld::pipeline;
 use easeld::prompt::{self, Piece};
 use serde_json::Value;
@@ -60,9 +57,7 @@ fn weighting_and_chunks_match_the_reference() {
     let cases: Vec<Value> =
         serde_json::from_slice(&std::fs::read(common::fixtures().join("prompts/cases.json")).unwrap()).unwrap();
     assert!(cases.len() >= 20);
-    let root = common::fixtures().join("models/sd1-tiny");
-    let folder = ModelFolder::open("sd1-tiny", &root).unwrap();
-    let mut model = LoadedModel::load(&common::runtime(), Arc::new(folder), 1).unwrap();
+    let mut model = common::load_fixture_model("models/sd1-tiny");
     let (mut errors, mut encoded) = (0, 0);
     for case in &cases {
         let name = case["name"].as_str().unwrap_or("?");

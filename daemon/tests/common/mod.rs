@@ -1,4 +1,8 @@
-//! Shared by the daemon's integration tests: the fixtures folder and the ONNX Runtime.
+//! Shared by the daemon's integration tests: the fixtures folder, the ONNX Runtime, fixture
+//! models.
+
+// Each test binary compiles this module and uses only part of it.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 
@@ -22,4 +26,10 @@ fn load() -> easeld::runtime::OrtRuntime {
         .collect();
     candidates.push(fetched);
     easeld::runtime::load(&candidates).expect("ONNX Runtime for the tests (run `cargo xtask fetch-ort`)")
+}
+
+/// A fixture model (a folder under `tests/fixtures/`), with its sessions open.
+pub fn load_fixture_model(relative: &str) -> easeld::model::LoadedModel {
+    let folder = easeld::model::ModelFolder::open(relative, &fixtures().join(relative)).unwrap();
+    easeld::model::LoadedModel::load(&runtime(), std::sync::Arc::new(folder), 1).unwrap()
 }
