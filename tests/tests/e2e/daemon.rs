@@ -272,3 +272,45 @@ fn the_daemon_opens_no_network_sockets() {
     }
     assert!(sockets >= 1, "the daemon's Unix socket should be visible");
 }
+
+#[test]
+fn daemon_start_and_serve_run_the_daemon() {
+    let mut daemon = Daemon::start();
+    daemon.terminate();
+
+    // `easel daemon start`: in the background; a second start finds it running.
+    let started = daemon.easel(&["daemon", "start"]);
+    assert!(started.status.success(), "{}", stderr(&started));
+    assert!(daemon.easel(&["status"]).status.success(), "the started daemon answers");
+    let again = daemon.easel(&["daemon", "start"]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(
+        format!("{}{}", stdout(&again), stderr(&again)).contains("already"),
+        "{}",
+        stderr(&again)
+    );
+    let stopped = daemon.easel(&["daemon", "stop"]);
+    assert!(stopped.status.success(), "{}", stderr(&stopped));
+    assert!(!daemon.socket.exists());
+
+    // `easel serve`: in the foreground, until SIGTERM.
+    let mut serve = daemon
+        .easel_command(&["serve"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !daemon.easel(&["status"]).status.success() {
+        assert!(serve.try_wait().unwrap().is_none(), "easel serve exited early");
+        assert!(std::time::Instant::now() < deadline, "easel serve never answered");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(serve.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(serve.wait().unwrap().success(), "serve stops cleanly on SIGTERM");
+    assert!(!daemon.socket.exists());
+}
