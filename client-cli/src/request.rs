@@ -72,6 +72,11 @@ pub struct GenerateOptions {
     /// img2img: the encoded picture (PNG or JPEG) and how much of it to repaint.
     pub init_image: Option<Vec<u8>>,
     pub strength: Option<f64>,
+    /// Inpainting: the encoded mask (white = repaint) and its blur in pixels.
+    pub mask_image: Option<Vec<u8>>,
+    pub mask_blur: Option<f32>,
+    /// AUTOMATIC1111's clip skip (1 = the last layer).
+    pub clip_skip: Option<u32>,
     /// Ask for an approximate preview PNG with every step.
     pub previews: bool,
     /// How long the model stays loaded afterwards (`"5m"`, `"-1"`, `"0"`…).
@@ -111,7 +116,9 @@ impl GenerateOptions {
             init_noise: self.init_noise.as_ref().map(npy::Array::to_tensor),
             init_image: self.init_image.clone().unwrap_or_default(),
             strength: self.strength,
-            mask_image: Vec::new(),
+            mask_image: self.mask_image.clone().unwrap_or_default(),
+            mask_blur: self.mask_blur,
+            clip_skip: self.clip_skip,
             preview: self.previews.then_some(pb::PreviewOptions {
                 stream_latents: false,
                 every_n_steps: 1,

@@ -17,6 +17,9 @@ pub struct Limits {
     pub max_count: u32,
     /// Jobs waiting (not counting the running one) before Generate answers RESOURCE_EXHAUSTED.
     pub max_queue: usize,
+    /// Pixels (width × height × images) one UNet batch may hold: a request for several images
+    /// runs them together up to this, then in further batches.
+    pub batch_pixels: u64,
 }
 
 impl Default for Limits {
@@ -26,6 +29,7 @@ impl Default for Limits {
             max_steps: 500,
             max_count: 16,
             max_queue: 16,
+            batch_pixels: 4 * 512 * 512,
         }
     }
 }
@@ -64,6 +68,7 @@ struct FileConfig {
     max_steps: Option<u32>,
     max_count: Option<u32>,
     max_queue: Option<usize>,
+    batch_pixels: Option<u64>,
 }
 
 impl Config {
@@ -88,6 +93,9 @@ impl Config {
         limits.max_queue = env_number("EASEL_MAX_QUEUE")?
             .or(file.max_queue)
             .unwrap_or(limits.max_queue);
+        limits.batch_pixels = env_number("EASEL_BATCH_PIXELS")?
+            .or(file.batch_pixels)
+            .unwrap_or(limits.batch_pixels);
         Ok(Self {
             socket: match (env_socket, file.socket) {
                 (Some(env), _) => PathBuf::from(env),

@@ -43,6 +43,12 @@ pub struct GenerateSpec {
     /// img2img: an encoded PNG or JPEG.
     pub init_image: Option<Vec<u8>>,
     pub strength: Option<f64>,
+    /// Inpainting: an encoded PNG or JPEG, white = repaint, the init image's size.
+    pub mask_image: Option<Vec<u8>>,
+    /// Gaussian blur of the mask in pixels. Unset: [`DEFAULT_MASK_BLUR`].
+    pub mask_blur: Option<f32>,
+    /// AUTOMATIC1111's clip skip (1 = the last layer). Unset: 1.
+    pub clip_skip: Option<u32>,
     pub preview: PreviewSettings,
 }
 
@@ -50,6 +56,14 @@ pub const DEFAULT_STEPS: u32 = 20;
 pub const DEFAULT_GUIDANCE: f32 = 7.5;
 /// diffusers' default img2img strength.
 pub const DEFAULT_STRENGTH: f64 = 0.8;
+/// diffusers' default inpainting strength: the masked part starts from pure noise.
+pub const DEFAULT_INPAINT_STRENGTH: f64 = 1.0;
+/// AUTOMATIC1111's default mask blur, in pixels.
+pub const DEFAULT_MASK_BLUR: f32 = 4.0;
+/// The deepest clip skip accepted (CLIP ViT-L has 12 layers, OpenCLIP ViT-H 24).
+pub const MAX_CLIP_SKIP: u32 = 24;
+/// The largest blur accepted (a wider one turns any mask into a smudge).
+pub const MAX_MASK_BLUR: f32 = 64.0;
 
 /// A request checked against the model and the limits: everything the worker needs.
 #[derive(Debug, Clone)]
@@ -58,6 +72,12 @@ pub struct ValidJob {
     pub request: pipeline::Request,
     pub seed: u64,
     pub count: u32,
+    /// Images denoised together in one UNet batch (the last batch may be smaller).
+    pub batch_size: u32,
+    /// Inpainting: the init picture at the output size, composited back outside the mask.
+    pub inpaint_original: Option<RgbImage>,
+    /// The mask blur used (for the metadata), when inpainting.
+    pub mask_blur: Option<f32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -303,6 +323,12 @@ pub fn validate(registry: &Registry, limits: &Limits, spec: GenerateSpec) -> Res
             limits.max_count
         ));
     }
+    let clip_skip = spec.clip_skip.unwrap_or(1);
+    if clip_skip == 0 || clip_skip > MAX_CLIP_SKIP {
+        return invalid(format!(
+            "clip skip counts text encoder layers from the end: 1 (the last) to {MAX_CLIP_SKIP} (got {clip_skip})"
+        ));
+    }
     let guidance_scale = spec.guidance_scale.unwrap_or(DEFAULT_GUIDANCE);
     if !guidance_scale.is_finite() || guidance_scale < 0.0 {
         return invalid(format!(
@@ -331,16 +357,55 @@ pub fn validate(registry: &Registry, limits: &Limits, spec: GenerateSpec) -> Res
     if spec.strength.is_some() && spec.init_image.is_none() {
         return invalid("strength only applies to img2img: send an init image with it".into());
     }
-    let strength = spec.strength.unwrap_or(DEFAULT_STRENGTH);
+    if spec.mask_image.is_some() && spec.init_image.is_none() {
+        return invalid("a mask needs the picture it applies to: send an init image with it".into());
+    }
+    if spec.mask_blur.is_some() && spec.mask_image.is_none() {
+        return invalid("mask blur only applies to inpainting: send a mask with it".into());
+    }
+    let mask_blur = spec.mask_blur.unwrap_or(DEFAULT_MASK_BLUR);
+    if !(0.0..=MAX_MASK_BLUR).contains(&mask_blur) {
+        return invalid(format!(
+            "mask blur must be between 0 and {MAX_MASK_BLUR} pixels (got {mask_blur})"
+        ));
+    }
+    let default_strength = if spec.mask_image.is_some() {
+        DEFAULT_INPAINT_STRENGTH
+    } else {
+        DEFAULT_STRENGTH
+    };
+    let strength = spec.strength.unwrap_or(default_strength);
     if spec.init_image.is_some() && !(strength > 0.0 && strength <= 1.0) {
         return invalid(format!("strength must be in (0, 1] (got {strength})"));
     }
     let folder = registry.open(&spec.model)?;
     let multiple = folder.vae_factor as u32;
     let picture = match &spec.init_image {
-        Some(bytes) => Some(crate::image::decode_rgb(bytes).map_err(EngineError::InvalidArgument)?),
+        Some(bytes) => Some(crate::image::decode_rgb(bytes, "init image").map_err(EngineError::InvalidArgument)?),
         None => None,
     };
+    let mask = match &spec.mask_image {
+        Some(bytes) => {
+            let mask = crate::image::decode_rgb(bytes, "mask").map_err(EngineError::InvalidArgument)?;
+            let picture = picture
+                .as_ref()
+                .expect("checked above: a mask comes with an init image");
+            if (mask.width, mask.height) != (picture.width, picture.height) {
+                return invalid(format!(
+                    "the mask is {}x{} but the init image is {}x{}; draw the mask at the picture's size",
+                    mask.width, mask.height, picture.width, picture.height
+                ));
+            }
+            Some(mask)
+        }
+        None => None,
+    };
+    if folder.is_inpainting() && mask.is_none() {
+        return invalid(format!(
+            "{} is an inpainting model: it needs an init image and a mask (white = repaint)",
+            folder.name
+        ));
+    }
     // Without a size, img2img keeps the picture's own, rounded down to the VAE's multiple.
     let native = folder.native_size();
     let (width, height) = match &picture {
@@ -381,6 +446,7 @@ pub fn validate(registry: &Registry, limits: &Limits, spec: GenerateSpec) -> Res
             return invalid("init noise contains NaN or infinite values".into());
         }
     }
+    let mut inpaint_original = None;
     let init_image = match picture {
         Some(picture) => {
             if pipeline::img2img_start(steps as usize, strength).is_none() {
@@ -388,10 +454,17 @@ pub fn validate(registry: &Registry, limits: &Limits, spec: GenerateSpec) -> Res
                     "strength {strength} with {steps} steps runs no step; raise the strength or the steps"
                 ));
             }
-            Some(pipeline::InitImage {
-                pixels: picture.resized(width, height).to_nchw_signed(),
-                strength,
-            })
+            let picture = picture.resized(width, height);
+            let pixels = picture.to_nchw_signed();
+            let mask = mask.map(|mask| {
+                let luma = crate::inpaint::luminance(&mask.resized(width, height));
+                let (w, h) = (width as usize, height as usize);
+                crate::inpaint::Mask::new(&luma, w, h, mask_blur, &pixels, folder.vae_factor)
+            });
+            if mask.is_some() {
+                inpaint_original = Some(picture);
+            }
+            Some(pipeline::InitImage { pixels, strength, mask })
         }
         None => None,
     };
@@ -415,12 +488,23 @@ pub fn validate(registry: &Registry, limits: &Limits, spec: GenerateSpec) -> Res
             sampler,
             init_noise: spec.init_noise,
             init_image,
+            clip_skip: clip_skip as usize,
             preview: spec.preview,
         },
+        batch_size: batch_size(limits, width, height, count),
         folder,
         seed,
         count,
+        mask_blur: inpaint_original.as_ref().map(|_| mask_blur),
+        inpaint_original,
     })
+}
+
+/// How many images go through the UNet together: as many as fit in `batch_pixels`, at least
+/// one.
+fn batch_size(limits: &Limits, width: u32, height: u32, count: u32) -> u32 {
+    let per_image = u64::from(width) * u64::from(height);
+    (limits.batch_pixels / per_image).clamp(1, u64::from(count)) as u32
 }
 
 /// AUTOMATIC1111's `parameters` text, which other tools parse.
@@ -443,6 +527,12 @@ pub fn a1111_parameters(job: &ValidJob, seed: u64) -> String {
     if let Some(init) = &r.init_image {
         text.push_str(&format!(", Denoising strength: {}", init.strength));
     }
+    if let Some(blur) = job.mask_blur {
+        text.push_str(&format!(", Mask blur: {blur}"));
+    }
+    if r.clip_skip > 1 {
+        text.push_str(&format!(", Clip skip: {}", r.clip_skip));
+    }
     text.push_str(&format!(", Version: easel {}", env!("CARGO_PKG_VERSION")));
     text
 }
@@ -461,6 +551,8 @@ fn metadata_json(job: &ValidJob, seed: u64) -> String {
         "model": job.folder.name,
         "init_noise": r.init_noise.is_some(),
         "strength": r.init_image.as_ref().map(|i| i.strength),
+        "clip_skip": r.clip_skip,
+        "inpaint": job.mask_blur.map(|blur| serde_json::json!({ "mask_blur": blur })),
         "easel_version": env!("CARGO_PKG_VERSION"),
     })
     .to_string()
@@ -530,34 +622,51 @@ impl Worker {
         let _ = job.events.send(JobEvent::Started { load: timings.load });
         let cancel = job.cancel.clone();
         let is_cancelled = move || cancel.load(Ordering::SeqCst);
-        for index in 0..job.job.count {
-            let seed = job.job.seed.wrapping_add(u64::from(index));
-            let mut noise = SeededNoise::new(seed);
-            let mut on_step = |report: StepReport| {
+        let batch_size = job.job.batch_size.max(1);
+        let mut first = 0;
+        while first < job.job.count {
+            let size = batch_size.min(job.job.count - first);
+            let seeds: Vec<u64> = (first..first + size)
+                .map(|index| job.job.seed.wrapping_add(u64::from(index)))
+                .collect();
+            let mut sources: Vec<SeededNoise> = seeds.iter().map(|&seed| SeededNoise::new(seed)).collect();
+            let mut noises: Vec<&mut dyn crate::sampler::NoiseSource> = sources
+                .iter_mut()
+                .map(|s| s as &mut dyn crate::sampler::NoiseSource)
+                .collect();
+            let mut on_step = |image: usize, report: StepReport| {
                 let _ = job.events.send(JobEvent::Progress {
-                    image_index: index,
+                    image_index: first + image as u32,
                     report,
                 });
             };
-            let output =
-                pipeline::generate(model, &job.job.request, &mut noise, &is_cancelled, &mut on_step).map_err(|e| {
-                    match e {
-                        PipelineError::Cancelled => EngineError::Cancelled,
-                        PipelineError::Model(m) => EngineError::Model(m),
-                        PipelineError::InvalidRequest(m) => EngineError::InvalidArgument(m),
-                        other => EngineError::Pipeline(other),
-                    }
+            let output = pipeline::generate_batch(model, &job.job.request, &mut noises, &is_cancelled, &mut on_step)
+                .map_err(|e| match e {
+                    PipelineError::Cancelled => EngineError::Cancelled,
+                    PipelineError::Model(m) => EngineError::Model(m),
+                    PipelineError::InvalidRequest(m) => EngineError::InvalidArgument(m),
+                    other => EngineError::Pipeline(other),
                 })?;
             timings.encode += output.timings.encode;
             timings.denoise += output.timings.denoise;
             timings.decode += output.timings.decode;
-            let _ = job.events.send(JobEvent::Image {
-                index,
-                seed,
-                image: output.image,
-                parameters: a1111_parameters(&job.job, seed),
-                metadata_json: metadata_json(&job.job, seed),
-            });
+            for ((offset, image), seed) in output.images.into_iter().enumerate().zip(seeds) {
+                let image = match (&job.job.inpaint_original, &job.job.request.init_image) {
+                    (Some(original), Some(init)) => {
+                        let soft = &init.mask.as_ref().expect("inpainting has a mask").soft;
+                        crate::inpaint::composite(original, &image, soft)
+                    }
+                    _ => image,
+                };
+                let _ = job.events.send(JobEvent::Image {
+                    index: first + offset as u32,
+                    seed,
+                    image,
+                    parameters: a1111_parameters(&job.job, seed),
+                    metadata_json: metadata_json(&job.job, seed),
+                });
+            }
+            first += size;
         }
         timings.total = started.elapsed() + timings.queue;
         Ok(timings)

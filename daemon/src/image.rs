@@ -117,15 +117,16 @@ impl RgbImage {
     }
 }
 
-/// Decodes a PNG or JPEG into RGB (alpha dropped, as PIL's `convert("RGB")` does).
-pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage, String> {
+/// Decodes a PNG or JPEG into RGB (alpha dropped, as PIL's `convert("RGB")` does). `what`
+/// names the picture in errors ("init image", "mask").
+pub fn decode_rgb(bytes: &[u8], what: &str) -> Result<RgbImage, String> {
     if bytes.is_empty() {
-        return Err("the init image is empty (0 bytes)".into());
+        return Err(format!("the {what} is empty (0 bytes)"));
     }
-    let decoded = image::load_from_memory(bytes)
-        .map_err(|e| format!("cannot read the init image ({e}); send a PNG or JPEG file"))?;
+    let decoded =
+        image::load_from_memory(bytes).map_err(|e| format!("cannot read the {what} ({e}); send a PNG or JPEG file"))?;
     if decoded.width() == 0 || decoded.height() == 0 {
-        return Err("the init image has no pixels".into());
+        return Err(format!("the {what} has no pixels"));
     }
     let rgb = decoded.into_rgb8();
     Ok(RgbImage {

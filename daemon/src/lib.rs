@@ -5,7 +5,8 @@
 //! - [`runtime`]: finding and loading the ONNX Runtime library.
 //! - [`model`]: a model folder (configs, tokenizer) and its ONNX sessions.
 //! - [`sampler`]: the eight samplers, each a twin of a diffusers scheduler.
-//! - [`pipeline`]: the denoising loop (text-to-image).
+//! - [`pipeline`]: the denoising loop (text-to-image, img2img, inpainting; batches).
+//! - [`inpaint`]: inpainting masks and the final composite.
 //! - [`engine`]: the job queue and the inference worker thread that owns loaded models.
 //! - [`service`]: the gRPC service, the only module that knows proto types.
 //! - [`socket`]: the Unix socket, its lock and the peer check.
@@ -13,9 +14,11 @@
 //!   default model, pictures.
 
 pub mod builtin;
+pub mod clip_skip;
 pub mod config;
 pub mod engine;
 pub mod image;
+pub mod inpaint;
 pub mod model;
 pub mod pipeline;
 pub mod prompt;

@@ -160,11 +160,6 @@ impl pb::easel_server::Easel for EaselService {
 }
 
 fn generate_spec(request: pb::GenerateRequest) -> Result<GenerateSpec, Status> {
-    if !request.mask_image.is_empty() {
-        return Err(Status::unimplemented(
-            "inpainting (mask_image) is not available yet; send the request without a mask",
-        ));
-    }
     let init_noise = request.init_noise.map(tensor_from_proto).transpose()?;
     let preview = request.preview.unwrap_or_default();
     Ok(GenerateSpec {
@@ -181,6 +176,9 @@ fn generate_spec(request: pb::GenerateRequest) -> Result<GenerateSpec, Status> {
         init_noise,
         init_image: Some(request.init_image).filter(|b| !b.is_empty()),
         strength: request.strength,
+        mask_image: Some(request.mask_image).filter(|b| !b.is_empty()),
+        mask_blur: request.mask_blur,
+        clip_skip: request.clip_skip,
         preview: PreviewSettings {
             every_n_steps: preview.every_n_steps,
             latents: preview.stream_latents,

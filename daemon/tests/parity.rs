@@ -132,6 +132,7 @@ fn check_text_to_image(manifest: &str, min_cases: usize) -> std::collections::BT
             sampler,
             init_noise: Some(HostTensor::new(shape, noise)),
             init_image: None,
+            clip_skip: 1,
             preview: PreviewSettings::default(),
         };
         let mut replay = Replay {
@@ -182,7 +183,9 @@ fn every_img2img_case_matches_diffusers() {
         let model = models
             .entry(case.model.clone())
             .or_insert_with(|| load_fixture_model(&case.model));
-        let picture = easeld::image::decode_rgb(&std::fs::read(fixtures().join(&case.init_image)).unwrap()).unwrap();
+        let picture =
+            easeld::image::decode_rgb(&std::fs::read(fixtures().join(&case.init_image)).unwrap(), "init image")
+                .unwrap();
         let request = Request {
             prompt: case.prompt.clone(),
             negative_prompt: case.negative_prompt.clone(),
@@ -195,7 +198,9 @@ fn every_img2img_case_matches_diffusers() {
             init_image: Some(pipeline::InitImage {
                 pixels: picture.resized(case.width, case.height).to_nchw_signed(),
                 strength: case.strength,
+                mask: None,
             }),
+            clip_skip: 1,
             preview: PreviewSettings::default(),
         };
         let mut replay = Replay {

@@ -119,7 +119,7 @@ fn weighting_and_chunks_match_the_reference() {
             }
         }
         let negative = case["negative_prompt"].as_str().unwrap();
-        let (cond, uncond) = pipeline::encode_guided(&mut model, prompt, negative).unwrap();
+        let (cond, uncond) = pipeline::encode_guided(&mut model, prompt, negative, 1).unwrap();
         assert_close(name, "cond", &cond, case["cond"].as_str().unwrap());
         assert_close(name, "uncond", &uncond, case["uncond"].as_str().unwrap());
         encoded += 1;

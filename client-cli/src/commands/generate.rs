@@ -68,13 +68,23 @@ pub struct GenerateArgs {
     #[arg(long, value_name = "FILE")]
     pub init_image: Option<PathBuf>,
 
-    /// How much of --init-image to repaint, in (0, 1] [default: 0.8]
+    /// How much of --init-image to repaint, in (0, 1] [default: 0.8; 1.0 with --mask]
     #[arg(long, value_name = "X", allow_negative_numbers = true, requires = "init_image")]
     pub strength: Option<f64>,
 
-    /// Repaint only where this mask is white (inpainting; not available yet)
-    #[arg(long, value_name = "FILE")]
+    /// Inpainting: repaint only where this mask (PNG or JPEG, the size of --init-image) is
+    /// white; black parts keep --init-image's pixels
+    #[arg(long, value_name = "FILE", requires = "init_image")]
     pub mask: Option<PathBuf>,
+
+    /// Blur the mask's edge by this many pixels, for a soft seam [default: 4]
+    #[arg(long, value_name = "PX", allow_negative_numbers = true, requires = "mask")]
+    pub mask_blur: Option<f32>,
+
+    /// Stop the text encoder this many layers from the end, as AUTOMATIC1111's "Clip skip":
+    /// 1 = last layer, 2 = the one before [default: 1]
+    #[arg(long, value_name = "N")]
+    pub clip_skip: Option<u32>,
 
     /// A file (later images: NAME-1.png, NAME-2.png…) or a folder (easel-SEED.png)
     /// [default: ./easel-SEED.png]
@@ -101,27 +111,17 @@ pub struct GenerateArgs {
 impl GenerateArgs {
     /// Checks what needs no daemon and builds the options (reads --init-noise).
     pub fn options(&self) -> anyhow::Result<GenerateOptions> {
-        if self.mask.is_some() {
-            return Err(
-                UsageError("inpainting is not available yet; --mask will work in a later release".into()).into(),
-            );
-        }
-        let init_image = match &self.init_image {
-            Some(path) => {
-                let bytes =
-                    std::fs::read(path).with_context(|| format!("cannot read --init-image {}", path.display()))?;
-                if bytes.is_empty() {
-                    anyhow::bail!(
-                        "--init-image {} is empty (0 bytes); pass a PNG or JPEG picture",
-                        path.display()
-                    );
-                }
-                Some(bytes)
-            }
-            None => None,
-        };
+        let init_image = self
+            .init_image
+            .as_deref()
+            .map(|p| read_picture("--init-image", p))
+            .transpose()?;
+        let mask_image = self.mask.as_deref().map(|p| read_picture("--mask", p)).transpose()?;
         if self.count == Some(0) {
             return Err(UsageError("--count must be at least 1".into()).into());
+        }
+        if self.clip_skip == Some(0) {
+            return Err(UsageError("--clip-skip counts from 1 (the last layer)".into()).into());
         }
         let model = self
             .model
@@ -143,6 +143,9 @@ impl GenerateArgs {
             guidance_scale: self.cfg,
             init_image,
             strength: self.strength,
+            mask_image,
+            mask_blur: self.mask_blur,
+            clip_skip: self.clip_skip,
             sampler: self.sampler.clone(),
             width: self.width,
             height: self.height,
@@ -153,6 +156,18 @@ impl GenerateArgs {
             keep_alive: self.keep_alive.clone(),
         })
     }
+}
+
+/// A picture file's bytes; a missing or empty file is an error that names the option.
+fn read_picture(option: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {option} {}", path.display()))?;
+    if bytes.is_empty() {
+        anyhow::bail!(
+            "{option} {} is empty (0 bytes); pass a PNG or JPEG picture",
+            path.display()
+        );
+    }
+    Ok(bytes)
 }
 
 pub async fn run(global: &Global, args: GenerateArgs) -> anyhow::Result<()> {
@@ -363,13 +378,56 @@ mod tests {
     }
 
     #[test]
-    fn inpainting_is_not_available_yet_and_strength_needs_an_image() {
-        let error = parse(&["p", "--mask", "m.png"]).unwrap().options().unwrap_err();
-        assert!(usage_message(error).contains("inpainting is not available yet"));
+    fn strength_and_mask_need_an_image_and_blur_needs_a_mask() {
+        assert!(parse(&["p", "--mask", "m.png"]).is_err(), "--mask without --init-image");
         assert!(
             parse(&["p", "--strength", "0.5"]).is_err(),
             "--strength without --init-image"
         );
+        assert!(
+            parse(&["p", "--init-image", "i.png", "--mask-blur", "2"]).is_err(),
+            "--mask-blur without --mask"
+        );
+    }
+
+    #[test]
+    fn masks_are_read_and_sent_with_their_blur() {
+        let dir = tempfile::tempdir().unwrap();
+        let (picture, mask, empty) = (
+            dir.path().join("p.png"),
+            dir.path().join("m.png"),
+            dir.path().join("e.png"),
+        );
+        std::fs::write(&picture, b"picture").unwrap();
+        std::fs::write(&mask, b"mask").unwrap();
+        std::fs::write(&empty, b"").unwrap();
+        let (picture, mask, empty) = (
+            picture.to_str().unwrap(),
+            mask.to_str().unwrap(),
+            empty.to_str().unwrap(),
+        );
+        let args = ["p", "--init-image", picture, "--mask", mask, "--mask-blur", "0"];
+        let request = parse(&args).unwrap().options().unwrap().to_request().unwrap();
+        assert_eq!(request.mask_image, b"mask");
+        assert_eq!(request.mask_blur, Some(0.0));
+        let error = parse(&["p", "--init-image", picture, "--mask", empty])
+            .unwrap()
+            .options()
+            .unwrap_err();
+        assert!(format!("{error:#}").contains("--mask"), "{error:#}");
+    }
+
+    #[test]
+    fn clip_skip_counts_from_one() {
+        let request = parse(&["p", "--clip-skip", "2"])
+            .unwrap()
+            .options()
+            .unwrap()
+            .to_request()
+            .unwrap();
+        assert_eq!(request.clip_skip, Some(2));
+        let error = parse(&["p", "--clip-skip", "0"]).unwrap().options().unwrap_err();
+        assert!(usage_message(error).contains("counts from 1"));
     }
 
     #[test]

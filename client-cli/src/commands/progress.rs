@@ -1,7 +1,8 @@
 //! How `easel generate` shows a job's progress on stderr.
 //!
 //! - [`Display::Bar`]: on a terminal, an indicatif spinner while queued/loading, then a bar
-//!   per image with step/total, steps/s and ETA (computed from the daemon's own step times).
+//!   per batch of images with step/total, steps/s and ETA (computed from the daemon's own step
+//!   times). The daemon reports every image of a batch at every step; the bar names the range.
 //! - [`Display::Lines`]: stderr is not a terminal: plain lines such as `step 3/20 (0.4 s)`.
 //! - [`Display::Quiet`]: `--no-progress` or `--json`: nothing.
 //!
@@ -17,7 +18,7 @@ pub enum Display {
     Bar {
         bar: ProgressBar,
         count: u32,
-        image: Option<u32>,
+        batch: Option<Batch>,
     },
     Lines {
         count: u32,
@@ -38,7 +39,7 @@ impl Display {
             Display::Bar {
                 bar,
                 count,
-                image: None,
+                batch: None,
             }
         } else {
             Display::Lines { count }
@@ -78,12 +79,16 @@ impl Display {
 
     pub fn progress(&mut self, progress: &pb::Progress) {
         match self {
-            Display::Bar { bar, count, image } => {
-                if *image != Some(progress.image_index) {
-                    *image = Some(progress.image_index);
+            Display::Bar { bar, count, batch } => {
+                let before = *batch;
+                let now = Batch::follow(before, progress);
+                *batch = Some(now);
+                if before.is_none_or(|b| b.first != now.first) {
                     bar.set_style(bar_style());
                     bar.set_length(u64::from(progress.total));
-                    bar.set_prefix(image_prefix(progress.image_index, *count));
+                }
+                if before != Some(now) {
+                    bar.set_prefix(now.prefix(*count));
                 }
                 bar.set_position(u64::from(progress.step));
                 bar.set_message(rate_and_eta(progress));
@@ -136,11 +141,41 @@ fn bar_style() -> ProgressStyle {
         .unwrap_or_else(|_| ProgressStyle::default_bar())
 }
 
-fn image_prefix(index: u32, count: u32) -> String {
-    if count > 1 {
-        format!("image {}/{count} ", index + 1)
-    } else {
-        String::new()
+/// The images one bar follows: a batch the daemon denoises together (first..=last).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batch {
+    first: u32,
+    last: u32,
+    step: u32,
+}
+
+impl Batch {
+    /// The batch after `progress`: the same one grows while steps go on; a step number that
+    /// goes back, or an image before the batch, starts the next batch.
+    fn follow(current: Option<Batch>, progress: &pb::Progress) -> Batch {
+        let index = progress.image_index;
+        match current {
+            Some(b) if progress.step >= b.step && index >= b.first => Batch {
+                first: b.first,
+                last: b.last.max(index),
+                step: progress.step,
+            },
+            _ => Batch {
+                first: index,
+                last: index,
+                step: progress.step,
+            },
+        }
+    }
+
+    fn prefix(self, count: u32) -> String {
+        if count <= 1 {
+            String::new()
+        } else if self.first == self.last {
+            format!("image {}/{count} ", self.first + 1)
+        } else {
+            format!("images {}–{}/{count} ", self.first + 1, self.last + 1)
+        }
     }
 }
 
@@ -209,6 +244,35 @@ mod tests {
         assert_eq!(rate_and_eta(&progress(4, 20, 2000, 0)), "2.00 steps/s, ETA 8.0 s");
         assert_eq!(rate_and_eta(&progress(0, 20, 0, 0)), "");
         assert_eq!(rate_and_eta(&progress(20, 20, 5000, 0)), "4.00 steps/s, ETA 0.0 s");
+    }
+
+    #[test]
+    fn the_bar_follows_batches() {
+        let mut batch = None;
+        let mut prefixes = Vec::new();
+        // Two batches of two images, two steps each: the daemon reports each image each step.
+        for (step, image) in [(1, 0), (1, 1), (2, 0), (2, 1), (1, 2), (1, 3), (2, 2), (2, 3)] {
+            let now = Batch::follow(batch, &progress(step, 2, 10, image));
+            batch = Some(now);
+            prefixes.push(now.prefix(4));
+        }
+        assert_eq!(
+            prefixes,
+            [
+                "image 1/4 ",
+                "images 1–2/4 ",
+                "images 1–2/4 ",
+                "images 1–2/4 ",
+                "image 3/4 ",
+                "images 3–4/4 ",
+                "images 3–4/4 ",
+                "images 3–4/4 "
+            ]
+        );
+        // One image at a time (batches of one) and a single image.
+        let one = Batch::follow(Some(Batch::follow(None, &progress(2, 2, 1, 0))), &progress(1, 2, 1, 1));
+        assert_eq!(one.prefix(2), "image 2/2 ");
+        assert_eq!(one.prefix(1), "");
     }
 
     #[test]

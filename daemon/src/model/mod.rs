@@ -75,9 +75,15 @@ struct VaeConfig {
 }
 
 #[derive(Deserialize, Default)]
+struct TextEncoderConfig {
+    layer_norm_eps: Option<f64>,
+}
+
+#[derive(Deserialize, Default)]
 struct UnetConfig {
     sample_size: Option<usize>,
     in_channels: Option<usize>,
+    out_channels: Option<usize>,
 }
 
 /// Everything about a model that is known without loading its weights.
@@ -94,9 +100,14 @@ pub struct ModelFolder {
     /// Pixels per latent cell along each side: 2^(len(block_out_channels) - 1).
     pub vae_factor: usize,
     pub latent_channels: usize,
+    /// Channels the UNet's `sample` takes: `latent_channels`, or `2 · latent_channels + 1` for
+    /// an inpainting UNet (latents ‖ mask ‖ masked-picture latents).
+    pub unet_in_channels: usize,
     /// The UNet's native latent size, when its config says.
     pub sample_size: Option<usize>,
     pub tokenizer: ClipTokenizer,
+    /// The text encoder's layer-norm epsilon (for clip skip), from its `config.json`.
+    pub text_layer_norm_eps: f64,
 }
 
 /// The sub-model files of the layout, relative to the model root.
@@ -123,6 +134,7 @@ impl ModelFolder {
         let scheduler: SchedulerConfig = read_json(&model, &root.join("scheduler/scheduler_config.json"))?;
         let vae: VaeConfig = read_optional_json(&model, &root.join("vae_decoder/config.json"))?;
         let unet: UnetConfig = read_optional_json(&model, &root.join("unet/config.json"))?;
+        let text: TextEncoderConfig = read_optional_json(&model, &root.join("text_encoder/config.json"))?;
         let prediction_type = match scheduler.prediction_type.as_deref().unwrap_or("epsilon") {
             "epsilon" => PredictionType::Epsilon,
             "v_prediction" => PredictionType::VPrediction,
@@ -140,7 +152,22 @@ impl ModelFolder {
             .block_out_channels
             .as_ref()
             .map_or(8, |blocks| 1 << blocks.len().saturating_sub(1));
-        let latent_channels = vae.latent_channels.or(unet.in_channels).unwrap_or(4);
+        let latent_channels = vae
+            .latent_channels
+            .or(unet.out_channels)
+            .or(unet.in_channels)
+            .unwrap_or(4);
+        let unet_in_channels = unet.in_channels.unwrap_or(latent_channels);
+        if unet_in_channels != latent_channels && unet_in_channels != 2 * latent_channels + 1 {
+            return Err(ModelError::Incompatible {
+                model,
+                message: format!(
+                    "unet/config.json has in_channels {unet_in_channels}; easel knows {latent_channels} (text-to-image) \
+                     and {} (inpainting) for a VAE with {latent_channels} latent channels",
+                    2 * latent_channels + 1
+                ),
+            });
+        }
         let tokenizer = ClipTokenizer::from_dir(&root.join("tokenizer")).map_err(|source| ModelError::Tokenizer {
             model: model.clone(),
             source,
@@ -154,9 +181,17 @@ impl ModelFolder {
             scaling_factor: vae.scaling_factor.unwrap_or(0.18215) as f32,
             vae_factor,
             latent_channels,
+            unet_in_channels,
             sample_size: unet.sample_size,
             tokenizer,
+            text_layer_norm_eps: text.layer_norm_eps.unwrap_or(1e-5),
         })
+    }
+
+    /// Whether the UNet is a dedicated inpainting one (it also takes the mask and the masked
+    /// picture's latents).
+    pub fn is_inpainting(&self) -> bool {
+        self.unet_in_channels == 2 * self.latent_channels + 1
     }
 
     /// The picture size the model was trained for: UNet sample size × VAE factor.

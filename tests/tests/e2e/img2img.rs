@@ -70,11 +70,13 @@ fn img2img_keeps_the_picture_size_and_records_the_strength() {
 }
 
 #[test]
-fn bad_img2img_input_fails_clearly() {
+fn bad_img2img_inpainting_and_clip_skip_input_fails_clearly() {
     let daemon = Daemon::start();
     let dir = tempfile::tempdir().unwrap();
     let init = fixtures().join("img2img/init-64.png");
     let init = init.to_str().unwrap();
+    let other_size = fixtures().join("img2img/init-80x48.png");
+    let other_size = other_size.to_str().unwrap();
     let empty = dir.path().join("empty.png");
     std::fs::write(&empty, b"").unwrap();
     let text = dir.path().join("text.png");
@@ -100,9 +102,19 @@ fn bad_img2img_input_fails_clearly() {
         ),
         (vec!["--init-image", init, "--strength", "0.1"], "runs no step"),
         (
-            vec!["--init-image", init, "--mask", init],
-            "inpainting is not available yet",
+            vec!["--init-image", init, "--mask", other_size],
+            "the mask is 80x48 but the init image is 64x64",
         ),
+        (
+            vec!["--init-image", init, "--mask", text.to_str().unwrap()],
+            "cannot read the mask",
+        ),
+        (vec!["--init-image", init, "--mask", empty.to_str().unwrap()], "--mask"),
+        (
+            vec!["--init-image", init, "--mask", init, "--mask-blur", "100"],
+            "mask blur must be between 0 and 64",
+        ),
+        (vec!["--clip-skip", "2"], "does not"),
     ];
     for (flags, expected) in &cases {
         let output = run(&daemon, flags, &out);
