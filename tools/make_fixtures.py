@@ -483,7 +483,7 @@ def verify_model(name: str, ddir: Path, mdir: Path, base_ddir: Path | None = Non
         )
 
         h = unet.config.sample_size
-        sample = rng.standard_normal((2, 4, h, h), dtype=np.float32)
+        sample = rng.standard_normal((2, unet.config.in_channels, h, h), dtype=np.float32)  # 4, or 9 for inpainting UNets
         ehs = rng.standard_normal((2, MAX_LEN, 32), dtype=np.float32)
         t = np.array(421, dtype=np.float32)
         ref = unet(torch.from_numpy(sample), torch.tensor(421.0), torch.from_numpy(ehs)).sample.numpy()

@@ -151,6 +151,7 @@ fn check_text_to_image(manifest: &str, min_cases: usize) -> std::collections::BT
     samplers_seen
 }
 
+/// An img2img or inpainting case (inpainting adds `mask` and `mask_latent`).
 #[derive(Deserialize)]
 struct Img2ImgCase {
     name: String,
@@ -158,6 +159,10 @@ struct Img2ImgCase {
     prompt: String,
     negative_prompt: String,
     init_image: String,
+    #[serde(default)]
+    mask: Option<String>,
+    #[serde(default)]
+    mask_latent: Option<String>,
     width: u32,
     height: u32,
     steps: usize,
@@ -174,18 +179,50 @@ struct Img2ImgCase {
 /// replayed from the fixture, in diffusers' order.
 #[test]
 fn every_img2img_case_matches_diffusers() {
-    let cases: Vec<Img2ImgCase> =
-        serde_json::from_slice(&std::fs::read(fixtures().join("img2img/manifest.json")).unwrap()).unwrap();
-    assert!(cases.len() >= 15, "the img2img manifest lost cases");
+    check_from_picture("img2img/manifest.json", 15);
+}
+
+/// Inpainting against diffusers' `StableDiffusionInpaintPipeline`, with dedicated 9-channel
+/// UNets (latents ‖ mask ‖ masked-picture latents) and ordinary 4-channel ones (the unmasked
+/// part blended back from the picture's re-noised latent after every step). The mask diffusers
+/// fed the UNet at latent resolution is checked too. The composite easel adds after decoding
+/// is not part of diffusers, so this compares the raw decoded picture.
+#[test]
+fn every_inpainting_case_matches_diffusers() {
+    let cases = check_from_picture("inpaint/manifest.json", 14);
+    let samplers: std::collections::BTreeSet<&str> = cases.iter().map(|c| c.sampler.as_str()).collect();
+    assert!(samplers.len() >= 6, "inpainting covers too few samplers: {samplers:?}");
+}
+
+fn check_from_picture(manifest: &str, min_cases: usize) -> Vec<Img2ImgCase> {
+    let cases: Vec<Img2ImgCase> = serde_json::from_slice(&std::fs::read(fixtures().join(manifest)).unwrap()).unwrap();
+    assert!(cases.len() >= min_cases, "{manifest} lost cases");
     let mut models: HashMap<String, LoadedModel> = HashMap::new();
     let mut failures = Vec::new();
     for case in &cases {
         let model = models
             .entry(case.model.clone())
             .or_insert_with(|| load_fixture_model(&case.model));
-        let picture =
-            easeld::image::decode_rgb(&std::fs::read(fixtures().join(&case.init_image)).unwrap(), "init image")
-                .unwrap();
+        let read = |path: &str, what: &str| {
+            easeld::image::decode_rgb(&std::fs::read(fixtures().join(path)).unwrap(), what).unwrap()
+        };
+        let pixels = read(&case.init_image, "init image")
+            .resized(case.width, case.height)
+            .to_nchw_signed();
+        let mask = case.mask.as_ref().map(|path| {
+            let luma = easeld::inpaint::luminance(&read(path, "mask").resized(case.width, case.height));
+            let (w, h) = (case.width as usize, case.height as usize);
+            easeld::inpaint::Mask::new(&luma, w, h, 0.0, &pixels, model.folder.vae_factor)
+        });
+        if let (Some(mask), Some(expected)) = (&mask, &case.mask_latent) {
+            let (shape, data) = npy(&fixtures().join(expected));
+            assert_eq!(
+                (&mask.latent.shape, &mask.latent.data),
+                (&shape, &data),
+                "{}: latent mask",
+                case.name
+            );
+        }
         let request = Request {
             prompt: case.prompt.clone(),
             negative_prompt: case.negative_prompt.clone(),
@@ -196,9 +233,9 @@ fn every_img2img_case_matches_diffusers() {
             sampler: case.sampler.parse().unwrap(),
             init_noise: None,
             init_image: Some(pipeline::InitImage {
-                pixels: picture.resized(case.width, case.height).to_nchw_signed(),
+                pixels,
                 strength: case.strength,
-                mask: None,
+                mask,
             }),
             clip_skip: 1,
             preview: PreviewSettings::default(),
@@ -218,9 +255,10 @@ fn every_img2img_case_matches_diffusers() {
     }
     assert!(
         failures.is_empty(),
-        "img2img cases beyond tolerance:\n{}",
+        "{manifest}: cases beyond tolerance:\n{}",
         failures.join("\n")
     );
+    cases
 }
 
 /// The guidance embedding matches the `timestep_cond` diffusers computed (float32 sinusoids of

@@ -235,6 +235,22 @@ pub fn read_png(bytes: &[u8]) -> (u32, u32, Vec<u8>) {
     (info.width, info.height, buf)
 }
 
+/// Writes an 8-bit PNG: RGB (3 bytes a pixel) or greyscale (1 byte), row-major.
+pub fn write_png(path: &Path, width: u32, height: u32, pixels: &[u8]) {
+    let colour = if pixels.len() == (width * height * 3) as usize {
+        png::ColorType::Rgb
+    } else {
+        assert_eq!(pixels.len(), (width * height) as usize, "RGB or greyscale pixels");
+        png::ColorType::Grayscale
+    };
+    let file = std::io::BufWriter::new(std::fs::File::create(path).expect("create the PNG"));
+    let mut encoder = png::Encoder::new(file, width, height);
+    encoder.set_color(colour);
+    encoder.set_depth(png::BitDepth::Eight);
+    let mut writer = encoder.write_header().expect("PNG header");
+    writer.write_image_data(pixels).expect("PNG data");
+}
+
 /// The text chunks of a PNG (tEXt and iTXt), as (keyword, text).
 pub fn png_text(bytes: &[u8]) -> Vec<(String, String)> {
     let decoder = png::Decoder::new(std::io::Cursor::new(bytes));

@@ -8,4 +8,5 @@ mod daemon;
 mod events;
 mod generate;
 mod img2img;
+mod inpaint;
 mod quality;
