@@ -277,3 +277,115 @@ fn guidance_embedding_matches_diffusers() {
     // Not a constant: sines then cosines of w·1000·freq.
     assert!((embedding[0] - (7500f32).sin()).abs() < 1e-3 && (embedding[128] - (7500f32).cos()).abs() < 1e-3);
 }
+
+#[derive(Deserialize)]
+struct ClipSkipCase {
+    name: String,
+    model: String,
+    prompt: String,
+    negative_prompt: String,
+    width: u32,
+    height: u32,
+    steps: usize,
+    guidance_scale: f32,
+    sampler: String,
+    init_noise: String,
+    image: String,
+    clip_skip_a1111: usize,
+    /// How diffusers encoded the negative prompt (1: no skip; `None`: no guidance).
+    negative_clip_skip_a1111: Option<usize>,
+    embeddings: ClipSkipEmbeddings,
+}
+
+#[derive(Deserialize)]
+struct ClipSkipEmbeddings {
+    cond: String,
+    uncond: Option<String>,
+}
+
+/// Clip skip on a text encoder that exports its hidden states: the embeddings equal diffusers'
+/// `final_layer_norm(hidden_states[-N])` (for each side as diffusers encoded it), and the
+/// pictures match where diffusers treated the negative prompt as easel does (AUTOMATIC1111
+/// skips layers for both prompts; diffusers only for the positive one).
+#[test]
+fn clip_skip_matches_diffusers() {
+    let cases: Vec<ClipSkipCase> =
+        serde_json::from_slice(&std::fs::read(fixtures().join("clipskip/manifest.json")).unwrap()).unwrap();
+    assert!(cases.len() >= 4, "the clip skip manifest lost cases");
+    let mut model = load_fixture_model(&cases[0].model);
+    let worst_diff = |got: &HostTensor<f32>, path: &str| {
+        let (shape, want) = npy(&fixtures().join(path));
+        assert_eq!(got.shape, shape, "{path}");
+        got.data
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max)
+    };
+    let mut failures = Vec::new();
+    let mut images_checked = 0;
+    for case in &cases {
+        assert_eq!(case.model, cases[0].model);
+        let cond = pipeline::encode_prompt(&mut model, &case.prompt, case.clip_skip_a1111).unwrap();
+        let worst = worst_diff(&cond[0], &case.embeddings.cond);
+        assert!(worst < 1e-4, "{}: cond embedding off by {worst}", case.name);
+        if let (Some(skip), Some(path)) = (case.negative_clip_skip_a1111, &case.embeddings.uncond) {
+            let uncond = pipeline::encode_prompt(&mut model, &case.negative_prompt, skip).unwrap();
+            let worst = worst_diff(&uncond[0], path);
+            assert!(worst < 1e-4, "{}: uncond embedding off by {worst}", case.name);
+        }
+        if case
+            .negative_clip_skip_a1111
+            .is_some_and(|skip| skip != case.clip_skip_a1111)
+        {
+            continue;
+        }
+        let (shape, noise) = npy(&fixtures().join(&case.init_noise));
+        let request = Request {
+            prompt: case.prompt.clone(),
+            negative_prompt: case.negative_prompt.clone(),
+            width: case.width,
+            height: case.height,
+            steps: case.steps,
+            guidance_scale: case.guidance_scale,
+            sampler: case.sampler.parse().unwrap(),
+            init_noise: Some(HostTensor::new(shape, noise)),
+            init_image: None,
+            clip_skip: case.clip_skip_a1111,
+            preview: PreviewSettings::default(),
+        };
+        let output = pipeline::generate(
+            &mut model,
+            &request,
+            &mut Replay {
+                data: vec![],
+                offset: 0,
+            },
+            &|| false,
+            &mut |_| {},
+        )
+        .unwrap();
+        images_checked += 1;
+        failures.extend(compare(&case.name, &output.image, &case.image));
+    }
+    assert!(images_checked >= 2, "too few clip skip pictures checked");
+    assert!(
+        failures.is_empty(),
+        "clip skip cases beyond tolerance:\n{}",
+        failures.join("\n")
+    );
+
+    // Clip skip 1 is the plain last layer, the same as a model without hidden-state outputs;
+    // deeper than the encoder is an error.
+    let mut plain = load_fixture_model("models/sd1-tiny");
+    let prompt = "a red cube on a table";
+    let (a, b) = (
+        pipeline::encode_prompt(&mut model, prompt, 1).unwrap(),
+        pipeline::encode_prompt(&mut plain, prompt, 1).unwrap(),
+    );
+    assert!(a[0].data.iter().zip(&b[0].data).all(|(x, y)| (x - y).abs() < 1e-5));
+    let error = pipeline::encode_prompt(&mut model, prompt, 3).unwrap_err().to_string();
+    assert!(error.contains("deeper than") && error.contains("2 layers"), "{error}");
+    let error = pipeline::encode_prompt(&mut plain, prompt, 2).unwrap_err().to_string();
+    assert!(error.contains("does not"), "{error}");
+}

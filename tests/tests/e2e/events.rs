@@ -165,3 +165,61 @@ async fn latents_and_previews_stream_when_asked() {
     let none = progress_events(&daemon, pb::PreviewOptions::default(), 2).await;
     assert!(none.iter().all(|p| p.latent.is_none() && p.preview_png.is_empty()));
 }
+
+/// `--count 3` with room for two 64×64 images per batch: images 0 and 1 are denoised together
+/// (both reported at every step), then image 2 alone; each is its own seed's picture.
+#[test]
+fn a_count_runs_in_batches_and_reports_every_image() {
+    let daemon = Daemon::start_with(&[("EASEL_BATCH_PIXELS", "8192")]);
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixture_model("sd1-tiny");
+    let model = model.to_str().unwrap();
+    let generate = |seed: &str, count: &str, out: &std::path::Path| {
+        let args = [
+            "generate",
+            "a boat",
+            "--model",
+            model,
+            "--steps",
+            "3",
+            "--sampler",
+            "euler_a",
+            "--seed",
+            seed,
+            "--count",
+            count,
+            "--json",
+            "-o",
+        ];
+        let output = daemon.easel(&[&args[..], &[out.to_str().unwrap()]].concat());
+        assert!(output.status.success(), "{}", stderr(&output));
+        stdout(&output)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect::<Vec<serde_json::Value>>()
+    };
+    let events = generate("40", "3", &dir.path().join("batch.png"));
+    let progress: Vec<(u64, u64)> = events
+        .iter()
+        .filter(|e| e["event"] == "progress")
+        .map(|e| (e["image_index"].as_u64().unwrap(), e["step"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        progress,
+        [(0, 1), (1, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 1), (2, 2), (2, 3)]
+    );
+    let images: Vec<&serde_json::Value> = events.iter().filter(|e| e["event"] == "image").collect();
+    assert_eq!(images.len(), 3);
+    for (i, image) in images.iter().enumerate() {
+        assert_eq!(image["seed"], 40 + i as u64);
+        let alone_path = dir.path().join(format!("alone{i}.png"));
+        generate(&(40 + i).to_string(), "1", &alone_path);
+        let batched = std::fs::read(image["path"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            read_png(&batched).2,
+            read_png(&std::fs::read(&alone_path).unwrap()).2,
+            "image {i} of the batch is seed {} alone",
+            40 + i
+        );
+    }
+}

@@ -22,10 +22,14 @@ struct Case {
 }
 
 fn cases() -> Vec<Case> {
-    serde_json::from_slice(&std::fs::read(fixtures().join("references/manifest.json")).unwrap()).unwrap()
+    manifest("references/manifest.json")
 }
 
-fn generate_case(daemon: &Daemon, case: &Case, out: &Path) -> std::process::Output {
+fn manifest(path: &str) -> Vec<Case> {
+    serde_json::from_slice(&std::fs::read(fixtures().join(path)).unwrap()).unwrap()
+}
+
+fn generate_case(daemon: &Daemon, case: &Case, out: &Path, extra: &[&str]) -> std::process::Output {
     let model = fixtures().join(&case.model);
     let noise = fixtures().join(&case.init_noise);
     let (steps, cfg, width, height) = (
@@ -34,7 +38,7 @@ fn generate_case(daemon: &Daemon, case: &Case, out: &Path) -> std::process::Outp
         case.width.to_string(),
         case.height.to_string(),
     );
-    daemon.easel(&[
+    let args = [
         "generate",
         &case.prompt,
         "--model",
@@ -56,7 +60,54 @@ fn generate_case(daemon: &Daemon, case: &Case, out: &Path) -> std::process::Outp
         "--no-progress",
         "-o",
         out.to_str().unwrap(),
-    ])
+    ];
+    daemon.easel(&[&args[..], extra].concat())
+}
+
+/// An fp16 export (float16 weights, inputs and outputs) through the daemon: within the stated
+/// fp16 tolerance (mean ≤ 0.5, max ≤ 4 on 0–255) of diffusers' float32 picture.
+#[test]
+fn an_fp16_model_draws_its_fp32_twins_picture() {
+    let daemon = Daemon::start();
+    let dir = tempfile::tempdir().unwrap();
+    for case in manifest("fp16/manifest.json").iter().take(2) {
+        let out = dir.path().join(format!("{}.png", case.name));
+        let output = generate_case(&daemon, case, &out, &[]);
+        assert!(output.status.success(), "{}: {}", case.name, stderr(&output));
+        let got = read_png(&std::fs::read(&out).unwrap()).2;
+        let want = read_png(&std::fs::read(fixtures().join(&case.image)).unwrap()).2;
+        let (mean, max) = diff(&got, &want);
+        assert!(mean <= 0.5 && max <= 4, "{}: mean {mean:.3}, max {max}", case.name);
+    }
+}
+
+/// `--clip-skip 2` (AUTOMATIC1111's numbering) on a text encoder that exports hidden states:
+/// diffusers' picture with the penultimate layer for both prompts, and "Clip skip: 2" in the
+/// PNG's parameters.
+#[test]
+fn clip_skip_two_draws_diffusers_penultimate_layer_picture() {
+    let daemon = Daemon::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cases = manifest("clipskip/manifest.json");
+    let case = cases
+        .iter()
+        .find(|c| c.name == "cs-euler-cfg-a1111")
+        .expect("the A1111-style case");
+    let out = dir.path().join("skip.png");
+    let output = generate_case(&daemon, case, &out, &["--clip-skip", "2"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let png = std::fs::read(&out).unwrap();
+    let (mean, max) = diff(
+        &read_png(&png).2,
+        &read_png(&std::fs::read(fixtures().join(&case.image)).unwrap()).2,
+    );
+    assert!(mean <= 1.0 && max <= 8, "mean {mean:.3}, max {max}");
+    let parameters = png_text(&png).into_iter().find(|(k, _)| k == "parameters").unwrap().1;
+    assert!(parameters.contains("Clip skip: 2"), "{parameters}");
+    // Without the flag the same request draws a different picture.
+    let plain = dir.path().join("plain.png");
+    assert!(generate_case(&daemon, case, &plain, &[]).status.success());
+    assert_ne!(read_png(&std::fs::read(&plain).unwrap()).2, read_png(&png).2);
 }
 
 /// Every deterministic reference case (the stochastic samplers are covered with replayed noise
@@ -71,7 +122,7 @@ fn deterministic_cases_match_diffusers_through_the_daemon() {
         .filter(|c| c.step_noise.is_none() && c.sampler != "euler_a")
     {
         let out = out_dir.path().join(format!("{}.png", case.name));
-        let output = generate_case(&daemon, case, &out);
+        let output = generate_case(&daemon, case, &out, &[]);
         assert!(output.status.success(), "{}: {}", case.name, stderr(&output));
         let bytes = std::fs::read(&out).unwrap();
         let (w, h, pixels) = read_png(&bytes);
