@@ -129,6 +129,7 @@ impl pb::easel_server::Easel for EaselService {
                             .unwrap_or_default(),
                         path: path.display().to_string(),
                         name,
+                        ..Default::default()
                     }
                 })
                 .collect()
@@ -150,6 +151,54 @@ impl pb::easel_server::Easel for EaselService {
             pid: std::process::id(),
             socket: self.info.socket.clone(),
         }))
+    }
+
+    type ImportModelStream = Pin<Box<dyn Stream<Item = Result<pb::ImportEvent, Status>> + Send>>;
+    type PullModelStream = Pin<Box<dyn Stream<Item = Result<pb::PullEvent, Status>> + Send>>;
+    type WatchEventsStream = Pin<Box<dyn Stream<Item = Result<pb::DaemonEvent, Status>> + Send>>;
+
+    async fn show_model(&self, _: Request<pb::ShowModelRequest>) -> Result<Response<pb::ShowModelReply>, Status> {
+        Err(Status::unimplemented("ShowModel is being built"))
+    }
+
+    async fn import_model(
+        &self,
+        _: Request<pb::ImportModelRequest>,
+    ) -> Result<Response<Self::ImportModelStream>, Status> {
+        Err(Status::unimplemented("ImportModel is being built"))
+    }
+
+    async fn pull_model(&self, _: Request<pb::PullModelRequest>) -> Result<Response<Self::PullModelStream>, Status> {
+        Err(Status::unimplemented("PullModel is being built"))
+    }
+
+    async fn remove_model(
+        &self,
+        _: Request<pb::RemoveModelRequest>,
+    ) -> Result<Response<pb::RemoveModelReply>, Status> {
+        Err(Status::unimplemented("RemoveModel is being built"))
+    }
+
+    async fn load_model(&self, _: Request<pb::LoadModelRequest>) -> Result<Response<pb::LoadModelReply>, Status> {
+        Err(Status::unimplemented("LoadModel is being built"))
+    }
+
+    async fn unload_model(
+        &self,
+        _: Request<pb::UnloadModelRequest>,
+    ) -> Result<Response<pb::UnloadModelReply>, Status> {
+        Err(Status::unimplemented("UnloadModel is being built"))
+    }
+
+    async fn list_running(
+        &self,
+        _: Request<pb::ListRunningRequest>,
+    ) -> Result<Response<pb::ListRunningReply>, Status> {
+        Err(Status::unimplemented("ListRunning is being built"))
+    }
+
+    async fn watch_events(&self, _: Request<pb::WatchRequest>) -> Result<Response<Self::WatchEventsStream>, Status> {
+        Err(Status::unimplemented("WatchEvents is being built"))
     }
 
     async fn shutdown(&self, _: Request<pb::ShutdownRequest>) -> Result<Response<pb::ShutdownReply>, Status> {
