@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::residency::KeepAlive;
+
 /// Limits that keep one request from taking the machine down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -43,12 +45,33 @@ pub struct Config {
     /// Intra-op threads per ONNX session; 0: ONNX Runtime's default (one per core).
     pub threads: usize,
     pub limits: Limits,
+    /// Jobs run at the same time.
+    pub parallel: usize,
+    /// Bytes of loaded models allowed at once (default: 75% of physical memory).
+    pub memory_budget: u64,
+    /// How long a model stays resident after its last job, unless a request says otherwise.
+    pub keep_alive: KeepAlive,
+    /// The most bytes an import may expand to (zip-bomb guard).
+    pub max_import_bytes: u64,
 }
+
+/// The share of physical memory models may take by default; the rest is for activations
+/// (the VAE decoder at full size needs several GiB) and everything else on the machine.
+pub const DEFAULT_MEMORY_SHARE: f64 = 0.75;
+/// Used when physical memory cannot be read.
+pub const FALLBACK_MEMORY_BUDGET: u64 = 8 << 30;
+pub const DEFAULT_MAX_IMPORT_BYTES: u64 = 64 << 30;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read the config file {path}: {message}")]
     File { path: PathBuf, message: String },
+    #[error("setting {name} = `{value}` is not valid: {message}")]
+    Setting {
+        name: &'static str,
+        value: String,
+        message: String,
+    },
     #[error("environment variable {name}={value} is not valid: {message}")]
     Env {
         name: &'static str,
@@ -69,6 +92,12 @@ struct FileConfig {
     max_count: Option<u32>,
     max_queue: Option<usize>,
     batch_pixels: Option<u64>,
+    parallel: Option<usize>,
+    /// A size (`8GiB`, `75%`, bytes).
+    memory_budget: Option<String>,
+    keep_alive: Option<String>,
+    /// A size.
+    max_import_bytes: Option<String>,
 }
 
 impl Config {
@@ -96,7 +125,29 @@ impl Config {
         limits.batch_pixels = env_number("EASEL_BATCH_PIXELS")?
             .or(file.batch_pixels)
             .unwrap_or(limits.batch_pixels);
+        let total = crate::engine::total_memory();
+        let memory_budget = match env_text("EASEL_MEMORY_BUDGET").or(file.memory_budget) {
+            Some(text) => size_setting("EASEL_MEMORY_BUDGET / memory_budget", &text, total.unwrap_or(0))?,
+            None => total.map_or(FALLBACK_MEMORY_BUDGET, |t| (t as f64 * DEFAULT_MEMORY_SHARE) as u64),
+        };
+        let max_import_bytes = match env_text("EASEL_MAX_IMPORT_BYTES").or(file.max_import_bytes) {
+            Some(text) => size_setting("EASEL_MAX_IMPORT_BYTES / max_import_bytes", &text, total.unwrap_or(0))?,
+            None => DEFAULT_MAX_IMPORT_BYTES,
+        };
+        let keep_alive = match env_text("EASEL_KEEP_ALIVE").or(file.keep_alive) {
+            Some(text) => KeepAlive::parse(&text).map_err(|message| ConfigError::Setting {
+                name: "EASEL_KEEP_ALIVE / keep_alive",
+                value: text.clone(),
+                message,
+            })?,
+            None => KeepAlive::DEFAULT,
+        };
+        let parallel = env_number("EASEL_PARALLEL")?.or(file.parallel).unwrap_or(1).max(1);
         Ok(Self {
+            parallel,
+            memory_budget,
+            keep_alive,
+            max_import_bytes,
             socket: match (env_socket, file.socket) {
                 (Some(env), _) => PathBuf::from(env),
                 (None, Some(file)) => file,
@@ -121,6 +172,18 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     };
     let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
     toml::from_str(&text).map_err(|e| bad(e.to_string()))
+}
+
+fn env_text(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn size_setting(name: &'static str, text: &str, total: u64) -> Result<u64, ConfigError> {
+    crate::residency::parse_size(text, total).map_err(|message| ConfigError::Setting {
+        name,
+        value: text.to_string(),
+        message,
+    })
 }
 
 fn env_number<T: std::str::FromStr>(name: &'static str) -> Result<Option<T>, ConfigError>

@@ -1,28 +1,41 @@
-//! Jobs: a bounded queue in front of one inference worker thread that owns the loaded model.
+//! Jobs: a bounded, fair queue in front of the inference worker threads, and the residency
+//! manager that owns loaded models.
 //!
 //! The async side ([`Engine::submit`]) validates a request, gives it an id and puts it in the
-//! queue; the worker thread takes jobs in arrival order, loads the model if it is not already
-//! resident, runs the pipeline and sends [`JobEvent`]s back over a channel. Inference never
-//! runs on the async runtime. Cancellation is a flag the pipeline checks before every step:
-//! set by `Cancel`, by a client that goes away, or by shutdown.
+//! queue; a worker thread takes the next job, leases its model from [`Residency`] (loading it,
+//! and evicting idle ones, if needed), runs the pipeline and sends [`JobEvent`]s back over a
+//! channel. Inference never runs on the async runtime. Cancellation is a flag the pipeline
+//! checks before every step: set by `Cancel`, by a client that goes away, or by shutdown.
 //!
-//! Invariant: the worker is the only owner of [`LoadedModel`]s, so ONNX sessions (which need
-//! `&mut` to run) are never shared.
+//! Fairness: each client (a peer process) takes turns with the others ([`FairQueue`]): a client
+//! that queues ten jobs does not make the next client wait for all ten. Queued events carry the
+//! position and are sent again whenever it changes.
+//!
+//! Jobs run one at a time by default (`parallel = 1`): on a CPU one generation already uses
+//! every core through ONNX Runtime's intra-op threads, so two at once would only split the cores
+//! and add up their memory. With more workers, jobs for different models run side by side;
+//! jobs for the same model take turns (a model's sessions are behind its own lock), so requests
+//! never corrupt each other.
+//!
+//! Invariant: [`Residency`] is the only owner of [`LoadedModel`]s; a worker holds one only
+//! through a lease, and ONNX sessions (which need `&mut` to run) sit behind a mutex per model.
 
-use std::collections::VecDeque;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
 
 use crate::config::Limits;
+use crate::events::{DaemonEvent, EventBus, JobState, ModelState};
 use crate::image::RgbImage;
 use crate::model::onnx::HostTensor;
 use crate::model::{LoadedModel, ModelError, ModelFolder};
 use crate::pipeline::{self, PipelineError, PreviewSettings, StepReport};
+use crate::queue::FairQueue;
 use crate::registry::{Registry, RegistryError};
+use crate::residency::{Backend, KeepAlive, Residency, ResidencyError, ResidencyEvent, Running, UnloadReason};
 use crate::runtime::OrtRuntime;
 use crate::sampler::{SamplerKind, SeededNoise};
 
@@ -49,6 +62,10 @@ pub struct GenerateSpec {
     pub mask_blur: Option<f32>,
     /// AUTOMATIC1111's clip skip (1 = the last layer). Unset: 1.
     pub clip_skip: Option<u32>,
+    /// How long the model stays resident after this job (`5m`, `-1`, `0`…). Unset: the default.
+    pub keep_alive: Option<String>,
+    /// Who asked (for fair queueing): the peer process, or anything that tells clients apart.
+    pub client: String,
     pub preview: PreviewSettings,
 }
 
@@ -78,6 +95,8 @@ pub struct ValidJob {
     pub inpaint_original: Option<RgbImage>,
     /// The mask blur used (for the metadata), when inpainting.
     pub mask_blur: Option<f32>,
+    /// `None`: the daemon's default.
+    pub keep_alive: Option<KeepAlive>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +115,22 @@ pub enum EngineError {
     ShuttingDown,
     #[error("generation failed: {0}")]
     Pipeline(PipelineError),
+    /// The model does not fit in the memory budget.
+    #[error("{0}")]
+    OutOfMemory(String),
+    /// The model's files could not be loaded.
+    #[error("{0}")]
+    LoadFailed(String),
+}
+
+impl From<ResidencyError> for EngineError {
+    fn from(error: ResidencyError) -> Self {
+        match error {
+            ResidencyError::TooLarge { .. } => EngineError::OutOfMemory(error.to_string()),
+            ResidencyError::Load { .. } => EngineError::LoadFailed(error.to_string()),
+            ResidencyError::Cancelled => EngineError::Cancelled,
+        }
+    }
 }
 
 /// What a job reports, in order: Queued, Started, Progress*, Image+, Finished (or Failed).
@@ -134,25 +169,55 @@ pub struct JobTimings {
     pub total: Duration,
 }
 
+/// How the engine runs jobs and keeps models.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineSettings {
+    /// Intra-op threads per ONNX session (0: ONNX Runtime's default).
+    pub threads: usize,
+    /// Jobs that run at the same time.
+    pub parallel: usize,
+    /// Bytes of loaded models allowed at once.
+    pub memory_budget: u64,
+    pub keep_alive: KeepAlive,
+}
+
 struct Job {
     id: String,
     job: ValidJob,
     cancel: Arc<AtomicBool>,
     events: mpsc::UnboundedSender<JobEvent>,
     enqueued: Instant,
+    /// The position last announced to the client.
+    position: u32,
 }
 
 #[derive(Default)]
 struct QueueState {
-    pending: VecDeque<Job>,
-    running: Option<(String, Arc<AtomicBool>)>,
+    /// Waiting jobs, fair across clients (see [`FairQueue`]).
+    pending: FairQueue<Job>,
+    /// Running jobs: id, cancel flag, model root.
+    running: Vec<(String, Arc<AtomicBool>, std::path::PathBuf)>,
     shutting_down: bool,
-    loaded: Vec<String>,
+}
+
+impl QueueState {
+    /// Tells every waiting job whose place changed where it now stands.
+    fn announce_positions(&mut self) {
+        let ahead = self.running.len() as u32;
+        for (i, job) in self.pending.iter_mut().enumerate() {
+            let position = i as u32 + ahead;
+            if position != job.position {
+                job.position = position;
+                let _ = job.events.send(JobEvent::Queued { position });
+            }
+        }
+    }
 }
 
 struct Shared {
     state: Mutex<QueueState>,
     wake: Condvar,
+    events: EventBus,
 }
 
 /// A handle on a submitted job.
@@ -172,12 +237,97 @@ pub struct EngineStatus {
     pub loaded_models: Vec<String>,
 }
 
+/// The real [`Backend`]: ONNX sessions, measured as the growth of the daemon's resident memory
+/// while loading (loads run one at a time, so the growth is the model's).
+pub struct OrtBackend {
+    runtime: OrtRuntime,
+    threads: usize,
+}
+
+impl Backend for OrtBackend {
+    type Spec = Arc<ModelFolder>;
+    type Model = LoadedModel;
+
+    fn load(&self, folder: &Arc<ModelFolder>) -> Result<(LoadedModel, u64), String> {
+        let before = resident_memory();
+        let model = LoadedModel::load(&self.runtime, folder.clone(), self.threads).map_err(|e| error_chain(&e))?;
+        let grown = resident_memory().saturating_sub(before);
+        Ok((model, grown))
+    }
+
+    fn estimate(&self, folder: &Arc<ModelFolder>) -> u64 {
+        weights_size(&folder.root)
+    }
+
+    fn unloaded(&self) {
+        release_freed_memory();
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
+/// Bytes of ONNX weights under a model folder (the estimate before a first load).
+pub fn weights_size(root: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else if name.contains(".onnx") {
+                total += meta.len();
+            }
+        }
+    }
+    total
+}
+
+/// The process's resident set size (`VmRSS`), in bytes; 0 where /proc is missing.
+pub fn resident_memory() -> u64 {
+    proc_kib("/proc/self/status", "VmRSS:").unwrap_or(0) * 1024
+}
+
+/// Physical memory, in bytes; `None` where /proc is missing.
+pub fn total_memory() -> Option<u64> {
+    proc_kib("/proc/meminfo", "MemTotal:").map(|kib| kib * 1024)
+}
+
+fn proc_kib(file: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    line[key.len()..].trim().trim_end_matches("kB").trim().parse().ok()
+}
+
+/// Gives memory freed by an unloaded model back to the system, so the next load's growth is
+/// measured from a true baseline (glibc otherwise keeps freed heap pages).
+#[allow(unsafe_code)]
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; it takes no pointers.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 #[derive(Clone)]
 pub struct Engine {
     shared: Arc<Shared>,
     registry: Arc<Registry>,
+    residency: Arc<Residency<OrtBackend>>,
     limits: Limits,
-    worker: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    workers: Arc<Mutex<Vec<std::thread::JoinHandle<()>>>>,
+    reaper: Arc<Mutex<Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -187,30 +337,68 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    /// Starts the worker thread.
-    pub fn start(runtime: OrtRuntime, registry: Arc<Registry>, limits: Limits, threads: usize) -> Self {
+    /// Starts the worker threads and the keep-alive timer.
+    pub fn start(
+        runtime: OrtRuntime,
+        registry: Arc<Registry>,
+        limits: Limits,
+        settings: EngineSettings,
+        events: EventBus,
+    ) -> Self {
         let shared = Arc::new(Shared {
             state: Mutex::new(QueueState::default()),
             wake: Condvar::new(),
+            events: events.clone(),
         });
-        let worker_shared = shared.clone();
-        let worker = std::thread::Builder::new()
-            .name("easeld-worker".into())
-            .spawn(move || {
-                Worker {
-                    shared: worker_shared,
-                    runtime,
-                    threads,
-                    resident: None,
-                }
-                .run()
+        let bus = events.clone();
+        let residency = Arc::new(Residency::new(
+            OrtBackend {
+                runtime,
+                threads: settings.threads,
+            },
+            settings.memory_budget,
+            settings.keep_alive,
+            move |event| publish_residency(&bus, event),
+        ));
+        let workers = (0..settings.parallel.max(1))
+            .map(|i| {
+                let worker = Worker {
+                    shared: shared.clone(),
+                    residency: residency.clone(),
+                };
+                std::thread::Builder::new()
+                    .name(format!("easeld-worker-{i}"))
+                    .spawn(move || worker.run())
+                    .expect("spawn an inference worker thread")
             })
-            .expect("spawn the inference worker thread");
+            .collect();
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let reaper_residency = residency.clone();
+        let reaper = std::thread::Builder::new()
+            .name("easeld-keep-alive".into())
+            .spawn(move || {
+                // Wakes at the next expiry (at least once a second, so a new model's timer
+                // is seen) until the engine stops.
+                loop {
+                    let next = reaper_residency.expire(Instant::now());
+                    let wait = next
+                        .map(|at| at.saturating_duration_since(Instant::now()))
+                        .unwrap_or(Duration::from_secs(1))
+                        .min(Duration::from_secs(1));
+                    match stopped.recv_timeout(wait) {
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+                        _ => break,
+                    }
+                }
+            })
+            .expect("spawn the keep-alive thread");
         Self {
             shared,
             registry,
+            residency,
             limits,
-            worker: Arc::new(Mutex::new(Some(worker))),
+            workers: Arc::new(Mutex::new(workers)),
+            reaper: Arc::new(Mutex::new(Some((stop, reaper)))),
         }
     }
 
@@ -218,17 +406,27 @@ impl Engine {
         &self.registry
     }
 
+    pub fn events(&self) -> &EventBus {
+        &self.shared.events
+    }
+
+    pub fn residency(&self) -> &Arc<Residency<OrtBackend>> {
+        &self.residency
+    }
+
     /// Validates `spec` (off the async runtime: it reads model configs) and queues it.
     pub async fn submit(&self, spec: GenerateSpec) -> Result<JobHandle, EngineError> {
         let registry = self.registry.clone();
         let limits = self.limits;
+        let client = spec.client.clone();
         let job = tokio::task::spawn_blocking(move || validate(&registry, &limits, spec))
             .await
             .map_err(|e| EngineError::InvalidArgument(format!("validation task failed: {e}")))??;
         let (tx, rx) = mpsc::unbounded_channel();
         let cancel = Arc::new(AtomicBool::new(false));
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
-        {
+        let model = job.folder.name.clone();
+        let position = {
             let mut state = self.shared.state.lock().expect("queue lock");
             if state.shutting_down {
                 return Err(EngineError::ShuttingDown);
@@ -236,16 +434,30 @@ impl Engine {
             if state.pending.len() >= self.limits.max_queue {
                 return Err(EngineError::QueueFull(state.pending.len()));
             }
-            let position = state.pending.len() as u32 + u32::from(state.running.is_some());
-            let _ = tx.send(JobEvent::Queued { position });
-            state.pending.push_back(Job {
-                id: id.clone(),
-                job,
-                cancel: cancel.clone(),
-                events: tx,
-                enqueued: Instant::now(),
-            });
-        }
+            let at = state.pending.push(
+                &client,
+                Job {
+                    id: id.clone(),
+                    job,
+                    cancel: cancel.clone(),
+                    events: tx,
+                    enqueued: Instant::now(),
+                    // Not announced yet: announce_positions sends it.
+                    position: u32::MAX,
+                },
+            );
+            state.announce_positions();
+            at as u32 + state.running.len() as u32
+        };
+        self.shared.events.publish(DaemonEvent::Job {
+            id: id.clone(),
+            model,
+            state: JobState::Queued,
+            position,
+            step: 0,
+            total: 0,
+            message: String::new(),
+        });
         self.shared.wake.notify_all();
         Ok(JobHandle { id, events: rx, cancel })
     }
@@ -253,16 +465,16 @@ impl Engine {
     /// Cancels a queued or running job. Returns whether a job had that id.
     pub fn cancel(&self, job_id: &str) -> bool {
         let mut state = self.shared.state.lock().expect("queue lock");
-        if let Some((id, flag)) = &state.running
-            && id == job_id
-        {
+        if let Some((_, flag, _)) = state.running.iter().find(|(id, _, _)| id == job_id) {
             flag.store(true, Ordering::SeqCst);
             return true;
         }
-        if let Some(index) = state.pending.iter().position(|j| j.id == job_id) {
-            let job = state.pending.remove(index).expect("index from position");
+        if let Some(job) = state.pending.remove_first(|j| j.id == job_id) {
             let _ = job.events.send(JobEvent::Failed(EngineError::Cancelled));
-            announce_positions(&state);
+            self.shared
+                .events
+                .publish(job_event(&job, JobState::Cancelled, String::new()));
+            state.announce_positions();
             return true;
         }
         false
@@ -272,37 +484,113 @@ impl Engine {
         let state = self.shared.state.lock().expect("queue lock");
         EngineStatus {
             queued: state.pending.len(),
-            running: usize::from(state.running.is_some()),
-            loaded_models: state.loaded.clone(),
+            running: state.running.len(),
+            loaded_models: self
+                .residency
+                .list(Instant::now())
+                .into_iter()
+                .map(|m| m.name)
+                .collect(),
         }
     }
 
-    /// Refuses new jobs, fails queued ones, cancels the running one and waits for the worker.
+    /// Whether a queued or running job, or a resident model in use, needs the folder at `root`.
+    pub fn model_in_use(&self, root: &Path) -> bool {
+        let state = self.shared.state.lock().expect("queue lock");
+        state.pending.iter().any(|j| j.job.folder.root == root)
+            || state.running.iter().any(|(_, _, r)| r == root)
+            || self.residency.in_use(&residency_key(root))
+    }
+
+    /// Loads a model now and keeps it for `keep_alive` (None: the default). Blocking: call it
+    /// off the async runtime.
+    pub fn load_model(&self, reference: &str, keep_alive: Option<KeepAlive>) -> Result<Running, EngineError> {
+        let folder = self.registry.open(reference)?;
+        Ok(self.residency.load(
+            &residency_key(&folder.root),
+            &folder.name,
+            &folder,
+            keep_alive,
+            Instant::now(),
+        )?)
+    }
+
+    /// Unloads a model (after its running job, if any). Returns whether it was resident.
+    pub fn unload_model(&self, reference: &str) -> Result<bool, EngineError> {
+        let (_, root) = self.registry.resolve(reference)?;
+        Ok(self.residency.unload(&residency_key(&root)))
+    }
+
+    /// Refuses new jobs, fails queued ones, cancels running ones and waits for the workers;
+    /// then unloads every model.
     pub async fn shutdown(&self) {
         {
             let mut state = self.shared.state.lock().expect("queue lock");
             state.shutting_down = true;
-            for job in state.pending.drain(..) {
+            for job in state.pending.drain() {
                 let _ = job.events.send(JobEvent::Failed(EngineError::ShuttingDown));
             }
-            if let Some((_, flag)) = &state.running {
+            for (_, flag, _) in &state.running {
                 flag.store(true, Ordering::SeqCst);
             }
         }
         self.shared.wake.notify_all();
-        let worker = self.worker.lock().expect("worker lock").take();
-        if let Some(worker) = worker {
-            let _ = tokio::task::spawn_blocking(move || worker.join()).await;
-        }
+        let workers = std::mem::take(&mut *self.workers.lock().expect("workers lock"));
+        let reaper = self.reaper.lock().expect("reaper lock").take();
+        let residency = self.residency.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for worker in workers {
+                let _ = worker.join();
+            }
+            if let Some((stop, thread)) = reaper {
+                let _ = stop.send(());
+                let _ = thread.join();
+            }
+            residency.unload_all();
+        })
+        .await;
     }
 }
 
-fn announce_positions(state: &QueueState) {
-    let offset = u32::from(state.running.is_some());
-    for (i, job) in state.pending.iter().enumerate() {
-        let _ = job.events.send(JobEvent::Queued {
-            position: i as u32 + offset,
-        });
+/// Residency identifies a model by its folder.
+pub fn residency_key(root: &Path) -> String {
+    root.display().to_string()
+}
+
+fn publish_residency(bus: &EventBus, event: ResidencyEvent) {
+    let (model, state, memory, reason) = match event {
+        ResidencyEvent::Loading { model } => (model, ModelState::Loading, 0, ""),
+        ResidencyEvent::Loaded { model, memory, took } => {
+            tracing::info!(%model, load_ms = took.as_millis() as u64, memory, "model loaded");
+            (model, ModelState::Loaded, memory, "")
+        }
+        ResidencyEvent::Unloaded { model, memory, reason } => {
+            tracing::info!(%model, reason = reason.as_str(), "model unloaded");
+            let state = if reason == UnloadReason::Evicted {
+                ModelState::Evicted
+            } else {
+                ModelState::Unloaded
+            };
+            (model, state, memory, reason.as_str())
+        }
+    };
+    bus.publish(DaemonEvent::Model {
+        model,
+        state,
+        memory,
+        reason: reason.to_string(),
+    });
+}
+
+fn job_event(job: &Job, state: JobState, message: String) -> DaemonEvent {
+    DaemonEvent::Job {
+        id: job.id.clone(),
+        model: job.job.folder.name.clone(),
+        state,
+        position: 0,
+        step: 0,
+        total: 0,
+        message,
     }
 }
 
@@ -323,6 +611,10 @@ pub fn validate(registry: &Registry, limits: &Limits, spec: GenerateSpec) -> Res
             limits.max_count
         ));
     }
+    let keep_alive = match spec.keep_alive.as_deref().map(str::trim).filter(|k| !k.is_empty()) {
+        Some(text) => Some(KeepAlive::parse(text).map_err(EngineError::InvalidArgument)?),
+        None => None,
+    };
     let clip_skip = spec.clip_skip.unwrap_or(1);
     if clip_skip == 0 || clip_skip > MAX_CLIP_SKIP {
         return invalid(format!(
@@ -497,6 +789,7 @@ pub fn validate(registry: &Registry, limits: &Limits, spec: GenerateSpec) -> Res
         count,
         mask_blur: inpaint_original.as_ref().map(|_| mask_blur),
         inpaint_original,
+        keep_alive,
     })
 }
 
@@ -560,23 +853,23 @@ fn metadata_json(job: &ValidJob, seed: u64) -> String {
 
 struct Worker {
     shared: Arc<Shared>,
-    runtime: OrtRuntime,
-    threads: usize,
-    resident: Option<(PathBuf, LoadedModel)>,
+    residency: Arc<Residency<OrtBackend>>,
 }
 
 impl Worker {
-    fn run(mut self) {
+    fn run(self) {
         while let Some(job) = self.next_job() {
             let events = job.events.clone();
             let span =
                 tracing::info_span!("job", id = %job.id, model = %job.job.folder.name, steps = job.job.request.steps);
             let _entered = span.enter();
             let result = self.run_job(&job);
+            let bus = &self.shared.events;
             match result {
                 Ok(timings) => {
                     tracing::info!(total_ms = timings.total.as_millis() as u64, "job finished");
                     let _ = events.send(JobEvent::Finished { timings });
+                    bus.publish(job_event(&job, JobState::Finished, String::new()));
                 }
                 Err(error) => {
                     tracing::info!(%error, "job ended without finishing");
@@ -585,10 +878,17 @@ impl Worker {
                         EngineError::Cancelled if shutting_down => EngineError::ShuttingDown,
                         other => other,
                     };
+                    let state = match error {
+                        EngineError::Cancelled | EngineError::ShuttingDown => JobState::Cancelled,
+                        _ => JobState::Failed,
+                    };
+                    bus.publish(job_event(&job, state, error.to_string()));
                     let _ = events.send(JobEvent::Failed(error));
                 }
             }
-            self.shared.state.lock().expect("queue lock").running = None;
+            let mut state = self.shared.state.lock().expect("queue lock");
+            state.running.retain(|(id, _, _)| *id != job.id);
+            state.announce_positions();
         }
     }
 
@@ -599,16 +899,18 @@ impl Worker {
             if state.shutting_down {
                 return None;
             }
-            if let Some(job) = state.pending.pop_front() {
-                state.running = Some((job.id.clone(), job.cancel.clone()));
-                announce_positions(&state);
+            if let Some(job) = state.pending.pop() {
+                state
+                    .running
+                    .push((job.id.clone(), job.cancel.clone(), job.job.folder.root.clone()));
+                state.announce_positions();
                 return Some(job);
             }
             state = self.shared.wake.wait(state).expect("queue lock");
         }
     }
 
-    fn run_job(&mut self, job: &Job) -> Result<JobTimings, EngineError> {
+    fn run_job(&self, job: &Job) -> Result<JobTimings, EngineError> {
         let started = Instant::now();
         let mut timings = JobTimings {
             queue: started - job.enqueued,
@@ -617,15 +919,45 @@ impl Worker {
         if job.cancel.load(Ordering::SeqCst) {
             return Err(EngineError::Cancelled);
         }
-        let model = self.ensure_loaded(&job.job.folder)?;
-        timings.load = started.elapsed();
-        let _ = job.events.send(JobEvent::Started { load: timings.load });
+        let folder = &job.job.folder;
         let cancel = job.cancel.clone();
         let is_cancelled = move || cancel.load(Ordering::SeqCst);
+        let lease = self.residency.acquire(
+            &residency_key(&folder.root),
+            &folder.name,
+            folder,
+            job.job.keep_alive,
+            Instant::now(),
+            &is_cancelled,
+        )?;
+        timings.load = started.elapsed();
+        let _ = job.events.send(JobEvent::Started { load: timings.load });
+        self.shared
+            .events
+            .publish(job_event(job, JobState::Started, String::new()));
+        let result = {
+            let mut model = lease.model.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            self.generate(job, &mut model, &is_cancelled, &mut timings)
+        };
+        self.residency.release(lease, Instant::now());
+        result?;
+        timings.total = started.elapsed() + timings.queue;
+        Ok(timings)
+    }
+
+    fn generate(
+        &self,
+        job: &Job,
+        model: &mut LoadedModel,
+        is_cancelled: &dyn Fn() -> bool,
+        timings: &mut JobTimings,
+    ) -> Result<(), EngineError> {
         let batch_size = job.job.batch_size.max(1);
+        let count = job.job.count;
         let mut first = 0;
-        while first < job.job.count {
-            let size = batch_size.min(job.job.count - first);
+        let mut summarized = 0;
+        while first < count {
+            let size = batch_size.min(count - first);
             let seeds: Vec<u64> = (first..first + size)
                 .map(|index| job.job.seed.wrapping_add(u64::from(index)))
                 .collect();
@@ -635,12 +967,26 @@ impl Worker {
                 .map(|s| s as &mut dyn crate::sampler::NoiseSource)
                 .collect();
             let mut on_step = |image: usize, report: StepReport| {
+                // WatchEvents gets a summary: the first image of each batch, about every 10%.
+                let decile = report.step * 10 / report.total.max(1);
+                if image == 0 && (decile != summarized || report.step == report.total) {
+                    summarized = decile;
+                    self.shared.events.publish(DaemonEvent::Job {
+                        id: job.id.clone(),
+                        model: job.job.folder.name.clone(),
+                        state: JobState::Progress,
+                        position: 0,
+                        step: report.step as u32,
+                        total: report.total as u32,
+                        message: String::new(),
+                    });
+                }
                 let _ = job.events.send(JobEvent::Progress {
                     image_index: first + image as u32,
                     report,
                 });
             };
-            let output = pipeline::generate_batch(model, &job.job.request, &mut noises, &is_cancelled, &mut on_step)
+            let output = pipeline::generate_batch(model, &job.job.request, &mut noises, is_cancelled, &mut on_step)
                 .map_err(|e| match e {
                     PipelineError::Cancelled => EngineError::Cancelled,
                     PipelineError::Model(m) => EngineError::Model(m),
@@ -668,22 +1014,21 @@ impl Worker {
             }
             first += size;
         }
-        timings.total = started.elapsed() + timings.queue;
-        Ok(timings)
+        Ok(())
     }
+}
 
-    /// The job's model, loading it (and dropping the previous one) if it is not resident.
-    fn ensure_loaded(&mut self, folder: &Arc<ModelFolder>) -> Result<&mut LoadedModel, EngineError> {
-        let resident = matches!(&self.resident, Some((root, _)) if *root == folder.root);
-        if !resident {
-            self.resident = None;
-            self.shared.state.lock().expect("queue lock").loaded.clear();
-            let started = Instant::now();
-            let model = LoadedModel::load(&self.runtime, folder.clone(), self.threads)?;
-            tracing::info!(model = %folder.name, load_ms = started.elapsed().as_millis() as u64, "model loaded");
-            self.shared.state.lock().expect("queue lock").loaded = vec![folder.name.clone()];
-            self.resident = Some((folder.root.clone(), model));
-        }
-        Ok(&mut self.resident.as_mut().expect("just loaded").1)
-    }
+/// Seconds since the Unix epoch, in milliseconds, of an `Instant` (for `easel ps`).
+pub fn unix_ms(at: Instant) -> i64 {
+    let now = Instant::now();
+    let wall = SystemTime::now();
+    let wall_at = if at >= now {
+        wall + (at - now)
+    } else {
+        wall - (now - at)
+    };
+    wall_at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }

@@ -6,7 +6,8 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use easeld::config::Config;
-use easeld::engine::Engine;
+use easeld::engine::{Engine, EngineSettings};
+use easeld::events::EventBus;
 use easeld::registry::Registry;
 use easeld::service::DaemonInfo;
 
@@ -66,7 +67,19 @@ fn serve(
     };
     let registry = std::sync::Arc::new(Registry::new(&config.home));
     runtime.block_on(async move {
-        let engine = Engine::start(ort, registry, config.limits, config.threads);
+        tracing::info!(
+            memory_budget = config.memory_budget,
+            keep_alive = %config.keep_alive,
+            parallel = config.parallel,
+            "residency settings"
+        );
+        let settings = EngineSettings {
+            threads: config.threads,
+            parallel: config.parallel,
+            memory_budget: config.memory_budget,
+            keep_alive: config.keep_alive,
+        };
+        let engine = Engine::start(ort, registry, config.limits, settings, EventBus::new());
         easeld::run(listener, engine, info, shutdown_signal())
             .await
             .context("serving the API")

@@ -14,11 +14,13 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::engine::{Engine, EngineError, GenerateSpec, JobEvent};
+use crate::events::{DaemonEvent, Stamped};
 use crate::image::RgbImage;
 use crate::model::ModelError;
 use crate::model::onnx::HostTensor;
 use crate::pipeline::{PreviewKind, PreviewSettings};
 use crate::registry::RegistryError;
+use crate::residency::{KeepAlive, Running};
 
 /// Facts about the running daemon reported by `GetStatus`.
 #[derive(Debug, Clone)]
@@ -58,7 +60,9 @@ impl pb::easel_server::Easel for EaselService {
     type GenerateStream = EventStream;
 
     async fn generate(&self, request: Request<pb::GenerateRequest>) -> Result<Response<EventStream>, Status> {
-        let spec = generate_spec(request.into_inner())?;
+        let client = client_of(&request);
+        let mut spec = generate_spec(request.into_inner())?;
+        spec.client = client;
         let handle = self.engine.submit(spec).await.map_err(status_of)?;
         tracing::info!(job = %handle.id, "job queued");
         let job_id = handle.id.clone();
@@ -172,33 +176,60 @@ impl pb::easel_server::Easel for EaselService {
         Err(Status::unimplemented("PullModel is being built"))
     }
 
-    async fn remove_model(
-        &self,
-        _: Request<pb::RemoveModelRequest>,
-    ) -> Result<Response<pb::RemoveModelReply>, Status> {
+    async fn remove_model(&self, _: Request<pb::RemoveModelRequest>) -> Result<Response<pb::RemoveModelReply>, Status> {
         Err(Status::unimplemented("RemoveModel is being built"))
     }
 
-    async fn load_model(&self, _: Request<pb::LoadModelRequest>) -> Result<Response<pb::LoadModelReply>, Status> {
-        Err(Status::unimplemented("LoadModel is being built"))
+    async fn load_model(&self, request: Request<pb::LoadModelRequest>) -> Result<Response<pb::LoadModelReply>, Status> {
+        let request = request.into_inner();
+        let keep_alive = match request.keep_alive.trim() {
+            "" => None,
+            text => Some(KeepAlive::parse(text).map_err(Status::invalid_argument)?),
+        };
+        let engine = self.engine.clone();
+        let running = tokio::task::spawn_blocking(move || engine.load_model(&request.model, keep_alive))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(status_of)?;
+        Ok(Response::new(pb::LoadModelReply {
+            model: Some(running_to_proto(&running, &self.info.device)),
+        }))
     }
 
     async fn unload_model(
         &self,
-        _: Request<pb::UnloadModelRequest>,
+        request: Request<pb::UnloadModelRequest>,
     ) -> Result<Response<pb::UnloadModelReply>, Status> {
-        Err(Status::unimplemented("UnloadModel is being built"))
+        let model = request.into_inner().model;
+        let engine = self.engine.clone();
+        let unloaded = tokio::task::spawn_blocking(move || engine.unload_model(&model))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(status_of)?;
+        Ok(Response::new(pb::UnloadModelReply { unloaded }))
     }
 
-    async fn list_running(
-        &self,
-        _: Request<pb::ListRunningRequest>,
-    ) -> Result<Response<pb::ListRunningReply>, Status> {
-        Err(Status::unimplemented("ListRunning is being built"))
+    async fn list_running(&self, _: Request<pb::ListRunningRequest>) -> Result<Response<pb::ListRunningReply>, Status> {
+        let residency = self.engine.residency();
+        let models = residency
+            .list(std::time::Instant::now())
+            .iter()
+            .map(|m| running_to_proto(m, &self.info.device))
+            .collect();
+        Ok(Response::new(pb::ListRunningReply {
+            models,
+            budget_bytes: residency.budget(),
+            used_bytes: residency.used(),
+        }))
     }
 
     async fn watch_events(&self, _: Request<pb::WatchRequest>) -> Result<Response<Self::WatchEventsStream>, Status> {
-        Err(Status::unimplemented("WatchEvents is being built"))
+        let receiver = self.engine.events().subscribe();
+        let stream = tokio_stream::wrappers::BroadcastStream::new(receiver).filter_map(|item| async move {
+            // A watcher that fell behind skips what it missed rather than failing.
+            item.ok().map(|stamped| Ok(daemon_event_to_proto(stamped)))
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn shutdown(&self, _: Request<pb::ShutdownRequest>) -> Result<Response<pb::ShutdownReply>, Status> {
@@ -206,6 +237,16 @@ impl pb::easel_server::Easel for EaselService {
         self.shutdown.notify_one();
         Ok(Response::new(pb::ShutdownReply {}))
     }
+}
+
+/// Who sent a request, for fair queueing: the peer process on the socket.
+fn client_of<T>(request: &Request<T>) -> String {
+    request
+        .extensions()
+        .get::<tonic::transport::server::UdsConnectInfo>()
+        .and_then(|info| info.peer_cred)
+        .and_then(|cred| cred.pid())
+        .map_or_else(|| "unknown".to_string(), |pid| format!("pid {pid}"))
 }
 
 fn generate_spec(request: pb::GenerateRequest) -> Result<GenerateSpec, Status> {
@@ -228,6 +269,8 @@ fn generate_spec(request: pb::GenerateRequest) -> Result<GenerateSpec, Status> {
         mask_image: Some(request.mask_image).filter(|b| !b.is_empty()),
         mask_blur: request.mask_blur,
         clip_skip: request.clip_skip,
+        keep_alive: Some(request.keep_alive).filter(|k| !k.trim().is_empty()),
+        client: String::new(),
         preview: PreviewSettings {
             every_n_steps: preview.every_n_steps,
             latents: preview.stream_latents,
@@ -238,6 +281,72 @@ fn generate_spec(request: pb::GenerateRequest) -> Result<GenerateSpec, Status> {
             },
         },
     })
+}
+
+fn running_to_proto(running: &Running, device: &str) -> pb::RunningModel {
+    pb::RunningModel {
+        name: running.name.clone(),
+        memory_bytes: running.memory,
+        device: device.to_string(),
+        expires_unix_ms: running.expires.map_or(0, crate::engine::unix_ms),
+        in_use: running.in_use,
+        path: running.key.clone(),
+    }
+}
+
+fn daemon_event_to_proto(stamped: Stamped) -> pb::DaemonEvent {
+    use pb::daemon_event::Event;
+    let unix_ms = stamped
+        .at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let event = match stamped.event {
+        DaemonEvent::Job {
+            id,
+            model,
+            state,
+            position,
+            step,
+            total,
+            message,
+        } => Event::Job(pb::JobEvent {
+            job_id: id,
+            model,
+            state: state.as_str().to_string(),
+            position,
+            step,
+            total,
+            message,
+        }),
+        DaemonEvent::Model {
+            model,
+            state,
+            memory,
+            reason,
+        } => Event::Model(pb::ModelEvent {
+            model,
+            state: state.as_str().to_string(),
+            memory_bytes: memory,
+            reason,
+        }),
+        DaemonEvent::Import {
+            name,
+            state,
+            bytes_done,
+            bytes_total,
+            message,
+        } => Event::Import(pb::ImportNotice {
+            name,
+            state,
+            bytes_done,
+            bytes_total,
+            message,
+        }),
+    };
+    pb::DaemonEvent {
+        unix_ms,
+        event: Some(event),
+    }
 }
 
 fn tensor_from_proto(tensor: pb::Tensor) -> Result<HostTensor<f32>, Status> {
@@ -378,5 +487,7 @@ fn status_of(error: EngineError) -> Status {
         EngineError::Cancelled => Status::cancelled(message),
         EngineError::ShuttingDown => Status::unavailable(message),
         EngineError::Pipeline(_) => Status::internal(message),
+        EngineError::OutOfMemory(_) => Status::resource_exhausted(message),
+        EngineError::LoadFailed(_) => Status::failed_precondition(message),
     }
 }

@@ -25,7 +25,7 @@ pub struct TokenizeArgs {
 }
 
 /// Connects without starting a daemon; "not running" gets a message fit for `command`.
-async fn connect_existing(
+pub(super) async fn connect_existing(
     global: &Global,
     what: &str,
 ) -> anyhow::Result<easel_client::EaselClient<easel_client::Channel>> {
@@ -205,6 +205,10 @@ fn models_json(reply: &pb::ListModelsReply) -> serde_json::Value {
                 "default_sampler": m.default_sampler,
                 "prediction_type": m.prediction_type,
                 "loaded": m.loaded,
+                "family": m.family,
+                "dtype": m.dtype,
+                "size_bytes": m.size_bytes,
+                "source": m.source,
             })
         })
         .collect();
@@ -212,21 +216,35 @@ fn models_json(reply: &pb::ListModelsReply) -> serde_json::Value {
 }
 
 fn models_table(reply: &pb::ListModelsReply) -> Vec<String> {
-    let rows: Vec<[String; 5]> = reply
+    let rows = reply
         .models
         .iter()
         .map(|m| {
-            [
+            vec![
                 m.name.clone(),
+                dash(&m.family),
                 dash(&m.default_sampler),
                 dash(&m.prediction_type),
+                if m.size_bytes > 0 {
+                    human_bytes(m.size_bytes)
+                } else {
+                    "-".to_string()
+                },
                 if m.loaded { "yes" } else { "no" }.to_string(),
                 m.path.clone(),
             ]
         })
         .collect();
-    let header = ["NAME", "SAMPLER", "PREDICTION", "LOADED", "PATH"].map(String::from);
-    let mut widths = header.clone().map(|h| h.chars().count());
+    table(
+        &["NAME", "FAMILY", "SAMPLER", "PREDICTION", "SIZE", "LOADED", "PATH"],
+        rows,
+    )
+}
+
+/// Left-aligned columns two spaces apart; the last column is not padded.
+pub(super) fn table(header: &[&str], rows: Vec<Vec<String>>) -> Vec<String> {
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
@@ -237,9 +255,9 @@ fn models_table(reply: &pb::ListModelsReply) -> Vec<String> {
         .map(|row| {
             let cells: Vec<String> = row
                 .iter()
-                .zip(widths)
+                .zip(&widths)
                 .enumerate()
-                .map(|(i, (cell, width))| {
+                .map(|(i, (cell, &width))| {
                     if i + 1 == row.len() {
                         cell.clone()
                     } else {
@@ -252,7 +270,24 @@ fn models_table(reply: &pb::ListModelsReply) -> Vec<String> {
         .collect()
 }
 
-fn dash(text: &str) -> String {
+/// `1.5 GiB`, `300.0 MiB`, `17 B`.
+pub(super) fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let (mut value, mut unit) = (bytes as f64, "B");
+    for u in UNITS {
+        if value < 1024.0 {
+            break;
+        }
+        value /= 1024.0;
+        unit = u;
+    }
+    format!("{value:.1} {unit}")
+}
+
+pub(super) fn dash(text: &str) -> String {
     if text.is_empty() {
         "-".to_string()
     } else {
@@ -328,6 +363,9 @@ mod tests {
                     default_sampler: "pndm".into(),
                     prediction_type: "epsilon".into(),
                     loaded: true,
+                    family: "sd1".into(),
+                    size_bytes: 3 << 29,
+                    ..Default::default()
                 },
                 pb::ModelInfo {
                     name: "a-longer-name".into(),
@@ -337,9 +375,18 @@ mod tests {
             ],
         };
         let table = models_table(&reply);
-        assert_eq!(table[0], "NAME           SAMPLER  PREDICTION  LOADED  PATH");
-        assert_eq!(table[1], "tiny           pndm     epsilon     yes     /m/tiny");
-        assert_eq!(table[2], "a-longer-name  -        -           no      /m/x");
+        assert_eq!(
+            table[0],
+            "NAME           FAMILY  SAMPLER  PREDICTION  SIZE     LOADED  PATH"
+        );
+        assert_eq!(
+            table[1],
+            "tiny           sd1     pndm     epsilon     1.5 GiB  yes     /m/tiny"
+        );
+        assert_eq!(
+            table[2],
+            "a-longer-name  -       -        -           -        no      /m/x"
+        );
         assert_eq!(models_json(&reply)["models"][0]["loaded"], true);
     }
 

@@ -3,6 +3,7 @@
 //! - [`generate`]: `easel generate`, with [`progress`] for the terminal display.
 //! - [`info`]: `easel status`, `cancel`, `tokenize`, `models list`.
 //! - [`daemon`]: `easel serve`, `easel daemon start|stop`.
+//! - [`residency`]: `easel ps`, `load`, `unload`, `events`.
 //!
 //! Commands return `anyhow::Result`; `main` turns errors into `easel: error: …` and an exit
 //! code ([`UsageError`]: 2, [`Interrupted`]: 130, [`StdoutClosed`]: 141, anything else: 1).
@@ -19,6 +20,7 @@ pub mod daemon;
 pub mod generate;
 pub mod info;
 pub mod progress;
+pub mod residency;
 
 use std::fmt;
 use std::io::Write;
@@ -63,6 +65,31 @@ pub enum Command {
     Models {
         #[command(subcommand)]
         command: ModelsCommand,
+    },
+    /// Show the models in memory, how much they take and until when
+    Ps {
+        /// Print one JSON object
+        #[arg(long)]
+        json: bool,
+    },
+    /// Load a model now and keep it in memory
+    Load {
+        /// An installed model's name or a model folder
+        model: String,
+        /// How long it stays after its last use, e.g. 5m, 1h, -1 (forever) [default: the daemon's, 5m]
+        #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+        keep_alive: Option<String>,
+    },
+    /// Unload a model now (after the job using it, if any)
+    Unload {
+        /// An installed model's name or a model folder
+        model: String,
+    },
+    /// Print the daemon's events (jobs, models, imports) as they happen, until Ctrl-C
+    Events {
+        /// One JSON object per line
+        #[arg(long)]
+        json: bool,
     },
     /// Run the daemon in the foreground
     Serve,
@@ -154,6 +181,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Daemon {
                 command: DaemonCommand::Stop,
             } => daemon::stop(&global).await,
+            Command::Ps { json } => residency::ps(&global, json).await,
+            Command::Load { model, keep_alive } => residency::load(&global, &model, keep_alive).await,
+            Command::Unload { model } => residency::unload(&global, &model).await,
+            Command::Events { json } => residency::events(&global, json).await,
             Command::Serve => daemon::serve(&global),
         }
     })

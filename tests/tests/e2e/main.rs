@@ -10,3 +10,4 @@ mod generate;
 mod img2img;
 mod inpaint;
 mod quality;
+mod residency;
