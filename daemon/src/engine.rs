@@ -320,6 +320,9 @@ fn release_freed_memory() {
     }
 }
 
+/// The keep-alive timer thread and the sender that stops it.
+type Reaper = (std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>);
+
 #[derive(Clone)]
 pub struct Engine {
     shared: Arc<Shared>,
@@ -327,7 +330,7 @@ pub struct Engine {
     residency: Arc<Residency<OrtBackend>>,
     limits: Limits,
     workers: Arc<Mutex<Vec<std::thread::JoinHandle<()>>>>,
-    reaper: Arc<Mutex<Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>>>,
+    reaper: Arc<Mutex<Option<Reaper>>>,
 }
 
 impl std::fmt::Debug for Engine {

@@ -10,7 +10,6 @@ use std::collections::HashMap;
 
 #[derive(Debug)]
 struct Entry<T> {
-    client: String,
     round: u64,
     seq: u64,
     item: T,
@@ -53,7 +52,6 @@ impl<T> FairQueue<T> {
         self.entries.insert(
             at,
             Entry {
-                client: client.to_string(),
                 round,
                 seq,
                 item,
