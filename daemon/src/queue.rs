@@ -49,14 +49,7 @@ impl<T> FairQueue<T> {
         let seq = self.next_seq;
         self.next_seq += 1;
         let at = self.entries.partition_point(|e| (e.round, e.seq) < (round, seq));
-        self.entries.insert(
-            at,
-            Entry {
-                round,
-                seq,
-                item,
-            },
-        );
+        self.entries.insert(at, Entry { round, seq, item });
         at
     }
 

@@ -28,22 +28,6 @@ fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
 }
 
-/// Bytes of ONNX weights in a fixture model (what the daemon estimates before a first load).
-fn weights(model: &str) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![fixture_model(model)];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(dir).unwrap().flatten() {
-            if entry.file_type().unwrap().is_dir() {
-                stack.push(entry.path());
-            } else if entry.file_name().to_string_lossy().contains(".onnx") {
-                total += entry.metadata().unwrap().len();
-            }
-        }
-    }
-    total
-}
-
 #[test]
 fn keep_alive_decides_how_long_a_model_stays() {
     let daemon = Daemon::start();
