@@ -10,6 +10,11 @@
 //! - [`engine`]: the job queue and the inference worker thread that owns loaded models.
 //! - [`service`]: the gRPC service, the only module that knows proto types.
 //! - [`socket`]: the Unix socket, its lock and the peer check.
+//! - [`models`]: listing, describing, importing, pulling and removing models (proto-free).
+//! - [`residency`], [`queue`], [`events`]: loaded models, the fair queue, WatchEvents.
+//! - [`store`]: installed models (`$EASEL_HOME/models/`): safe, atomic import and removal,
+//!   and what a model is ([`store::describe`]).
+//! - [`hub`]: pulling (listing, downloading, verifying) models from a Hugging Face-compatible hub.
 //! - [`config`], [`registry`], [`builtin`], [`image`]: settings, model names, the embedded
 //!   default model, pictures.
 
@@ -18,9 +23,11 @@ pub mod clip_skip;
 pub mod config;
 pub mod engine;
 pub mod events;
+pub mod hub;
 pub mod image;
 pub mod inpaint;
 pub mod model;
+pub mod models;
 pub mod pipeline;
 pub mod prompt;
 pub mod queue;
@@ -30,6 +37,7 @@ pub mod runtime;
 pub mod sampler;
 pub mod service;
 pub mod socket;
+pub mod store;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -46,11 +54,12 @@ use service::{DaemonInfo, EaselService};
 pub async fn run(
     listener: UnixListener,
     engine: Engine,
+    models: Arc<models::Models>,
     info: DaemonInfo,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let requested = Arc::new(Notify::new());
-    let service = EaselService::new(engine.clone(), info, requested.clone());
+    let service = EaselService::new(engine.clone(), models, info, requested.clone());
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<EaselServer<EaselService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()

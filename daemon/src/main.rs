@@ -8,8 +8,11 @@ use tracing_subscriber::EnvFilter;
 use easeld::config::Config;
 use easeld::engine::{Engine, EngineSettings};
 use easeld::events::EventBus;
+use easeld::models::Models;
 use easeld::registry::Registry;
 use easeld::service::DaemonInfo;
+use easeld::store::{ImportLimits, Store};
+use std::sync::Arc;
 
 /// The easel daemon: keeps Stable Diffusion models resident and serves gRPC on a Unix socket.
 #[derive(Parser)]
@@ -65,7 +68,7 @@ fn serve(
         onnxruntime_library: ort.library.display().to_string(),
         socket: bound.path.display().to_string(),
     };
-    let registry = std::sync::Arc::new(Registry::new(&config.home));
+    let registry = Arc::new(Registry::new(&config.home));
     runtime.block_on(async move {
         tracing::info!(
             memory_budget = config.memory_budget,
@@ -79,8 +82,15 @@ fn serve(
             memory_budget: config.memory_budget,
             keep_alive: config.keep_alive,
         };
-        let engine = Engine::start(ort, registry, config.limits, settings, EventBus::new());
-        easeld::run(listener, engine, info, shutdown_signal())
+        let events = EventBus::new();
+        let limits = ImportLimits {
+            max_bytes: config.max_import_bytes,
+            ..ImportLimits::default()
+        };
+        let store = Store::open(&config.home.join("models"), limits).context("opening the model store")?;
+        let models = Arc::new(Models::new(store, registry.clone(), ort.clone(), events.clone()));
+        let engine = Engine::start(ort, registry, config.limits, settings, events);
+        easeld::run(listener, engine, models, info, shutdown_signal())
             .await
             .context("serving the API")
     })?;

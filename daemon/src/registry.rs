@@ -77,6 +77,15 @@ impl Registry {
         Ok(folder)
     }
 
+    /// Drops the cached folder at `path` (after it was removed or replaced).
+    pub fn forget(&self, path: &Path) {
+        self.opened.lock().expect("registry lock").remove(path);
+    }
+
+    pub fn models_dir(&self) -> &Path {
+        &self.models_dir
+    }
+
     /// Every model a name reaches: the built-in ones, then the folders under
     /// `$EASEL_HOME/models/`. Unpacks built-in models on first call.
     pub fn list(&self) -> Vec<(String, PathBuf)> {
@@ -99,6 +108,8 @@ impl Registry {
             .flatten()
             .filter_map(|e| e.ok())
             .filter(|e| e.path().is_dir())
+            // Dot folders are the store's own (imports in progress, removals).
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
             .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
             .collect();
         found.sort();

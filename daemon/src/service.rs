@@ -18,9 +18,11 @@ use crate::events::{DaemonEvent, Stamped};
 use crate::image::RgbImage;
 use crate::model::ModelError;
 use crate::model::onnx::HostTensor;
+use crate::models::{Listed, Models, ModelsError};
 use crate::pipeline::{PreviewKind, PreviewSettings};
 use crate::registry::RegistryError;
 use crate::residency::{KeepAlive, Running};
+use crate::store::ImportProgress;
 
 /// Facts about the running daemon reported by `GetStatus`.
 #[derive(Debug, Clone)]
@@ -33,14 +35,102 @@ pub struct DaemonInfo {
 #[derive(Debug, Clone)]
 pub struct EaselService {
     engine: Engine,
+    models: Arc<Models>,
     info: DaemonInfo,
     shutdown: Arc<Notify>,
 }
 
 impl EaselService {
     /// `shutdown` is notified when a client asks the daemon to stop.
-    pub fn new(engine: Engine, info: DaemonInfo, shutdown: Arc<Notify>) -> Self {
-        Self { engine, info, shutdown }
+    pub fn new(engine: Engine, models: Arc<Models>, info: DaemonInfo, shutdown: Arc<Notify>) -> Self {
+        Self {
+            engine,
+            models,
+            info,
+            shutdown,
+        }
+    }
+
+    /// Paths of the models resident now.
+    fn loaded_paths(&self) -> Vec<String> {
+        self.engine
+            .residency()
+            .list(std::time::Instant::now())
+            .into_iter()
+            .map(|m| m.key)
+            .collect()
+    }
+}
+
+/// Runs blocking model-store work off the async runtime.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ModelsError> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| models_status(&e))
+}
+
+fn model_info(listed: &Listed, loaded: &[String]) -> pb::ModelInfo {
+    let d = listed.description.as_ref().ok();
+    pb::ModelInfo {
+        name: listed.name.clone(),
+        path: listed.path.display().to_string(),
+        default_sampler: d.map(|d| d.default_sampler.clone()).unwrap_or_default(),
+        prediction_type: d.map(|d| d.prediction_type.clone()).unwrap_or_default(),
+        loaded: loaded.contains(&crate::engine::residency_key(&listed.path)),
+        family: d.map(|d| d.family.clone()).unwrap_or_default(),
+        dtype: d.map(|d| d.dtype.clone()).unwrap_or_default(),
+        size_bytes: d.map(|d| d.size_bytes).unwrap_or_default(),
+        source: listed.source.as_str().to_string(),
+    }
+}
+
+fn tensor_spec(io: &crate::model::onnx::IoSpec) -> pb::TensorSpec {
+    pb::TensorSpec {
+        name: io.name.clone(),
+        dtype: io.dtype.to_string(),
+        shape: io.shape.clone(),
+    }
+}
+
+fn models_status(error: &ModelsError) -> Status {
+    use crate::hub::HubError as H;
+    use crate::store::StoreError as S;
+    let message = chain(error);
+    match error {
+        ModelsError::Store(S::AlreadyInstalled { .. }) => Status::already_exists(message),
+        ModelsError::Store(S::NotInstalled { .. }) => Status::not_found(message),
+        ModelsError::Store(S::Invalid { .. }) | ModelsError::Describe(_) | ModelsError::InUse { .. } => {
+            Status::failed_precondition(message)
+        }
+        ModelsError::Store(S::Cancelled) | ModelsError::Hub(H::Cancelled) => Status::cancelled(message),
+        ModelsError::Store(S::Io { .. }) | ModelsError::Task(_) => Status::internal(message),
+        ModelsError::Store(_) | ModelsError::InvalidArgument(_) => Status::invalid_argument(message),
+        ModelsError::Registry(e) => status_of(EngineError::Registry(clone_registry_error(e))),
+        ModelsError::Hub(H::InvalidReference { .. } | H::InvalidEndpoint { .. }) => Status::invalid_argument(message),
+        ModelsError::Hub(H::Unauthorized { .. } | H::Gated { .. }) => Status::permission_denied(message),
+        ModelsError::Hub(H::NotFound { .. } | H::NotFoundOrPrivate { .. } | H::FileNotFound { .. }) => {
+            Status::not_found(message)
+        }
+        ModelsError::Hub(H::NotOnnxModel { .. }) => Status::failed_precondition(message),
+        ModelsError::Hub(H::SizeMismatch { .. } | H::HashMismatch { .. }) => Status::data_loss(message),
+        ModelsError::Hub(_) => Status::unavailable(message),
+    }
+}
+
+/// Registry errors are not Clone; rebuild the one the status mapping needs.
+fn clone_registry_error(error: &RegistryError) -> RegistryError {
+    match error {
+        RegistryError::UnknownName { name, models_dir } => RegistryError::UnknownName {
+            name: name.clone(),
+            models_dir: models_dir.clone(),
+        },
+        other => RegistryError::Model(crate::model::ModelError::Incompatible {
+            model: String::new(),
+            message: other.to_string(),
+        }),
     }
 }
 
@@ -113,34 +203,12 @@ impl pb::easel_server::Easel for EaselService {
     }
 
     async fn list_models(&self, _: Request<pb::ListModelsRequest>) -> Result<Response<pb::ListModelsReply>, Status> {
-        let registry = self.engine.registry().clone();
-        let loaded = self.engine.status().loaded_models;
-        let models = tokio::task::spawn_blocking(move || {
-            registry
-                .list()
-                .into_iter()
-                .map(|(name, path)| {
-                    let opened = registry.open(&name).ok();
-                    pb::ModelInfo {
-                        loaded: loaded.contains(&name),
-                        default_sampler: opened
-                            .as_ref()
-                            .map(|f| f.default_sampler.to_string())
-                            .unwrap_or_default(),
-                        prediction_type: opened
-                            .as_ref()
-                            .map(|f| f.prediction_type.as_str().to_string())
-                            .unwrap_or_default(),
-                        path: path.display().to_string(),
-                        name,
-                        ..Default::default()
-                    }
-                })
-                .collect()
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(pb::ListModelsReply { models }))
+        let models = self.models.clone();
+        let loaded = self.loaded_paths();
+        let listed = blocking(move || Ok(models.list())).await?;
+        Ok(Response::new(pb::ListModelsReply {
+            models: listed.iter().map(|l| model_info(l, &loaded)).collect(),
+        }))
     }
 
     async fn get_status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {
@@ -161,23 +229,158 @@ impl pb::easel_server::Easel for EaselService {
     type PullModelStream = Pin<Box<dyn Stream<Item = Result<pb::PullEvent, Status>> + Send>>;
     type WatchEventsStream = Pin<Box<dyn Stream<Item = Result<pb::DaemonEvent, Status>> + Send>>;
 
-    async fn show_model(&self, _: Request<pb::ShowModelRequest>) -> Result<Response<pb::ShowModelReply>, Status> {
-        Err(Status::unimplemented("ShowModel is being built"))
+    async fn show_model(&self, request: Request<pb::ShowModelRequest>) -> Result<Response<pb::ShowModelReply>, Status> {
+        let reference = request.into_inner().model;
+        let models = self.models.clone();
+        let loaded = self.loaded_paths();
+        let listed = blocking(move || models.show(&reference)).await?;
+        let description = listed.description.as_ref().expect("show describes or fails");
+        Ok(Response::new(pb::ShowModelReply {
+            info: Some(model_info(&listed, &loaded)),
+            files: description
+                .files
+                .iter()
+                .map(|(path, size)| pb::ModelFile {
+                    path: path.clone(),
+                    size_bytes: *size,
+                })
+                .collect(),
+            parts: description
+                .parts
+                .iter()
+                .map(|part| pb::SubModel {
+                    name: part.name.clone(),
+                    inputs: part.inputs.iter().map(tensor_spec).collect(),
+                    outputs: part.outputs.iter().map(tensor_spec).collect(),
+                })
+                .collect(),
+            native_width: description.native_size,
+            native_height: description.native_size,
+        }))
     }
 
     async fn import_model(
         &self,
-        _: Request<pb::ImportModelRequest>,
+        request: Request<pb::ImportModelRequest>,
     ) -> Result<Response<Self::ImportModelStream>, Status> {
-        Err(Status::unimplemented("ImportModel is being built"))
+        let request = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let guard = CancelOnDrop(cancel.clone());
+        let (models, engine) = (self.models.clone(), self.engine.clone());
+        tokio::task::spawn_blocking(move || {
+            let progress_tx = tx.clone();
+            let mut progress = |p: ImportProgress| {
+                let event = match p {
+                    ImportProgress::Stage(stage) => pb::import_event::Event::Stage(stage.as_str().to_string()),
+                    ImportProgress::Bytes { done, total } => {
+                        pb::import_event::Event::Bytes(pb::ByteProgress { done, total })
+                    }
+                };
+                let _ = progress_tx.send(Ok(pb::ImportEvent { event: Some(event) }));
+            };
+            let name = Some(request.name.as_str()).filter(|n| !n.is_empty());
+            let result = models.import(
+                &engine,
+                std::path::Path::new(&request.path),
+                name,
+                request.replace,
+                &mut progress,
+                &|| cancel.load(Ordering::SeqCst),
+            );
+            let last = result.map_or_else(
+                |e| Err(models_status(&e)),
+                |listed| {
+                    Ok(pb::ImportEvent {
+                        event: Some(pb::import_event::Event::Done(model_info(&listed, &[]))),
+                    })
+                },
+            );
+            let _ = tx.send(last);
+        });
+        let stream = UnboundedReceiverStream::new(rx).map(move |item| {
+            let _cancel_when_the_client_goes = &guard;
+            item
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn pull_model(&self, _: Request<pb::PullModelRequest>) -> Result<Response<Self::PullModelStream>, Status> {
-        Err(Status::unimplemented("PullModel is being built"))
+    async fn pull_model(
+        &self,
+        request: Request<pb::PullModelRequest>,
+    ) -> Result<Response<Self::PullModelStream>, Status> {
+        let request = request.into_inner();
+        let (repo, revision) = match request.repo.split_once('@') {
+            Some(_) => crate::hub::parse_reference(&request.repo),
+            None => crate::hub::parse_reference(&request.repo).map(|(repo, rev)| {
+                let revision = if request.revision.is_empty() {
+                    rev
+                } else {
+                    request.revision.clone()
+                };
+                (repo, revision)
+            }),
+        }
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let hub = crate::hub::Hub::resolve(&request.endpoint, &request.token);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let guard = CancelOnDrop(cancel.clone());
+        let (models, engine) = (self.models.clone(), self.engine.clone());
+        tokio::spawn(async move {
+            let _ = tx.send(Ok(pb::PullEvent {
+                event: Some(pb::pull_event::Event::Stage("downloading".into())),
+            }));
+            let progress_tx = tx.clone();
+            let progress = move |p: crate::hub::PullProgress| {
+                let _ = progress_tx.send(Ok(pb::PullEvent {
+                    event: Some(pb::pull_event::Event::Progress(pb::PullProgress {
+                        files_done: p.files_done,
+                        files_total: p.files_total,
+                        bytes_done: p.bytes_done,
+                        bytes_total: p.bytes_total,
+                        file: p.file,
+                    })),
+                }));
+            };
+            let name = Some(request.name.as_str()).filter(|n| !n.is_empty());
+            let result = models
+                .pull(
+                    &engine,
+                    &hub,
+                    &repo,
+                    &revision,
+                    name,
+                    request.replace,
+                    &progress,
+                    &|| cancel.load(Ordering::SeqCst),
+                )
+                .await;
+            let last = result.map_or_else(
+                |e| Err(models_status(&e)),
+                |listed| {
+                    Ok(pb::PullEvent {
+                        event: Some(pb::pull_event::Event::Done(model_info(&listed, &[]))),
+                    })
+                },
+            );
+            let _ = tx.send(last);
+        });
+        let stream = UnboundedReceiverStream::new(rx).map(move |item| {
+            let _cancel_when_the_client_goes = &guard;
+            item
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn remove_model(&self, _: Request<pb::RemoveModelRequest>) -> Result<Response<pb::RemoveModelReply>, Status> {
-        Err(Status::unimplemented("RemoveModel is being built"))
+    async fn remove_model(
+        &self,
+        request: Request<pb::RemoveModelRequest>,
+    ) -> Result<Response<pb::RemoveModelReply>, Status> {
+        let name = request.into_inner().name;
+        let (models, engine) = (self.models.clone(), self.engine.clone());
+        blocking(move || models.remove(&engine, &name)).await?;
+        Ok(Response::new(pb::RemoveModelReply {}))
     }
 
     async fn load_model(&self, request: Request<pb::LoadModelRequest>) -> Result<Response<pb::LoadModelReply>, Status> {

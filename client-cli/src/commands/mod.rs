@@ -4,6 +4,7 @@
 //! - [`info`]: `easel status`, `cancel`, `tokenize`, `models list`.
 //! - [`daemon`]: `easel serve`, `easel daemon start|stop`.
 //! - [`residency`]: `easel ps`, `load`, `unload`, `events`.
+//! - [`store`]: `easel models show|rm|import`, `easel pull`.
 //!
 //! Commands return `anyhow::Result`; `main` turns errors into `easel: error: …` and an exit
 //! code ([`UsageError`]: 2, [`Interrupted`]: 130, [`StdoutClosed`]: 141, anything else: 1).
@@ -21,6 +22,7 @@ pub mod generate;
 pub mod info;
 pub mod progress;
 pub mod residency;
+pub mod store;
 
 use std::fmt;
 use std::io::Write;
@@ -66,6 +68,21 @@ pub enum Command {
         #[command(subcommand)]
         command: ModelsCommand,
     },
+    /// Download an ONNX Stable Diffusion model from a Hugging Face-compatible hub and install it
+    /// (uses HF_ENDPOINT and HF_TOKEN from this shell)
+    Pull {
+        /// OWNER/REPO, optionally @REVISION (a branch, tag or commit)
+        reference: String,
+        /// Install under this name [default: REPO]
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+        /// Replace an installed model of that name
+        #[arg(long)]
+        replace: bool,
+        /// Show no progress
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Show the models in memory, how much they take and until when
     Ps {
         /// Print one JSON object
@@ -108,6 +125,36 @@ pub enum ModelsCommand {
         /// Print one JSON object
         #[arg(long)]
         json: bool,
+    },
+    /// Show a model in full: family, prediction type, dtype, size, every part's inputs and
+    /// outputs, and its files
+    Show {
+        /// An installed model's name or a model folder
+        model: String,
+        /// Print one JSON object
+        #[arg(long)]
+        json: bool,
+    },
+    /// Install a model folder or an archive of one (.zip, .tar, .tar.gz, .tar.zst), after
+    /// validating it
+    Import {
+        /// The folder or archive
+        path: PathBuf,
+        /// Install under this name [default: the folder's or archive's name]
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+        /// Replace an installed model of that name
+        #[arg(long)]
+        replace: bool,
+        /// Show no progress
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Delete an installed model (refused while a job uses it)
+    #[command(visible_alias = "remove")]
+    Rm {
+        /// The installed model's name
+        name: String,
     },
 }
 
@@ -172,9 +219,23 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Status { json } => info::status(&global, json).await,
             Command::Cancel { job } => info::cancel(&global, &job).await,
             Command::Tokenize(args) => info::tokenize(&global, args).await,
-            Command::Models {
-                command: ModelsCommand::List { json },
-            } => info::models_list(&global, json).await,
+            Command::Models { command } => match command {
+                ModelsCommand::List { json } => info::models_list(&global, json).await,
+                ModelsCommand::Show { model, json } => store::show(&global, &model, json).await,
+                ModelsCommand::Import {
+                    path,
+                    name,
+                    replace,
+                    quiet,
+                } => store::import(&global, &path, name, replace, quiet).await,
+                ModelsCommand::Rm { name } => store::remove(&global, &name).await,
+            },
+            Command::Pull {
+                reference,
+                name,
+                replace,
+                quiet,
+            } => store::pull(&global, &reference, name, replace, quiet).await,
             Command::Daemon {
                 command: DaemonCommand::Start,
             } => daemon::start(&global).await,

@@ -218,6 +218,22 @@ fn read_optional_json<T: for<'de> Deserialize<'de> + Default>(model: &str, path:
     }
 }
 
+/// The ranks the pipeline feeds each input with (and the rank an unnamed input is found by).
+pub mod ranks {
+    /// Token ids `[B, 77]`.
+    pub const INPUT_IDS: &[usize] = &[2];
+    /// Latents (UNet) or pixels (VAE encoder), `[B, C, H, W]`.
+    pub const SAMPLE: &[usize] = &[4];
+    /// A 0-d scalar (optimum since late 2024) or `[B]`.
+    pub const TIMESTEP: &[usize] = &[0, 1];
+    /// Text embeddings `[B, 77, D]`.
+    pub const ENCODER_HIDDEN_STATES: &[usize] = &[3];
+    /// The VAE decoder's latent `[B, C, H, W]`.
+    pub const LATENT: &[usize] = &[4];
+    /// LCM's guidance embedding `[B, D]`.
+    pub const TIMESTEP_COND: usize = 2;
+}
+
 /// The UNet's inputs as this export names and types them.
 #[derive(Debug, Clone)]
 pub struct UnetInputs {
@@ -230,6 +246,36 @@ pub struct UnetInputs {
 }
 
 impl UnetInputs {
+    /// Finds the inputs the pipeline feeds, by name or else by rank (exports disagree on names).
+    pub fn find(unet: &OnnxModel) -> Result<Self, OnnxError> {
+        Ok(Self {
+            sample: unet.find_input(&["sample"], Some(ranks::SAMPLE))?,
+            timestep: unet.find_input(&["timestep", "timesteps", "t"], Some(ranks::TIMESTEP))?,
+            encoder_hidden_states: unet.find_input(&["encoder_hidden_states"], Some(ranks::ENCODER_HIDDEN_STATES))?,
+            timestep_cond: unet
+                .inputs
+                .iter()
+                .find(|i| i.name == "timestep_cond" && i.rank() == ranks::TIMESTEP_COND)
+                .cloned(),
+        })
+    }
+
+    /// The UNet's inputs that easel does not feed (SDXL's `text_embeds` and `time_ids`, …): a
+    /// model with any cannot run.
+    pub fn unfed<'a>(&self, unet: &'a OnnxModel) -> Vec<&'a str> {
+        let known = [
+            Some(&self.sample.name),
+            Some(&self.timestep.name),
+            Some(&self.encoder_hidden_states.name),
+            self.timestep_cond.as_ref().map(|s| &s.name),
+        ];
+        unet.inputs
+            .iter()
+            .filter(|i| !known.contains(&Some(&i.name)))
+            .map(|i| i.name.as_str())
+            .collect()
+    }
+
     /// Width of the guidance embedding (`time_cond_proj_dim`), when the UNet takes one.
     pub fn guidance_embedding_dim(&self) -> Option<usize> {
         self.timestep_cond.as_ref().map(|spec| match spec.shape.get(1) {
@@ -247,6 +293,42 @@ pub struct VaeEncoder {
     /// Index of the output to read: `latent_parameters` (mean ‖ log-variance, current optimum)
     /// or `latent_sample` (legacy exports: the latent itself).
     pub output: usize,
+}
+
+impl VaeEncoder {
+    /// Finds the pixel input and the latent output of a VAE encoder session.
+    pub fn new(model: OnnxModel) -> Result<Self, OnnxError> {
+        let input = Self::input_of(&model)?;
+        let output = model
+            .outputs
+            .iter()
+            .position(|o| o.name == "latent_parameters" || o.name == "latent_sample")
+            .unwrap_or(0);
+        Ok(Self { model, input, output })
+    }
+
+    /// The pixel input of a VAE encoder session.
+    pub fn input_of(model: &OnnxModel) -> Result<IoSpec, OnnxError> {
+        model.find_input(&["sample"], Some(ranks::SAMPLE))
+    }
+}
+
+/// The text encoder's token-id input.
+pub fn find_text_input_ids(text_encoder: &OnnxModel) -> Result<IoSpec, OnnxError> {
+    text_encoder.find_input(&["input_ids"], Some(ranks::INPUT_IDS))
+}
+
+/// The VAE decoder's latent input.
+pub fn find_vae_latent(vae_decoder: &OnnxModel) -> Result<IoSpec, OnnxError> {
+    vae_decoder.find_input(&["latent_sample", "latent", "z"], Some(ranks::LATENT))
+}
+
+/// Why a UNet with inputs easel does not feed cannot run (see [`UnetInputs::unfed`]).
+pub fn unfed_inputs_message(unfed: &[&str]) -> String {
+    format!(
+        "the UNet takes inputs easel cannot feed yet ({}); SDXL UNets come in a later release",
+        unfed.join(", ")
+    )
 }
 
 /// A model with its sessions open: what a worker keeps resident between jobs.
@@ -276,45 +358,16 @@ impl LoadedModel {
         let unet = OnnxModel::load(runtime, "unet", &folder.root.join(UNET), threads).map_err(onnx_err)?;
         let vae_decoder =
             OnnxModel::load(runtime, "vae_decoder", &folder.root.join(VAE_DECODER), threads).map_err(onnx_err)?;
-        let text_input_ids = text_encoder.find_input(&["input_ids"], Some(&[2])).map_err(onnx_err)?;
-        let unet_inputs = UnetInputs {
-            sample: unet.find_input(&["sample"], Some(&[4])).map_err(onnx_err)?,
-            timestep: unet
-                .find_input(&["timestep", "timesteps", "t"], Some(&[0, 1]))
-                .map_err(onnx_err)?,
-            encoder_hidden_states: unet
-                .find_input(&["encoder_hidden_states"], Some(&[3]))
-                .map_err(onnx_err)?,
-            timestep_cond: unet
-                .inputs
-                .iter()
-                .find(|i| i.name == "timestep_cond" && i.rank() == 2)
-                .cloned(),
-        };
-        let vae_latent = vae_decoder
-            .find_input(&["latent_sample", "latent", "z"], Some(&[4]))
-            .map_err(onnx_err)?;
+        let text_input_ids = find_text_input_ids(&text_encoder).map_err(onnx_err)?;
+        let unet_inputs = UnetInputs::find(&unet).map_err(onnx_err)?;
+        let vae_latent = find_vae_latent(&vae_decoder).map_err(onnx_err)?;
         let incompatible = |message: String| ModelError::Incompatible {
             model: model.clone(),
             message,
         };
-        let known = [
-            Some(&unet_inputs.sample.name),
-            Some(&unet_inputs.timestep.name),
-            Some(&unet_inputs.encoder_hidden_states.name),
-            unet_inputs.timestep_cond.as_ref().map(|s| &s.name),
-        ];
-        let extra: Vec<&str> = unet
-            .inputs
-            .iter()
-            .filter(|i| !known.contains(&Some(&i.name)))
-            .map(|i| i.name.as_str())
-            .collect();
+        let extra = unet_inputs.unfed(&unet);
         if !extra.is_empty() {
-            return Err(incompatible(format!(
-                "the UNet takes inputs easel cannot feed yet ({}); SDXL UNets come in a later release",
-                extra.join(", ")
-            )));
+            return Err(incompatible(unfed_inputs_message(&extra)));
         }
         if text_encoder.outputs.is_empty() || unet.outputs.is_empty() || vae_decoder.outputs.is_empty() {
             return Err(incompatible("a sub-model has no outputs".into()));
@@ -352,13 +405,7 @@ impl LoadedModel {
                 source,
             };
             let model = OnnxModel::load(&self.runtime, "vae_encoder", &path, self.threads).map_err(onnx_err)?;
-            let input = model.find_input(&["sample"], Some(&[4])).map_err(onnx_err)?;
-            let output = model
-                .outputs
-                .iter()
-                .position(|o| o.name == "latent_parameters" || o.name == "latent_sample")
-                .unwrap_or(0);
-            self.vae_encoder = Some(VaeEncoder { model, input, output });
+            self.vae_encoder = Some(VaeEncoder::new(model).map_err(onnx_err)?);
         }
         Ok(self.vae_encoder.as_mut().expect("loaded above"))
     }

@@ -119,11 +119,26 @@ impl std::fmt::Debug for OnnxModel {
 impl OnnxModel {
     /// Opens `path` in a session using `threads` intra-op threads (0: ONNX Runtime's default).
     pub fn load(runtime: &OrtRuntime, label: &str, path: &Path, threads: usize) -> Result<Self, OnnxError> {
+        Self::open(runtime, label, path, threads, false)
+    }
+
+    /// Opens `path` only to read and check its inputs and outputs: no graph optimization, which
+    /// makes opening a full-size UNet several times faster (the session is not run).
+    pub fn inspect(runtime: &OrtRuntime, label: &str, path: &Path) -> Result<Self, OnnxError> {
+        Self::open(runtime, label, path, 1, true)
+    }
+
+    fn open(runtime: &OrtRuntime, label: &str, path: &Path, threads: usize, inspect: bool) -> Result<Self, OnnxError> {
         let load_error = |source: ort::Error| OnnxError::Load {
             path: path.to_path_buf(),
             source,
         };
         let mut builder = Session::builder(&runtime.environment).map_err(load_error)?;
+        if inspect {
+            builder = builder
+                .with_optimization_level(ort::session::builder::GraphOptimizationLevel::Disable)
+                .map_err(|e| load_error(e.into()))?;
+        }
         if threads > 0 {
             builder = builder.with_intra_threads(threads).map_err(|e| load_error(e.into()))?;
         }

@@ -159,6 +159,11 @@ impl ClipTokenizer {
         self.max_length
     }
 
+    /// The id chunks are padded with: `<|endoftext|>` for SD 1.x, `!` (0) for SD 2.x.
+    pub fn pad_id(&self) -> i64 {
+        self.pad
+    }
+
     /// BOS + the prompt's tokens + EOS, truncated to the context length; no padding.
     pub fn encode(&self, prompt: &str) -> Result<Tokens, TokenizerError> {
         let body = self.token_ids(prompt)?;
