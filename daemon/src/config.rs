@@ -53,6 +53,8 @@ pub struct Config {
     pub keep_alive: KeepAlive,
     /// The most bytes an import may expand to (zip-bomb guard).
     pub max_import_bytes: u64,
+    /// The most files and folders an import may hold.
+    pub max_import_files: u64,
 }
 
 /// The share of physical memory models may take by default; the rest is for activations
@@ -61,6 +63,7 @@ pub const DEFAULT_MEMORY_SHARE: f64 = 0.75;
 /// Used when physical memory cannot be read.
 pub const FALLBACK_MEMORY_BUDGET: u64 = 8 << 30;
 pub const DEFAULT_MAX_IMPORT_BYTES: u64 = 64 << 30;
+pub const DEFAULT_MAX_IMPORT_FILES: u64 = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -98,6 +101,7 @@ struct FileConfig {
     keep_alive: Option<String>,
     /// A size.
     max_import_bytes: Option<String>,
+    max_import_files: Option<u64>,
 }
 
 impl Config {
@@ -143,11 +147,15 @@ impl Config {
             None => KeepAlive::DEFAULT,
         };
         let parallel = env_number("EASEL_PARALLEL")?.or(file.parallel).unwrap_or(1).max(1);
+        let max_import_files = env_number("EASEL_MAX_IMPORT_FILES")?
+            .or(file.max_import_files)
+            .unwrap_or(DEFAULT_MAX_IMPORT_FILES);
         Ok(Self {
             parallel,
             memory_budget,
             keep_alive,
             max_import_bytes,
+            max_import_files,
             socket: match (env_socket, file.socket) {
                 (Some(env), _) => PathBuf::from(env),
                 (None, Some(file)) => file,

@@ -85,7 +85,7 @@ fn serve(
         let events = EventBus::new();
         let limits = ImportLimits {
             max_bytes: config.max_import_bytes,
-            ..ImportLimits::default()
+            max_files: config.max_import_files,
         };
         let store = Store::open(&config.home.join("models"), limits).context("opening the model store")?;
         let models = Arc::new(Models::new(store, registry.clone(), ort.clone(), events.clone()));

@@ -299,3 +299,89 @@ async fn another_client_goes_between_a_busy_clients_jobs() {
     while second.next().await.is_some() {}
     while third.next().await.is_some() {}
 }
+
+/// With `parallel = 2`, a job for another model runs while a long one is still going (with
+/// one worker it would wait), and draws exactly what it draws alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_two_workers_another_models_job_runs_alongside_unharmed() {
+    let daemon = Daemon::start_with(&[("EASEL_PARALLEL", "2"), ("EASEL_MAX_STEPS", "100000")]);
+    let mut client = daemon.client().await;
+    let request = |model: &str, steps: u32| pb::GenerateRequest {
+        model: fixture_model(model).display().to_string(),
+        prompt: "a lighthouse".into(),
+        steps: Some(steps),
+        seed: Some(9),
+        sampler: "euler_a".into(),
+        ..Default::default()
+    };
+    async fn image(client: &mut easel_client::EaselClient<easel_client::Channel>, r: pb::GenerateRequest) -> Vec<u8> {
+        let mut stream = client.generate(r).await.unwrap().into_inner();
+        let mut png = None;
+        while let Some(event) = stream.next().await {
+            if let Some(pb::generate_event::Event::Image(i)) = event.unwrap().event {
+                png = Some(i.png);
+            }
+        }
+        read_png(&png.expect("an image")).2
+    }
+    let alone = image(&mut client, request("sd2-tiny-v", 8)).await;
+
+    let mut long = client.generate(request("sd1-tiny", 50_000)).await.unwrap().into_inner();
+    let mut long_id = String::new();
+    while let Some(event) = long.next().await {
+        match event.unwrap().event {
+            Some(pb::generate_event::Event::Queued(q)) => long_id = q.job_id,
+            Some(pb::generate_event::Event::Progress(_)) => break,
+            _ => {}
+        }
+    }
+    let beside = tokio::time::timeout(Duration::from_secs(60), image(&mut client, request("sd2-tiny-v", 8)))
+        .await
+        .expect("the second worker runs the other model's job while the first is busy");
+    assert_eq!(beside, alone, "a job running beside another draws the same picture");
+    let status = client.get_status(pb::StatusRequest {}).await.unwrap().into_inner();
+    assert_eq!(status.running_jobs, 1, "the long job is still running");
+    client.cancel(pb::CancelRequest { job_id: long_id }).await.unwrap();
+}
+
+/// `easel events --json` prints the daemon's events as they happen.
+#[test]
+fn easel_events_prints_what_happens() {
+    use std::io::BufRead;
+    let daemon = Daemon::start();
+    let mut watcher = daemon
+        .easel_command(&["events", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = std::io::BufReader::new(watcher.stdout.take().unwrap()).lines();
+    let reader = std::thread::spawn(move || {
+        let mut states = Vec::new();
+        for line in lines {
+            let event: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+            states.push(format!(
+                "{} {}",
+                event["kind"].as_str().unwrap(),
+                event["state"].as_str().unwrap()
+            ));
+            if event["kind"] == "job" && event["state"] == "finished" {
+                break;
+            }
+        }
+        states
+    });
+    // Generate until the watcher (which needs a moment to subscribe) has seen a whole job.
+    let dir = tempfile::tempdir().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !reader.is_finished() {
+        assert!(Instant::now() < deadline, "easel events printed no finished job");
+        let output = daemon.generate_tiny("a boat", &["--steps", "2"], &dir.path().join("x.png"));
+        assert!(output.status.success(), "{}", stderr(&output));
+    }
+    let states = reader.join().unwrap();
+    let _ = watcher.kill();
+    assert!(
+        states.contains(&"job started".to_string()) && states.contains(&"job finished".to_string()),
+        "{states:?}"
+    );
+}
