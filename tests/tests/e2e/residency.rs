@@ -380,6 +380,7 @@ fn easel_events_prints_what_happens() {
     }
     let states = reader.join().unwrap();
     let _ = watcher.kill();
+    let _ = watcher.wait();
     assert!(
         states.contains(&"job started".to_string()) && states.contains(&"job finished".to_string()),
         "{states:?}"
