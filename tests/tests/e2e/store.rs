@@ -5,7 +5,7 @@
 //! HF_TOKEN. Archive safety in depth is unit-tested in `daemon/src/store/archive.rs`, the hub
 //! protocol in `hub.rs`.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use easel_e2e::hub::HubServer;
@@ -282,6 +282,69 @@ fn an_interrupted_import_is_invisible_and_cleaned_at_the_next_start() {
         !leftover.exists(),
         "the next start removes what an interrupted import left"
     );
+}
+
+/// SIGKILL in the middle of a real import: nothing becomes visible, and the next start clears
+/// the half-written folder.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemon_killed_mid_import_leaves_nothing_after_its_next_start() {
+    let mut daemon = Daemon::start();
+    let dir = tempfile::tempdir().unwrap();
+    // sd1-tiny plus 1 GiB of zeros: a few MiB as .tar.gz, slow enough to extract that the kill
+    // lands while it is being written.
+    let path = dir.path().join("big.tar.gz");
+    {
+        let gz = flate2::write::GzEncoder::new(std::fs::File::create(&path).unwrap(), flate2::Compression::fast());
+        let mut tar = tar::Builder::new(gz);
+        tar.append_dir_all("big", fixture_model("sd1-tiny")).unwrap();
+        let size = 1u64 << 30;
+        let mut header = tar::Header::new_gnu();
+        header.set_size(size);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, "big/unet/padding.bin", std::io::repeat(0).take(size))
+            .unwrap();
+        tar.into_inner().unwrap().finish().unwrap();
+    }
+    let mut client = daemon.client().await;
+    let mut stream = client
+        .import_model(pb::ImportModelRequest {
+            path: path.display().to_string(),
+            name: "big".into(),
+            replace: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // Wait until bytes are being written, then kill the daemon outright.
+    loop {
+        let event = stream
+            .next()
+            .await
+            .expect("import events")
+            .expect("no error before the kill");
+        if let Some(pb::import_event::Event::Bytes(b)) = event.event
+            && b.done > 0
+        {
+            break;
+        }
+    }
+    let mut child = daemon.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let store = store_entries(&daemon);
+    assert!(
+        !store.contains(&"big".to_string()),
+        "a half model is visible: {store:?}"
+    );
+    assert!(
+        store.iter().any(|e| e.starts_with('.')),
+        "the kill should have left a temp folder: {store:?}"
+    );
+    daemon.spawn(&[]);
+    daemon.wait_ready();
+    assert!(store_entries(&daemon).is_empty(), "{:?}", store_entries(&daemon));
+    assert!(installed(&daemon).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]
