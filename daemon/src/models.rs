@@ -63,6 +63,8 @@ pub enum ModelsError {
     Hub(#[from] crate::hub::HubError),
     #[error("the install task failed: {0}")]
     Task(String),
+    #[error("{repo} is already being pulled; wait for that pull to finish")]
+    AlreadyPulling { repo: String },
 }
 
 pub struct Models {
@@ -71,6 +73,20 @@ pub struct Models {
     runtime: OrtRuntime,
     events: EventBus,
     descriptions: Mutex<HashMap<PathBuf, Arc<ModelDescription>>>,
+    /// Download folders a pull is writing into (two pulls must not share one).
+    pulling: Mutex<std::collections::HashSet<PathBuf>>,
+}
+
+/// Marks a download folder busy until dropped.
+struct PullGuard<'a> {
+    pulling: &'a Mutex<std::collections::HashSet<PathBuf>>,
+    folder: PathBuf,
+}
+
+impl Drop for PullGuard<'_> {
+    fn drop(&mut self) {
+        self.pulling.lock().expect("pulling lock").remove(&self.folder);
+    }
 }
 
 impl std::fmt::Debug for Models {
@@ -89,6 +105,7 @@ impl Models {
             runtime,
             events,
             descriptions: Mutex::new(HashMap::new()),
+            pulling: Mutex::new(Default::default()),
         }
     }
 
@@ -344,7 +361,22 @@ impl Models {
             .unwrap_or(self.store.models_dir())
             .join("downloads")
             .join(format!("{}@{}", repo.replace('/', "--"), revision.replace('/', "--")));
-        self.publish_progress(&name, ImportProgress::Stage(ImportStage::Extracting));
+        if !self.pulling.lock().expect("pulling lock").insert(downloads.clone()) {
+            return Err(ModelsError::AlreadyPulling {
+                repo: format!("{repo}@{revision}"),
+            });
+        }
+        let _guard = PullGuard {
+            pulling: &self.pulling,
+            folder: downloads.clone(),
+        };
+        self.events.publish(DaemonEvent::Import {
+            name: name.clone(),
+            state: "downloading".into(),
+            bytes_done: 0,
+            bytes_total: 0,
+            message: String::new(),
+        });
         let announced = name.clone();
         let bus = self.events.clone();
         let report = move |p: crate::hub::PullProgress| {

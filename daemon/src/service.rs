@@ -107,6 +107,7 @@ fn models_status(error: &ModelsError) -> Status {
         }
         ModelsError::Store(S::Cancelled) | ModelsError::Hub(H::Cancelled) => Status::cancelled(message),
         ModelsError::Store(S::Io { .. }) | ModelsError::Task(_) => Status::internal(message),
+        ModelsError::AlreadyPulling { .. } => Status::aborted(message),
         ModelsError::Store(_) | ModelsError::InvalidArgument(_) => Status::invalid_argument(message),
         ModelsError::Registry(e) => status_of(EngineError::Registry(clone_registry_error(e))),
         ModelsError::Hub(H::InvalidReference { .. } | H::InvalidEndpoint { .. }) => Status::invalid_argument(message),

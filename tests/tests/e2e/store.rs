@@ -461,3 +461,40 @@ fn pull_installs_from_a_hub_with_the_callers_endpoint_and_token() {
         stderr(&output)
     );
 }
+
+/// Two pulls of the same repository at once would write into one download folder: the second
+/// is refused (ABORTED) while the first runs; dropping the first's stream cancels it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repository_is_pulled_once_at_a_time() {
+    let daemon = Daemon::start();
+    let server = HubServer::start();
+    server.add_repo("test/slow", "main", &fixture_model("sd1-tiny"));
+    server.chunk_delay(std::time::Duration::from_millis(50));
+    let mut client = daemon.client().await;
+    let request = || pb::PullModelRequest {
+        repo: "test/slow".into(),
+        endpoint: server.url(),
+        ..Default::default()
+    };
+    let mut first = client.pull_model(request()).await.unwrap().into_inner();
+    loop {
+        let event = first.next().await.expect("pull events").expect("the first pull runs");
+        if matches!(event.event, Some(pb::pull_event::Event::Progress(ref p)) if p.bytes_done > 0) {
+            break;
+        }
+    }
+    let mut second = client.pull_model(request()).await.unwrap().into_inner();
+    let status = loop {
+        match second.next().await.expect("an answer") {
+            Err(status) => break status,
+            Ok(_) => continue,
+        }
+    };
+    assert_eq!(status.code(), tonic::Code::Aborted, "{status:?}");
+    assert!(
+        status.message().contains("already being pulled"),
+        "{}",
+        status.message()
+    );
+    drop(first);
+}
