@@ -535,23 +535,7 @@ fn running<M>(m: &Resident<M>, now: Instant) -> Running {
     }
 }
 
-/// `1.5 GiB`, `300 MiB`, `12 KiB`, `17 B`.
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut value = bytes as f64;
-    let mut unit = "B";
-    for u in UNITS {
-        if value < 1024.0 {
-            break;
-        }
-        value /= 1024.0;
-        unit = u;
-    }
-    format!("{value:.1} {unit}")
-}
+pub use easel_proto::units::human_bytes;
 
 /// Parses a memory size: bytes (`1048576`), with a unit (`512MiB`, `8GB`, `1.5 GiB`), or a share
 /// of `total` (`75%`).
@@ -876,7 +860,5 @@ mod tests {
         assert_eq!(parse_size("75%", 1000), Ok(750));
         assert!(parse_size("lots", 0).is_err());
         assert!(parse_size("150%", 10).is_err());
-        assert_eq!(human_bytes(17), "17 B");
-        assert_eq!(human_bytes(3 << 29), "1.5 GiB");
     }
 }

@@ -7,6 +7,7 @@
 #![allow(clippy::all, missing_docs)]
 
 pub mod paths;
+pub mod units;
 
 pub mod v1 {
     tonic::include_proto!("easel.v1");

@@ -270,22 +270,7 @@ pub(super) fn table(header: &[&str], rows: Vec<Vec<String>>) -> Vec<String> {
         .collect()
 }
 
-/// `1.5 GiB`, `300.0 MiB`, `17 B`.
-pub(super) fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let (mut value, mut unit) = (bytes as f64, "B");
-    for u in UNITS {
-        if value < 1024.0 {
-            break;
-        }
-        value /= 1024.0;
-        unit = u;
-    }
-    format!("{value:.1} {unit}")
-}
+pub(super) use easel_proto::units::human_bytes;
 
 pub(super) fn dash(text: &str) -> String {
     if text.is_empty() {

@@ -26,6 +26,7 @@
 //! These functions leave whatever they wrote when they fail; the store owns the destination
 //! folder and deletes it.
 
+pub use easel_proto::units::human_bytes;
 use std::cell::Cell;
 use std::collections::HashSet;
 use std::ffi::OsStr;
@@ -939,21 +940,6 @@ fn read_up_to(reader: &mut impl Read, limit: u64) -> io::Result<Vec<u8>> {
     Ok(head)
 }
 
-/// `1.0 GiB`, `512.0 MiB`, `100 bytes`.
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    if bytes < 1024 {
-        return format!("{bytes} bytes");
-    }
-    let mut value = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -1442,7 +1428,7 @@ pub(crate) mod tests {
         let fresh = dir.path().join("fresh");
         fs::create_dir(&fresh).unwrap();
         let err = copy_folder(&source, &fresh, limits, &mut |_| {}, &|| false).unwrap_err();
-        assert!(err.to_string().contains("the folder holds more than 8 bytes"), "{err}");
+        assert!(err.to_string().contains("the folder holds more than 8 B"), "{err}");
     }
 
     #[test]
@@ -1463,13 +1449,5 @@ pub(crate) mod tests {
             matches!(err, ArchiveError::FolderSpecialFile { kind: "fifo", .. }),
             "{err}"
         );
-    }
-
-    #[test]
-    fn sizes_read_in_binary_units() {
-        assert_eq!(human_bytes(100), "100 bytes");
-        assert_eq!(human_bytes(1024 * 1024), "1.0 MiB");
-        assert_eq!(human_bytes(64 * 1024 * 1024 * 1024), "64.0 GiB");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
     }
 }
