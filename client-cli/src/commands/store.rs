@@ -116,6 +116,16 @@ fn byte_bar(quiet: bool) -> Option<ProgressBar> {
     Some(bar)
 }
 
+/// The event, or its error after clearing the bar (so the message is not drawn over).
+fn clear_on_error<T>(bar: &Option<ProgressBar>, item: Result<T, tonic::Status>) -> anyhow::Result<T> {
+    item.map_err(|status| {
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        status.into()
+    })
+}
+
 fn say(bar: &Option<ProgressBar>, quiet: bool, text: &str) {
     match bar {
         Some(bar) => bar.set_message(text.to_string()),
@@ -151,15 +161,7 @@ pub async fn import(
     let bar = byte_bar(quiet);
     let mut installed = None;
     while let Some(event) = stream.next().await {
-        let event = match event {
-            Ok(event) => event,
-            Err(status) => {
-                if let Some(bar) = &bar {
-                    bar.finish_and_clear();
-                }
-                return Err(status.into());
-            }
-        };
+        let event = clear_on_error(&bar, event)?;
         match event.event {
             Some(pb::import_event::Event::Stage(stage)) => say(&bar, quiet, &stage),
             Some(pb::import_event::Event::Bytes(b)) => {
@@ -220,15 +222,7 @@ pub async fn pull(
     let mut installed = None;
     let mut last_line = std::time::Instant::now();
     while let Some(event) = stream.next().await {
-        let event = match event {
-            Ok(event) => event,
-            Err(status) => {
-                if let Some(bar) = &bar {
-                    bar.finish_and_clear();
-                }
-                return Err(status.into());
-            }
-        };
+        let event = clear_on_error(&bar, event)?;
         match event.event {
             Some(pb::pull_event::Event::Stage(stage)) => say(&bar, quiet, &stage),
             Some(pb::pull_event::Event::Progress(p)) => match &bar {
