@@ -223,6 +223,8 @@ impl pb::easel_server::Easel for EaselService {
             onnxruntime_library: self.info.onnxruntime_library.clone(),
             pid: std::process::id(),
             socket: self.info.socket.clone(),
+            memory_used_bytes: self.engine.residency().used(),
+            memory_budget_bytes: self.engine.residency().budget(),
         }))
     }
 

@@ -64,6 +64,8 @@ fn status_json(status: &pb::StatusReply) -> serde_json::Value {
         "queued_jobs": status.queued_jobs,
         "running_jobs": status.running_jobs,
         "loaded_models": status.loaded_models,
+        "memory_used_bytes": status.memory_used_bytes,
+        "memory_budget_bytes": status.memory_budget_bytes,
     })
 }
 
@@ -83,6 +85,11 @@ fn status_lines(status: &pb::StatusReply) -> Vec<String> {
             status.running_jobs, status.queued_jobs
         ),
         format!("models       {models}"),
+        format!(
+            "memory       {} of a {} budget",
+            human_bytes(status.memory_used_bytes),
+            human_bytes(status.memory_budget_bytes)
+        ),
     ]
 }
 
@@ -386,6 +393,8 @@ mod tests {
             onnxruntime_library: "/lib/libonnxruntime.so".into(),
             pid: 42,
             socket: "/run/easel.sock".into(),
+            memory_used_bytes: 0,
+            memory_budget_bytes: 8 << 30,
         };
         let value = status_json(&status);
         assert_eq!(value["pid"], 42);
@@ -393,5 +402,6 @@ mod tests {
         let lines = status_lines(&status);
         assert_eq!(lines[0], "easeld 0.1.0 (pid 42)");
         assert_eq!(lines[5], "models       none loaded");
+        assert_eq!(lines[6], "memory       0 B of a 8.0 GiB budget");
     }
 }

@@ -52,6 +52,10 @@ fn keep_alive_decides_how_long_a_model_stays() {
     let left = resident["expires_unix_ms"].as_i64().unwrap() - now_ms();
     assert!((240_000..=300_000).contains(&left), "expires in {left} ms");
     assert_eq!(listed["used_bytes"], resident["memory_bytes"]);
+    let status: serde_json::Value = serde_json::from_str(&stdout(&daemon.easel(&["status", "--json"]))).unwrap();
+    assert_eq!(status["memory_used_bytes"], listed["used_bytes"]);
+    assert_eq!(status["memory_budget_bytes"], listed["budget_bytes"]);
+    assert!(status["memory_budget_bytes"].as_u64().unwrap() > 0);
 
     // By hand: forever, then gone.
     let output = daemon.easel(&["load", model, "--keep-alive", "-1"]);
