@@ -17,6 +17,7 @@ use crate::registry::{Registry, RegistryError};
 use crate::runtime::OrtRuntime;
 use crate::store::{
     DescribeError, ImportProgress, ImportStage, Installed, ModelDescription, Staging, Store, StoreError, describe,
+    summarize,
 };
 
 /// Where a listed model comes from.
@@ -113,7 +114,8 @@ impl Models {
         &self.store
     }
 
-    /// Every model a name reaches (built-in, then installed), described. Blocking.
+    /// Every model a name reaches (built-in, then installed): the full description when the
+    /// daemon has one, else a summary read without opening ONNX sessions. Blocking.
     pub fn list(&self) -> Vec<Listed> {
         self.registry
             .list()
@@ -124,7 +126,11 @@ impl Models {
                 } else {
                     Source::Installed
                 };
-                let description = self.describe_at(&name, &path).map_err(|e| e.to_string());
+                let cached = self.descriptions.lock().expect("descriptions lock").get(&path).cloned();
+                let description = match cached {
+                    Some(described) => Ok(described),
+                    None => summarize(&name, &path).map(Arc::new).map_err(|e| e.to_string()),
+                };
                 Listed {
                     name,
                     path,

@@ -158,3 +158,35 @@ fn a_missing_vocabulary_is_refused_naming_the_tokenizer() {
     assert!(message.contains("tokenizer"), "{message}");
     assert!(message.contains("vocab.json"), "{message}");
 }
+
+/// `models list` summarizes without ONNX sessions; the summary must agree with the full
+/// description on every fixture kind (family, prediction type, sampler, size, files).
+#[test]
+fn the_session_free_summary_agrees_with_the_description() {
+    for relative in [
+        "models/sd1-tiny",
+        "models/sd2-tiny-v",
+        "inpaint/models/sd1-tiny-inpaint",
+        "fewstep/models/lcm-tiny",
+        "fp16/models/sd1-tiny-fp16",
+        "clipskip/models/sd1-tiny-hidden",
+    ] {
+        let root = fixture(relative);
+        let full = describe(&common::runtime(), relative, &root).unwrap();
+        let summary = easeld::store::summarize(relative, &root).unwrap();
+        assert_eq!(
+            (&summary.family, &summary.prediction_type, &summary.default_sampler),
+            (&full.family, &full.prediction_type, &full.default_sampler),
+            "{relative}"
+        );
+        assert_eq!(
+            (summary.size_bytes, &summary.files),
+            (full.size_bytes, &full.files),
+            "{relative}"
+        );
+        assert!(
+            summary.parts.is_empty() && summary.dtype.is_empty(),
+            "{relative}: no sessions were opened"
+        );
+    }
+}

@@ -188,6 +188,49 @@ pub fn describe(runtime: &OrtRuntime, name: &str, root: &Path) -> Result<ModelDe
     })
 }
 
+/// What `easel models list` shows, read from the configs, the tokenizer and file sizes only —
+/// no ONNX session, so listing stays fast however big the models are. The family comes from
+/// the configs (`unet` `in_channels` and `time_cond_proj_dim`, the text encoder's
+/// `hidden_size`), where [`describe`] reads the graphs; `dtype` is left empty (only the graph
+/// knows it).
+pub fn summarize(name: &str, root: &Path) -> Result<ModelDescription, DescribeError> {
+    #[derive(serde::Deserialize, Default)]
+    struct UnetConfig {
+        time_cond_proj_dim: Option<usize>,
+    }
+    #[derive(serde::Deserialize, Default)]
+    struct TextConfig {
+        hidden_size: Option<i64>,
+    }
+    fn read<T: for<'de> serde::Deserialize<'de> + Default>(path: &Path) -> T {
+        std::fs::read(path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
+    }
+    let folder = ModelFolder::open(name, root)?;
+    let unet: UnetConfig = read(&root.join("unet/config.json"));
+    let text: TextConfig = read(&root.join("text_encoder/config.json"));
+    let sdxl = root.join(TEXT_ENCODER_2).is_file();
+    let sd2 = folder.tokenizer.pad_id() == SD2_PAD_ID || text.hidden_size == Some(SD2_HIDDEN_SIZE);
+    let files = list_files(root).map_err(|source| DescribeError::Files {
+        model: name.to_string(),
+        path: root.to_path_buf(),
+        source,
+    })?;
+    Ok(ModelDescription {
+        family: family(sdxl, sd2, folder.is_inpainting(), unet.time_cond_proj_dim.is_some()),
+        prediction_type: folder.prediction_type.as_str().to_string(),
+        dtype: String::new(),
+        size_bytes: files.iter().map(|(_, size)| size).sum(),
+        default_sampler: folder.default_sampler.name().to_string(),
+        native_size: folder.native_size(),
+        files,
+        parts: Vec::new(),
+        unsupported: None,
+    })
+}
+
 /// A sub-model being described: its session and where it came from, for errors.
 struct Part<'a> {
     model_name: &'a str,
