@@ -137,8 +137,9 @@ impl Hub {
     }
 
     /// [`Hub::resolve`] with the daemon's environment passed in (so it can be tested without
-    /// touching the process environment). Each value is chosen on its own: a request may bring
-    /// an endpoint and rely on the daemon's token, or the other way round.
+    /// touching the process environment). Each value is chosen on its own — a request may bring
+    /// a token for the daemon's hub — except that the daemon's own token only ever goes to the
+    /// daemon's own hub: a request naming another endpoint without a token sends none.
     pub fn resolve_from(
         request_endpoint: &str,
         request_token: &str,
@@ -153,10 +154,16 @@ impl Hub {
             env.map(|value| value.trim().to_string())
                 .filter(|value| !value.is_empty())
         }
-        let endpoint = pick(request_endpoint, env_endpoint)
-            .map(|endpoint| endpoint.trim_end_matches('/').to_string())
+        let normalize = |endpoint: String| endpoint.trim_end_matches('/').to_string();
+        let daemon_endpoint = pick("", env_endpoint.clone())
+            .map(normalize)
             .filter(|endpoint| !endpoint.is_empty())
             .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
+        let endpoint = pick(request_endpoint, env_endpoint)
+            .map(normalize)
+            .filter(|endpoint| !endpoint.is_empty())
+            .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
+        let env_token = if endpoint == daemon_endpoint { env_token } else { None };
         Self {
             endpoint,
             token: pick(request_token, env_token),
@@ -1255,11 +1262,21 @@ mod tests {
         assert_eq!(hub.endpoint, "http://env-hub");
         assert_eq!(hub.token.as_deref(), Some("env-token"));
 
-        // Each value on its own: the request's endpoint with the daemon's token.
+        // The daemon's token never goes to another hub than the daemon's own…
         let (endpoint, token) = env();
         let hub = Hub::resolve_from("http://request-hub", "", endpoint, token);
         assert_eq!(hub.endpoint, "http://request-hub");
+        assert_eq!(hub.token, None);
+        // …but does go with a request that names the daemon's hub itself.
+        let (endpoint, token) = env();
+        let hub = Hub::resolve_from("http://env-hub", "", endpoint, token);
         assert_eq!(hub.token.as_deref(), Some("env-token"));
+        // Without HF_ENDPOINT anywhere, the daemon's token is for the default hub.
+        let hub = Hub::resolve_from("", "", None, Some("env-token".into()));
+        assert_eq!(
+            (hub.endpoint.as_str(), hub.token.as_deref()),
+            (DEFAULT_ENDPOINT, Some("env-token"))
+        );
 
         let hub = Hub::resolve_from("", "", Some(String::new()), Some(String::new()));
         assert_eq!(hub.endpoint, DEFAULT_ENDPOINT);
