@@ -238,7 +238,8 @@ pub struct EngineStatus {
 }
 
 /// The real [`Backend`]: ONNX sessions, measured as the growth of the daemon's resident memory
-/// while loading (loads run one at a time, so the growth is the model's).
+/// while loading (loads run one at a time, so the growth is the model's), and never less than
+/// the weights' size on disk. The first load also carries ONNX Runtime's one-time set-up.
 pub struct OrtBackend {
     runtime: OrtRuntime,
     threads: usize,
@@ -252,7 +253,9 @@ impl Backend for OrtBackend {
         let before = resident_memory();
         let model = LoadedModel::load(&self.runtime, folder.clone(), self.threads).map_err(|e| error_chain(&e))?;
         let grown = resident_memory().saturating_sub(before);
-        Ok((model, grown))
+        // The heap may hand a load pages an earlier one freed, so the growth can undercount;
+        // the weights themselves are always in memory.
+        Ok((model, grown.max(weights_size(&folder.root))))
     }
 
     fn estimate(&self, folder: &Arc<ModelFolder>) -> u64 {
