@@ -70,19 +70,7 @@ pub enum Command {
     },
     /// Download an ONNX Stable Diffusion model from a Hugging Face-compatible hub and install it
     /// (uses HF_ENDPOINT and HF_TOKEN from this shell)
-    Pull {
-        /// OWNER/REPO, optionally @REVISION (a branch, tag or commit)
-        reference: String,
-        /// Install under this name [default: REPO]
-        #[arg(long, value_name = "NAME")]
-        name: Option<String>,
-        /// Replace an installed model of that name
-        #[arg(long)]
-        replace: bool,
-        /// Show no progress
-        #[arg(long)]
-        quiet: bool,
-    },
+    Pull(PullArgs),
     /// Show the models in memory, how much they take and until when
     Ps {
         /// Print one JSON object
@@ -150,12 +138,29 @@ pub enum ModelsCommand {
         #[arg(long)]
         quiet: bool,
     },
+    /// The same as `easel pull`
+    Pull(PullArgs),
     /// Delete an installed model (refused while a job uses it)
     #[command(visible_alias = "remove")]
     Rm {
         /// The installed model's name
         name: String,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PullArgs {
+    /// OWNER/REPO, optionally @REVISION (a branch, tag or commit)
+    pub reference: String,
+    /// Install under this name [default: REPO]
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Replace an installed model of that name
+    #[arg(long)]
+    pub replace: bool,
+    /// Show no progress
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -229,13 +234,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     quiet,
                 } => store::import(&global, &path, name, replace, quiet).await,
                 ModelsCommand::Rm { name } => store::remove(&global, &name).await,
+                ModelsCommand::Pull(args) => store::pull(&global, args).await,
             },
-            Command::Pull {
-                reference,
-                name,
-                replace,
-                quiet,
-            } => store::pull(&global, &reference, name, replace, quiet).await,
+            Command::Pull(args) => store::pull(&global, args).await,
             Command::Daemon {
                 command: DaemonCommand::Start,
             } => daemon::start(&global).await,
@@ -276,6 +277,24 @@ mod tests {
     #[test]
     fn the_command_line_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn pull_is_a_command_and_a_models_subcommand() {
+        for args in [
+            &["easel", "pull", "o/r@v1", "--name", "n"][..],
+            &["easel", "models", "pull", "o/r@v1", "--name", "n"][..],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            let pull = match cli.command {
+                Command::Pull(pull)
+                | Command::Models {
+                    command: ModelsCommand::Pull(pull),
+                } => pull,
+                other => panic!("{other:?}"),
+            };
+            assert_eq!((pull.reference.as_str(), pull.name.as_deref()), ("o/r@v1", Some("n")));
+        }
     }
 
     #[test]

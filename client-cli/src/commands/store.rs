@@ -193,13 +193,13 @@ fn installed_line(info: &pb::ModelInfo) -> String {
     )
 }
 
-pub async fn pull(
-    global: &Global,
-    reference: &str,
-    name: Option<String>,
-    replace: bool,
-    quiet: bool,
-) -> anyhow::Result<()> {
+pub async fn pull(global: &Global, args: super::PullArgs) -> anyhow::Result<()> {
+    let super::PullArgs {
+        reference,
+        name,
+        replace,
+        quiet,
+    } = args;
     let env = |key: &str| {
         std::env::var(key)
             .ok()
@@ -209,7 +209,7 @@ pub async fn pull(
     let mut client = super::client(global).await?;
     let mut stream = client
         .pull_model(pb::PullModelRequest {
-            repo: reference.to_string(),
+            repo: reference,
             revision: String::new(),
             name: name.unwrap_or_default(),
             endpoint: env("HF_ENDPOINT"),
