@@ -870,16 +870,25 @@ impl Worker {
                 tracing::info_span!("job", id = %job.id, model = %job.job.folder.name, steps = job.job.request.steps);
             let _entered = span.enter();
             let result = self.run_job(&job);
+            match &result {
+                Ok(timings) => tracing::info!(total_ms = timings.total.as_millis() as u64, "job finished"),
+                Err(error) => tracing::info!(%error, "job ended without finishing"),
+            }
+            // The job stops counting as running before its client hears the end, so a client
+            // that acts on the end (removing the model, reading the status) sees it gone.
+            let shutting_down = {
+                let mut state = self.shared.state.lock().expect("queue lock");
+                state.running.retain(|(id, _, _)| *id != job.id);
+                state.announce_positions();
+                state.shutting_down
+            };
             let bus = &self.shared.events;
             match result {
                 Ok(timings) => {
-                    tracing::info!(total_ms = timings.total.as_millis() as u64, "job finished");
                     let _ = events.send(JobEvent::Finished { timings });
                     bus.publish(job_event(&job, JobState::Finished, String::new()));
                 }
                 Err(error) => {
-                    tracing::info!(%error, "job ended without finishing");
-                    let shutting_down = self.shared.state.lock().expect("queue lock").shutting_down;
                     let error = match error {
                         EngineError::Cancelled if shutting_down => EngineError::ShuttingDown,
                         other => other,
@@ -892,9 +901,6 @@ impl Worker {
                     let _ = events.send(JobEvent::Failed(error));
                 }
             }
-            let mut state = self.shared.state.lock().expect("queue lock");
-            state.running.retain(|(id, _, _)| *id != job.id);
-            state.announce_positions();
         }
     }
 
