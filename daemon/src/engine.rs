@@ -251,7 +251,8 @@ impl Backend for OrtBackend {
 
     fn load(&self, folder: &Arc<ModelFolder>) -> Result<(LoadedModel, u64), String> {
         let before = resident_memory();
-        let model = LoadedModel::load(&self.runtime, folder.clone(), self.threads).map_err(|e| error_chain(&e))?;
+        let model =
+            LoadedModel::load(&self.runtime, folder.clone(), self.threads).map_err(|e| crate::error_chain(&e))?;
         let grown = resident_memory().saturating_sub(before);
         // The heap may hand a load pages an earlier one freed, so the growth can undercount;
         // the weights themselves are always in memory.
@@ -265,16 +266,6 @@ impl Backend for OrtBackend {
     fn unloaded(&self) {
         release_freed_memory();
     }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    text
 }
 
 /// Bytes of ONNX weights under a model folder (the estimate before a first load).

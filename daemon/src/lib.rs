@@ -49,6 +49,22 @@ use tokio::sync::Notify;
 use engine::Engine;
 use service::{DaemonInfo, EaselService};
 
+/// An error and its causes as one line (`a: b: c`), skipping a cause whose text the message
+/// already holds (thiserror's `#[error(transparent)]` and `{source}` repeat it).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
+}
+
 /// Serves the API on `listener` until `shutdown` completes or a client calls `Shutdown`; then
 /// refuses new work, ends running jobs and returns once open calls have finished.
 pub async fn run(

@@ -14,6 +14,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::engine::{Engine, EngineError, GenerateSpec, JobEvent};
+use crate::error_chain;
 use crate::events::{DaemonEvent, Stamped};
 use crate::image::RgbImage;
 use crate::model::ModelError;
@@ -98,7 +99,7 @@ fn tensor_spec(io: &crate::model::onnx::IoSpec) -> pb::TensorSpec {
 fn models_status(error: &ModelsError) -> Status {
     use crate::hub::HubError as H;
     use crate::store::StoreError as S;
-    let message = chain(error);
+    let message = error_chain(error);
     match error {
         ModelsError::Store(S::AlreadyInstalled { .. }) => Status::already_exists(message),
         ModelsError::Store(S::NotInstalled { .. }) => Status::not_found(message),
@@ -664,23 +665,8 @@ fn event_to_proto(job_id: &str, event: JobEvent) -> Result<pb::GenerateEvent, St
     Ok(pb::GenerateEvent { event: Some(event) })
 }
 
-/// The error's message with its causes, for a status a person reads.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = cause.source();
-    }
-    message
-}
-
 fn status_of(error: EngineError) -> Status {
-    let message = chain(&error);
+    let message = error_chain(&error);
     match &error {
         EngineError::InvalidArgument(_) => Status::invalid_argument(message),
         EngineError::Registry(RegistryError::UnknownName { .. })
