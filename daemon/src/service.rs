@@ -110,7 +110,7 @@ fn models_status(error: &ModelsError) -> Status {
         ModelsError::Store(S::Io { .. }) | ModelsError::Task(_) => Status::internal(message),
         ModelsError::AlreadyPulling { .. } => Status::aborted(message),
         ModelsError::Store(_) | ModelsError::InvalidArgument(_) => Status::invalid_argument(message),
-        ModelsError::Registry(e) => status_of(EngineError::Registry(clone_registry_error(e))),
+        ModelsError::Registry(e) => registry_status(e, message),
         ModelsError::Hub(H::InvalidReference { .. } | H::InvalidEndpoint { .. }) => Status::invalid_argument(message),
         ModelsError::Hub(H::Unauthorized { .. } | H::Gated { .. }) => Status::permission_denied(message),
         ModelsError::Hub(H::NotFound { .. } | H::NotFoundOrPrivate { .. } | H::FileNotFound { .. }) => {
@@ -122,17 +122,14 @@ fn models_status(error: &ModelsError) -> Status {
     }
 }
 
-/// Registry errors are not Clone; rebuild the one the status mapping needs.
-fn clone_registry_error(error: &RegistryError) -> RegistryError {
+/// A model name or folder that does not resolve: NOT_FOUND when it is not there, else
+/// FAILED_PRECONDITION (it is there but broken).
+fn registry_status(error: &RegistryError, message: String) -> Status {
     match error {
-        RegistryError::UnknownName { name, models_dir } => RegistryError::UnknownName {
-            name: name.clone(),
-            models_dir: models_dir.clone(),
-        },
-        other => RegistryError::Model(crate::model::ModelError::Incompatible {
-            model: String::new(),
-            message: other.to_string(),
-        }),
+        RegistryError::UnknownName { .. } | RegistryError::Model(ModelError::NotFound { .. }) => {
+            Status::not_found(message)
+        }
+        RegistryError::Model(_) | RegistryError::Builtin(_) => Status::failed_precondition(message),
     }
 }
 
@@ -669,12 +666,9 @@ fn status_of(error: EngineError) -> Status {
     let message = error_chain(&error);
     match &error {
         EngineError::InvalidArgument(_) => Status::invalid_argument(message),
-        EngineError::Registry(RegistryError::UnknownName { .. })
-        | EngineError::Registry(RegistryError::Model(ModelError::NotFound { .. }))
-        | EngineError::Model(ModelError::NotFound { .. }) => Status::not_found(message),
-        EngineError::Registry(RegistryError::Model(_) | RegistryError::Builtin(_)) | EngineError::Model(_) => {
-            Status::failed_precondition(message)
-        }
+        EngineError::Registry(e) => registry_status(e, message),
+        EngineError::Model(ModelError::NotFound { .. }) => Status::not_found(message),
+        EngineError::Model(_) => Status::failed_precondition(message),
         EngineError::QueueFull(_) => Status::resource_exhausted(message),
         EngineError::Cancelled => Status::cancelled(message),
         EngineError::ShuttingDown => Status::unavailable(message),

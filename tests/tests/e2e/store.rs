@@ -397,6 +397,20 @@ async fn a_model_in_use_cannot_be_removed() {
     while stream.next().await.is_some() {}
     let output = daemon.easel(&["models", "rm", "busy"]);
     assert!(output.status.success(), "{}", stderr(&output));
+
+    // Unknown models are NOT_FOUND for show and rm alike, by name or by folder.
+    for model in ["busy", "/nonexistent/model-folder"] {
+        let status = client
+            .show_model(pb::ShowModelRequest { model: model.into() })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::NotFound, "{model}: {status:?}");
+    }
+    let status = client
+        .remove_model(pb::RemoveModelRequest { name: "busy".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
 }
 
 #[test]
