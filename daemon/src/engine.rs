@@ -268,23 +268,15 @@ impl Backend for OrtBackend {
     }
 }
 
-/// Bytes of ONNX weights under a model folder (the estimate before a first load).
+/// Bytes of ONNX weights under a model folder (the estimate before a first load): the graphs
+/// and their external data. 0 when the folder cannot be read (loading will say why).
 pub fn weights_size(root: &Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-        for entry in entries.flatten() {
-            let Ok(meta) = entry.metadata() else { continue };
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if meta.is_dir() {
-                stack.push(entry.path());
-            } else if name.contains(".onnx") {
-                total += meta.len();
-            }
-        }
-    }
-    total
+    crate::store::list_files(root)
+        .unwrap_or_default()
+        .iter()
+        .filter(|(path, _)| path.rsplit('/').next().is_some_and(|name| name.contains(".onnx")))
+        .map(|(_, size)| size)
+        .sum()
 }
 
 /// The process's resident set size (`VmRSS`), in bytes; 0 where /proc is missing.
@@ -1034,4 +1026,34 @@ pub fn unix_ms(at: Instant) -> i64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_are_the_graphs_and_their_external_data_only() {
+        let dir = tempfile::tempdir().unwrap();
+        for (path, size) in [
+            ("unet/model.onnx", 10),
+            ("unet/model.onnx_data", 20),
+            ("unet/config.json", 5),
+            ("tokenizer/vocab.json", 7),
+            ("model_index.json", 3),
+        ] {
+            let file = dir.path().join(path);
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(file, vec![0u8; size]).unwrap();
+        }
+        assert_eq!(weights_size(dir.path()), 30);
+        assert_eq!(weights_size(&dir.path().join("missing")), 0);
+    }
+
+    #[test]
+    fn unix_ms_places_instants_on_the_wall_clock() {
+        let now = unix_ms(Instant::now());
+        let later = unix_ms(Instant::now() + Duration::from_secs(60));
+        assert!((59_900..=60_100).contains(&(later - now)), "{}", later - now);
+    }
 }

@@ -29,7 +29,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub use archive::ArchiveError;
-pub use describe::{DescribeError, ModelDescription, PartIo, describe, summarize};
+pub use describe::{DescribeError, ModelDescription, PartIo, describe, list_files, summarize};
 
 /// Folders being imported (or pulled): deleted by [`Store::open`] if an import was interrupted.
 const IMPORT_PREFIX: &str = ".import-";
