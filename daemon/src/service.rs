@@ -138,6 +138,17 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::GenerateEvent, Status>> 
 /// Cancels its job when dropped: tonic drops the response stream when the client goes away.
 struct CancelOnDrop(Arc<AtomicBool>);
 
+/// The stream of `rx` that sets the guard's flag when tonic drops it (the client went away).
+fn cancel_on_drop<T: Send + 'static>(
+    rx: tokio::sync::mpsc::UnboundedReceiver<Result<T, Status>>,
+    guard: CancelOnDrop,
+) -> Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>> {
+    Box::pin(UnboundedReceiverStream::new(rx).map(move |item| {
+        let _cancel_when_the_client_goes = &guard;
+        item
+    }))
+}
+
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
         self.0.store(true, Ordering::SeqCst);
@@ -299,11 +310,7 @@ impl pb::easel_server::Easel for EaselService {
             );
             let _ = tx.send(last);
         });
-        let stream = UnboundedReceiverStream::new(rx).map(move |item| {
-            let _cancel_when_the_client_goes = &guard;
-            item
-        });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(cancel_on_drop(rx, guard)))
     }
 
     async fn pull_model(
@@ -367,11 +374,7 @@ impl pb::easel_server::Easel for EaselService {
             );
             let _ = tx.send(last);
         });
-        let stream = UnboundedReceiverStream::new(rx).map(move |item| {
-            let _cancel_when_the_client_goes = &guard;
-            item
-        });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(cancel_on_drop(rx, guard)))
     }
 
     async fn remove_model(

@@ -510,5 +510,29 @@ async fn a_repository_is_pulled_once_at_a_time() {
         "{}",
         status.message()
     );
+
+    // Hanging up cancels the first pull (it installs nothing), so a new one can run and install.
     drop(first);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let mut again = client.pull_model(request()).await.unwrap().into_inner();
+        let mut last = None;
+        while let Some(event) = again.next().await {
+            last = Some(event);
+        }
+        match last.expect("an answer") {
+            Ok(event) => {
+                assert!(matches!(event.event, Some(pb::pull_event::Event::Done(_))), "{event:?}");
+                break;
+            }
+            Err(status) if status.code() == tonic::Code::Aborted => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the first pull was never cancelled"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(status) => panic!("the dropped pull must not have installed the model: {status:?}"),
+        }
+    }
 }
