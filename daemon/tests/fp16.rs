@@ -9,26 +9,18 @@
 
 mod common;
 
-use common::{fixtures, load_fixture_model};
-use easeld::model::onnx::{Dtype, HostTensor};
-use easeld::pipeline::{self, PreviewSettings, Request};
+use common::{TextCase, fixtures, load_fixture_model};
+use easeld::model::onnx::Dtype;
+use easeld::pipeline;
 use easeld::sampler::SeededNoise;
 use serde::Deserialize;
 
+/// A case of `fp16/manifest.json`: a text-to-image case plus the fp32 twin's folder.
 #[derive(Deserialize)]
 struct Case {
-    name: String,
-    model: String,
+    #[serde(flatten)]
+    case: TextCase,
     fp32_model: String,
-    prompt: String,
-    negative_prompt: String,
-    width: u32,
-    height: u32,
-    steps: usize,
-    guidance_scale: f32,
-    sampler: String,
-    init_noise: String,
-    image: String,
 }
 
 fn within_tolerance(name: &str, a: &[u8], b: &[u8]) -> Option<String> {
@@ -42,10 +34,9 @@ fn within_tolerance(name: &str, a: &[u8], b: &[u8]) -> Option<String> {
 
 #[test]
 fn an_fp16_export_matches_its_fp32_twin() {
-    let cases: Vec<Case> =
-        serde_json::from_slice(&std::fs::read(fixtures().join("fp16/manifest.json")).unwrap()).unwrap();
+    let cases: Vec<Case> = TextCase::read_manifest("fp16/manifest.json");
     assert!(cases.len() >= 3, "the fp16 manifest lost cases");
-    let mut fp16 = load_fixture_model(&cases[0].model);
+    let mut fp16 = load_fixture_model(&cases[0].case.model);
     let mut fp32 = load_fixture_model(&cases[0].fp32_model);
     // The export really is fp16 at every float boundary, so this cannot pass on f32 by accident.
     for (part, model) in [
@@ -65,22 +56,9 @@ fn an_fp16_export_matches_its_fp32_twin() {
         );
     }
     let mut failures = Vec::new();
-    for case in &cases {
-        assert_eq!((&case.model, &case.fp32_model), (&cases[0].model, &cases[0].fp32_model));
-        let noise = easel_client::npy::read(&fixtures().join(&case.init_noise)).unwrap();
-        let request = Request {
-            prompt: case.prompt.clone(),
-            negative_prompt: case.negative_prompt.clone(),
-            width: case.width,
-            height: case.height,
-            steps: case.steps,
-            guidance_scale: case.guidance_scale,
-            sampler: case.sampler.parse().unwrap(),
-            init_noise: Some(HostTensor::new(noise.shape, noise.data)),
-            init_image: None,
-            clip_skip: 1,
-            preview: PreviewSettings::default(),
-        };
+    for Case { case, fp32_model } in &cases {
+        assert_eq!((&case.model, fp32_model), (&cases[0].case.model, &cases[0].fp32_model));
+        let request = case.request(1);
         let run = |model: &mut easeld::model::LoadedModel| {
             pipeline::generate(model, &request, &mut SeededNoise::new(0), &|| false, &mut |_| {})
                 .unwrap()

@@ -10,28 +10,12 @@ mod common;
 use std::collections::HashMap;
 use std::path::Path;
 
-use common::{fixtures, load_fixture_model};
+use common::{TextCase, fixtures, load_fixture_model};
 use easeld::model::LoadedModel;
 use easeld::model::onnx::HostTensor;
 use easeld::pipeline::{self, PreviewSettings, Request};
-use easeld::sampler::{NoiseSource, SamplerKind};
+use easeld::sampler::NoiseSource;
 use serde::Deserialize;
-
-#[derive(Deserialize)]
-struct Case {
-    name: String,
-    model: String,
-    prompt: String,
-    negative_prompt: String,
-    width: u32,
-    height: u32,
-    steps: usize,
-    guidance_scale: f32,
-    sampler: String,
-    init_noise: String,
-    step_noise: Option<String>,
-    image: String,
-}
 
 /// Replays recorded per-step noise, one latent-sized draw at a time.
 struct Replay {
@@ -110,7 +94,7 @@ fn few_step_cases_match_diffusers() {
 
 /// Runs every case of a text-to-image manifest; returns the samplers it covered.
 fn check_text_to_image(manifest: &str, min_cases: usize) -> std::collections::BTreeSet<String> {
-    let cases: Vec<Case> = serde_json::from_slice(&std::fs::read(fixtures().join(manifest)).unwrap()).unwrap();
+    let cases: Vec<TextCase> = TextCase::read_manifest(manifest);
     assert!(cases.len() >= min_cases, "{manifest} lost cases");
     let mut models: HashMap<String, LoadedModel> = HashMap::new();
     let mut failures = Vec::new();
@@ -119,22 +103,8 @@ fn check_text_to_image(manifest: &str, min_cases: usize) -> std::collections::BT
         let model = models
             .entry(case.model.clone())
             .or_insert_with(|| load_fixture_model(&case.model));
-        let (shape, noise) = npy(&fixtures().join(&case.init_noise));
-        let sampler: SamplerKind = case.sampler.parse().unwrap();
-        samplers_seen.insert(sampler.to_string());
-        let request = Request {
-            prompt: case.prompt.clone(),
-            negative_prompt: case.negative_prompt.clone(),
-            width: case.width,
-            height: case.height,
-            steps: case.steps,
-            guidance_scale: case.guidance_scale,
-            sampler,
-            init_noise: Some(HostTensor::new(shape, noise)),
-            init_image: None,
-            clip_skip: 1,
-            preview: PreviewSettings::default(),
-        };
+        let request = case.request(1);
+        samplers_seen.insert(request.sampler.to_string());
         let mut replay = Replay {
             data: case
                 .step_noise
@@ -280,17 +250,8 @@ fn guidance_embedding_matches_diffusers() {
 
 #[derive(Deserialize)]
 struct ClipSkipCase {
-    name: String,
-    model: String,
-    prompt: String,
-    negative_prompt: String,
-    width: u32,
-    height: u32,
-    steps: usize,
-    guidance_scale: f32,
-    sampler: String,
-    init_noise: String,
-    image: String,
+    #[serde(flatten)]
+    case: TextCase,
     clip_skip_a1111: usize,
     /// How diffusers encoded the negative prompt (1: no skip; `None`: no guidance).
     negative_clip_skip_a1111: Option<usize>,
@@ -309,10 +270,9 @@ struct ClipSkipEmbeddings {
 /// skips layers for both prompts; diffusers only for the positive one).
 #[test]
 fn clip_skip_matches_diffusers() {
-    let cases: Vec<ClipSkipCase> =
-        serde_json::from_slice(&std::fs::read(fixtures().join("clipskip/manifest.json")).unwrap()).unwrap();
+    let cases: Vec<ClipSkipCase> = TextCase::read_manifest("clipskip/manifest.json");
     assert!(cases.len() >= 4, "the clip skip manifest lost cases");
-    let mut model = load_fixture_model(&cases[0].model);
+    let mut model = load_fixture_model(&cases[0].case.model);
     let worst_diff = |got: &HostTensor<f32>, path: &str| {
         let (shape, want) = npy(&fixtures().join(path));
         assert_eq!(got.shape, shape, "{path}");
@@ -324,36 +284,24 @@ fn clip_skip_matches_diffusers() {
     };
     let mut failures = Vec::new();
     let mut images_checked = 0;
-    for case in &cases {
-        assert_eq!(case.model, cases[0].model);
-        let cond = pipeline::encode_prompt(&mut model, &case.prompt, case.clip_skip_a1111).unwrap();
-        let worst = worst_diff(&cond[0], &case.embeddings.cond);
+    for skip_case in &cases {
+        let case = &skip_case.case;
+        assert_eq!(case.model, cases[0].case.model);
+        let cond = pipeline::encode_prompt(&mut model, &case.prompt, skip_case.clip_skip_a1111).unwrap();
+        let worst = worst_diff(&cond[0], &skip_case.embeddings.cond);
         assert!(worst < 1e-4, "{}: cond embedding off by {worst}", case.name);
-        if let (Some(skip), Some(path)) = (case.negative_clip_skip_a1111, &case.embeddings.uncond) {
+        if let (Some(skip), Some(path)) = (skip_case.negative_clip_skip_a1111, &skip_case.embeddings.uncond) {
             let uncond = pipeline::encode_prompt(&mut model, &case.negative_prompt, skip).unwrap();
             let worst = worst_diff(&uncond[0], path);
             assert!(worst < 1e-4, "{}: uncond embedding off by {worst}", case.name);
         }
-        if case
+        if skip_case
             .negative_clip_skip_a1111
-            .is_some_and(|skip| skip != case.clip_skip_a1111)
+            .is_some_and(|skip| skip != skip_case.clip_skip_a1111)
         {
             continue;
         }
-        let (shape, noise) = npy(&fixtures().join(&case.init_noise));
-        let request = Request {
-            prompt: case.prompt.clone(),
-            negative_prompt: case.negative_prompt.clone(),
-            width: case.width,
-            height: case.height,
-            steps: case.steps,
-            guidance_scale: case.guidance_scale,
-            sampler: case.sampler.parse().unwrap(),
-            init_noise: Some(HostTensor::new(shape, noise)),
-            init_image: None,
-            clip_skip: case.clip_skip_a1111,
-            preview: PreviewSettings::default(),
-        };
+        let request = case.request(skip_case.clip_skip_a1111);
         let output = pipeline::generate(
             &mut model,
             &request,
