@@ -236,6 +236,22 @@ pub fn read_png(bytes: &[u8]) -> (u32, u32, Vec<u8>) {
     (info.width, info.height, buf)
 }
 
+/// Reads a Generate stream until the job's first step; returns the job id. The job is then
+/// running (and, for a very long one, will be until it is cancelled).
+pub async fn wait_for_progress(stream: &mut tonic::Streaming<easel_proto::v1::GenerateEvent>) -> String {
+    use easel_proto::v1::generate_event::Event;
+    use futures::StreamExt;
+    let mut job_id = String::new();
+    while let Some(event) = stream.next().await {
+        match event.expect("no error before the first step").event {
+            Some(Event::Queued(q)) => job_id = q.job_id,
+            Some(Event::Progress(_)) => return job_id,
+            _ => {}
+        }
+    }
+    panic!("the stream ended before any progress");
+}
+
 /// Writes an 8-bit PNG: RGB (3 bytes a pixel) or greyscale (1 byte), row-major.
 pub fn write_png(path: &Path, width: u32, height: u32, pixels: &[u8]) {
     let colour = if pixels.len() == (width * height * 3) as usize {

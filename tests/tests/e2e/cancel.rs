@@ -28,19 +28,6 @@ fn long_daemon(extra: &[(&str, &str)]) -> Daemon {
 
 type Events = tonic::Streaming<pb::GenerateEvent>;
 
-/// Reads events until the first Progress; returns the job id.
-async fn wait_for_progress(stream: &mut Events) -> String {
-    let mut job_id = String::new();
-    while let Some(event) = stream.next().await {
-        match event.expect("no error before the first step").event {
-            Some(pb::generate_event::Event::Queued(q)) => job_id = q.job_id,
-            Some(pb::generate_event::Event::Progress(_)) => return job_id,
-            _ => {}
-        }
-    }
-    panic!("the stream ended before any progress");
-}
-
 async fn wait_idle(daemon: &Daemon) {
     let mut client = daemon.client().await;
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -249,14 +249,7 @@ async fn another_client_goes_between_a_busy_clients_jobs() {
         ..Default::default()
     };
     let mut long = client.generate(request("long", 50_000)).await.unwrap().into_inner();
-    let mut long_id = String::new();
-    while let Some(event) = long.next().await {
-        match event.unwrap().event {
-            Some(pb::generate_event::Event::Queued(q)) => long_id = q.job_id,
-            Some(pb::generate_event::Event::Progress(_)) => break,
-            _ => {}
-        }
-    }
+    let long_id = wait_for_progress(&mut long).await;
     let mut second = client.generate(request("second", 2)).await.unwrap().into_inner();
     let mut third = client.generate(request("third", 2)).await.unwrap().into_inner();
     let other = {
@@ -331,14 +324,7 @@ async fn with_two_workers_another_models_job_runs_alongside_unharmed() {
     let alone = image(&mut client, request("sd2-tiny-v", 8)).await;
 
     let mut long = client.generate(request("sd1-tiny", 50_000)).await.unwrap().into_inner();
-    let mut long_id = String::new();
-    while let Some(event) = long.next().await {
-        match event.unwrap().event {
-            Some(pb::generate_event::Event::Queued(q)) => long_id = q.job_id,
-            Some(pb::generate_event::Event::Progress(_)) => break,
-            _ => {}
-        }
-    }
+    let long_id = wait_for_progress(&mut long).await;
     let beside = tokio::time::timeout(Duration::from_secs(60), image(&mut client, request("sd2-tiny-v", 8)))
         .await
         .expect("the second worker runs the other model's job while the first is busy");

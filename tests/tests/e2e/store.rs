@@ -382,14 +382,7 @@ async fn a_model_in_use_cannot_be_removed() {
         ..Default::default()
     };
     let mut stream = client.generate(request).await.unwrap().into_inner();
-    let mut job = String::new();
-    while let Some(event) = stream.next().await {
-        match event.unwrap().event {
-            Some(pb::generate_event::Event::Queued(q)) => job = q.job_id,
-            Some(pb::generate_event::Event::Progress(_)) => break,
-            _ => {}
-        }
-    }
+    let job = wait_for_progress(&mut stream).await;
     let output = daemon.easel(&["models", "rm", "busy"]);
     assert!(!output.status.success());
     assert!(stderr(&output).contains("in use"), "{}", stderr(&output));
