@@ -224,4 +224,22 @@ mod tests {
         let err = read_file(&path).err().unwrap().to_string();
         assert!(err.contains("max_stepz"), "{err}");
     }
+
+    #[test]
+    fn residency_and_store_keys_parse_and_bad_values_name_their_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        let text = "parallel = 2\nmemory_budget = \"8GiB\"\nkeep_alive = \"10m\"\nbatch_pixels = 262144\n\
+                    max_import_bytes = \"1GiB\"\nmax_import_files = 50\n";
+        std::fs::write(&path, text).unwrap();
+        let parsed = read_file(&path).unwrap();
+        assert_eq!(parsed.parallel, Some(2));
+        assert_eq!(parsed.memory_budget.as_deref(), Some("8GiB"));
+        assert_eq!(parsed.keep_alive.as_deref(), Some("10m"));
+        assert_eq!((parsed.batch_pixels, parsed.max_import_files), (Some(262144), Some(50)));
+        assert_eq!(size_setting("memory_budget", "8GiB", 0).unwrap(), 8 << 30);
+        assert_eq!(size_setting("memory_budget", "50%", 1000).unwrap(), 500);
+        let err = size_setting("memory_budget", "lots", 0).unwrap_err().to_string();
+        assert!(err.contains("memory_budget") && err.contains("lots"), "{err}");
+    }
 }
