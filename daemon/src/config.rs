@@ -1,13 +1,14 @@
-//! Daemon settings: defaults, overridden by the config file, overridden by the environment.
+//! Daemon settings: defaults, overridden by the config file, overridden by the environment; and
+//! the setting types requests share (limits, keep-alive durations, sizes).
 //!
 //! Every setting and its default is listed in the README. The config file is TOML at
 //! `$EASEL_CONFIG` or the platform's config folder (`~/.config/easel/config.toml`).
 
+use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
-
-use crate::residency::KeepAlive;
 
 /// Limits that keep one request from taking the machine down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +33,74 @@ impl Default for Limits {
             max_count: 16,
             max_queue: 16,
             batch_pixels: 4 * 512 * 512,
+        }
+    }
+}
+
+/// How long an idle model stays resident.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeepAlive {
+    /// Until unloaded by hand (a negative duration in requests).
+    Forever,
+    /// This long after its last job; zero unloads it as soon as it is idle.
+    For(Duration),
+}
+
+impl KeepAlive {
+    pub const DEFAULT: KeepAlive = KeepAlive::For(Duration::from_secs(300));
+
+    /// Parses Ollama-style durations: `5m`, `30s`, `1h30m`, `250ms`, a bare number of seconds,
+    /// `0`, or anything negative (`-1`, `-1m`) for forever.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let bad = || {
+            format!("keep-alive `{text}` is not a duration; use e.g. 5m, 30s, 1h, 0 (unload when idle) or -1 (forever)")
+        };
+        if text.is_empty() {
+            return Err(bad());
+        }
+        if let Some(rest) = text.strip_prefix('-') {
+            return if rest.is_empty() {
+                Err(bad())
+            } else {
+                Ok(KeepAlive::Forever)
+            };
+        }
+        if let Ok(seconds) = text.parse::<f64>() {
+            return if seconds.is_finite() {
+                Ok(KeepAlive::For(Duration::from_secs_f64(seconds)))
+            } else {
+                Err(bad())
+            };
+        }
+        let mut total = Duration::ZERO;
+        let mut rest = text;
+        while !rest.is_empty() {
+            let digits = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
+            let value: f64 = rest[..digits].parse().map_err(|_| bad())?;
+            rest = &rest[digits..];
+            let unit_len = rest
+                .find(|c: char| c.is_ascii_digit() || c == '.')
+                .unwrap_or(rest.len());
+            let seconds = match &rest[..unit_len] {
+                "ms" => value / 1000.0,
+                "s" => value,
+                "m" => value * 60.0,
+                "h" => value * 3600.0,
+                _ => return Err(bad()),
+            };
+            total += Duration::from_secs_f64(seconds);
+            rest = &rest[unit_len..];
+        }
+        Ok(KeepAlive::For(total))
+    }
+}
+
+impl fmt::Display for KeepAlive {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeepAlive::Forever => write!(f, "forever"),
+            KeepAlive::For(d) => write!(f, "{}s", d.as_secs_f64()),
         }
     }
 }
@@ -129,7 +198,7 @@ impl Config {
         limits.batch_pixels = env_number("EASEL_BATCH_PIXELS")?
             .or(file.batch_pixels)
             .unwrap_or(limits.batch_pixels);
-        let total = crate::engine::total_memory();
+        let total = crate::memory::total_memory();
         let memory_budget = match env_text("EASEL_MEMORY_BUDGET").or(file.memory_budget) {
             Some(text) => size_setting("EASEL_MEMORY_BUDGET / memory_budget", &text, total.unwrap_or(0))?,
             None => total.map_or(FALLBACK_MEMORY_BUDGET, |t| (t as f64 * DEFAULT_MEMORY_SHARE) as u64),
@@ -187,7 +256,7 @@ fn env_text(name: &str) -> Option<String> {
 }
 
 fn size_setting(name: &'static str, text: &str, total: u64) -> Result<u64, ConfigError> {
-    crate::residency::parse_size(text, total).map_err(|message| ConfigError::Setting {
+    parse_size(text, total).map_err(|message| ConfigError::Setting {
         name,
         value: text.to_string(),
         message,
@@ -206,6 +275,37 @@ where
         }),
         _ => Ok(None),
     }
+}
+
+/// Parses a memory size: bytes (`1048576`), with a unit (`512MiB`, `8GB`, `1.5 GiB`), or a share
+/// of `total` (`75%`).
+pub fn parse_size(text: &str, total: u64) -> Result<u64, String> {
+    let text = text.trim();
+    let bad = || format!("`{text}` is not a size; use e.g. 8GiB, 512MiB, 75% or a number of bytes");
+    if let Some(percent) = text.strip_suffix('%') {
+        let p: f64 = percent.trim().parse().map_err(|_| bad())?;
+        if !(0.0..=100.0).contains(&p) {
+            return Err(bad());
+        }
+        return Ok((total as f64 * p / 100.0) as u64);
+    }
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let value: f64 = text[..split].parse().map_err(|_| bad())?;
+    let factor: f64 = match text[split..].trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "t" | "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(bad()),
+    };
+    Ok((value * factor) as u64)
 }
 
 #[cfg(test)]
@@ -241,5 +341,35 @@ mod tests {
         assert_eq!(size_setting("memory_budget", "50%", 1000).unwrap(), 500);
         let err = size_setting("memory_budget", "lots", 0).unwrap_err().to_string();
         assert!(err.contains("memory_budget") && err.contains("lots"), "{err}");
+    }
+
+    #[test]
+    fn keep_alive_parses_like_ollama() {
+        let secs = |s| KeepAlive::For(Duration::from_secs(s));
+        assert_eq!(KeepAlive::parse("5m"), Ok(secs(300)));
+        assert_eq!(KeepAlive::parse("30s"), Ok(secs(30)));
+        assert_eq!(KeepAlive::parse("1h30m"), Ok(secs(5400)));
+        assert_eq!(
+            KeepAlive::parse("250ms"),
+            Ok(KeepAlive::For(Duration::from_millis(250)))
+        );
+        assert_eq!(KeepAlive::parse("90"), Ok(secs(90)));
+        assert_eq!(KeepAlive::parse("0"), Ok(secs(0)));
+        assert_eq!(KeepAlive::parse("-1"), Ok(KeepAlive::Forever));
+        assert_eq!(KeepAlive::parse("-5m"), Ok(KeepAlive::Forever));
+        for bad in ["", "soon", "5x", "-", "m5"] {
+            assert!(KeepAlive::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sizes_parse_with_units_and_shares() {
+        assert_eq!(parse_size("1048576", 0), Ok(1 << 20));
+        assert_eq!(parse_size("512MiB", 0), Ok(512 << 20));
+        assert_eq!(parse_size("8 GB", 0), Ok(8_000_000_000));
+        assert_eq!(parse_size("1.5GiB", 0), Ok(3 << 29));
+        assert_eq!(parse_size("75%", 1000), Ok(750));
+        assert!(parse_size("lots", 0).is_err());
+        assert!(parse_size("150%", 10).is_err());
     }
 }

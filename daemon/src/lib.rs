@@ -1,53 +1,81 @@
 //! `easeld`: the easel daemon as a library, so tests can run it in-process and the binary
 //! stays a thin `main`.
 //!
-//! Code map (see ARCHITECTURE.md for the whole picture):
-//! - [`runtime`]: finding and loading the ONNX Runtime library.
-//! - [`model`]: a model folder (configs, tokenizer) and its ONNX sessions.
-//! - [`sampler`]: the eight samplers, each a twin of a diffusers scheduler.
-//! - [`pipeline`]: the denoising loop (text-to-image, img2img, inpainting; batches).
-//! - [`inpaint`]: inpainting masks and the final composite.
-//! - [`engine`]: the job queue and the inference worker thread that owns loaded models.
-//! - [`service`]: the gRPC service, the only module that knows proto types.
-//! - [`socket`]: the Unix socket, its lock and the peer check.
-//! - [`models`]: listing, describing, importing, pulling and removing models (proto-free).
-//! - [`residency`], [`queue`], [`events`]: loaded models, the fair queue, WatchEvents.
-//! - [`store`]: installed models (`$EASEL_HOME/models/`): safe, atomic import and removal,
-//!   and what a model is ([`store::describe`]).
-//! - [`hub`]: pulling (listing, downloading, verifying) models from a Hugging Face-compatible hub.
-//! - [`config`], [`registry`], [`builtin`], [`image`]: settings, model names, the embedded
-//!   default model, pictures.
+//! The daemon is a house with wings; arrows point down only (see ARCHITECTURE.md):
+//!
+//! ```text
+//! serve/ ──▶ jobs/ ──▶ generation/ ──▶ model/
+//!   │          │                          ▲
+//!   └────────▶ catalog/ ─────────────────┘
+//! ```
+//!
+//! - [`serve`]: the gRPC service, conversions, error codes, the socket — the only wing that
+//!   knows proto types.
+//! - [`jobs`]: the job queue — validation, the fair queue, the workers, the event bus, and
+//!   residency (the one owner of loaded models).
+//! - [`generation`]: a request's one preparation path, the denoising loop, text conditioning,
+//!   inpainting, pictures, the samplers.
+//! - [`model`]: one model's files, sessions and tokenizer, and the ONNX Runtime library.
+//! - [`catalog`]: which models exist — registry, built-in model, store, hub pulls.
+//! - Foundations every wing may use: [`config`] (settings and their types), [`memory`] (the
+//!   kernel's memory figures).
 
-pub mod builtin;
-pub mod clip_skip;
+pub mod catalog;
 pub mod config;
-pub mod engine;
-pub mod events;
-pub mod hub;
-pub mod image;
-pub mod inpaint;
+pub mod generation;
+pub mod jobs;
+pub mod memory;
 pub mod model;
-pub mod models;
-pub mod pipeline;
-pub mod prompt;
-pub mod queue;
-pub mod registry;
-pub mod residency;
-pub mod runtime;
-pub mod sampler;
-pub mod service;
-pub mod socket;
-pub mod store;
+pub mod serve;
 
-use std::future::Future;
 use std::sync::Arc;
 
-use easel_proto::v1::easel_server::EaselServer;
-use tokio::net::UnixListener;
-use tokio::sync::Notify;
+use catalog::Catalog;
+use catalog::registry::Registry;
+use catalog::store::{ImportLimits, Store, StoreError};
+use config::Config;
+use jobs::events::EventBus;
+use jobs::{JobQueue, JobSettings, OrtBackend};
+use model::runtime::OrtRuntime;
 
-use engine::Engine;
-use service::{DaemonInfo, EaselService};
+pub use serve::run;
+
+/// The daemon's two halves, wired together: the job queue (which owns the loaded models) and
+/// the catalog (which asks the queue before it replaces or removes a model), both publishing
+/// on one event bus.
+#[derive(Debug, Clone)]
+pub struct Daemon {
+    pub jobs: JobQueue,
+    pub catalog: Arc<Catalog>,
+}
+
+impl Daemon {
+    /// Opens the store under `config.home` and starts the workers on `runtime`.
+    pub fn start(config: &Config, runtime: OrtRuntime) -> Result<Self, StoreError> {
+        let registry = Arc::new(Registry::new(&config.home));
+        let limits = ImportLimits {
+            max_bytes: config.max_import_bytes,
+            max_files: config.max_import_files,
+        };
+        let store = Store::open(&config.home.join("models"), limits)?;
+        let events = EventBus::new();
+        let settings = JobSettings {
+            parallel: config.parallel,
+            memory_budget: config.memory_budget,
+            keep_alive: config.keep_alive,
+        };
+        let backend = OrtBackend::new(runtime.clone(), config.threads);
+        let jobs = JobQueue::start(backend, registry.clone(), config.limits, settings, events.clone());
+        let users = Arc::new(jobs.clone());
+        let catalog = Catalog::new(store, registry, runtime, users, move |event| {
+            events.publish(event.into())
+        });
+        Ok(Self {
+            jobs,
+            catalog: Arc::new(catalog),
+        })
+    }
+}
 
 /// An error and its causes as one line (`a: b: c`), skipping a cause whose text the message
 /// already holds (thiserror's `#[error(transparent)]` and `{source}` repeat it).
@@ -63,38 +91,4 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     message
-}
-
-/// Serves the API on `listener` until `shutdown` completes or a client calls `Shutdown`; then
-/// refuses new work, ends running jobs and returns once open calls have finished.
-pub async fn run(
-    listener: UnixListener,
-    engine: Engine,
-    models: Arc<models::Models>,
-    info: DaemonInfo,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), tonic::transport::Error> {
-    let requested = Arc::new(Notify::new());
-    let service = EaselService::new(engine.clone(), models, info, requested.clone());
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<EaselServer<EaselService>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(easel_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .expect("the embedded descriptor sets are valid");
-    let stop = async move {
-        tokio::select! {
-            _ = shutdown => tracing::info!("shutting down (signal)"),
-            _ = requested.notified() => tracing::info!("shutting down (requested)"),
-        }
-        health_reporter.set_not_serving::<EaselServer<EaselService>>().await;
-        engine.shutdown().await;
-    };
-    tonic::transport::Server::builder()
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(EaselServer::new(service))
-        .serve_with_incoming_shutdown(socket::OwnerOnly::new(listener), stop)
-        .await
 }

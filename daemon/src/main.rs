@@ -5,14 +5,9 @@ use anyhow::Context;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+use easeld::Daemon;
 use easeld::config::Config;
-use easeld::engine::{Engine, EngineSettings};
-use easeld::events::EventBus;
-use easeld::models::Models;
-use easeld::registry::Registry;
-use easeld::service::DaemonInfo;
-use easeld::store::{ImportLimits, Store};
-use std::sync::Arc;
+use easeld::serve::DaemonInfo;
 
 /// The easel daemon: keeps Stable Diffusion models resident and serves gRPC on a Unix socket.
 #[derive(Parser)]
@@ -49,7 +44,7 @@ fn real_main() -> anyhow::Result<()> {
     // a second daemon fails fast, before loading anything.
     let (bound, listener) = {
         let _inside = runtime.enter();
-        easeld::socket::bind(&config.socket)?
+        easeld::serve::socket::bind(&config.socket)?
     };
     serve(runtime, config, bound, listener)
 }
@@ -57,40 +52,26 @@ fn real_main() -> anyhow::Result<()> {
 fn serve(
     runtime: tokio::runtime::Runtime,
     config: Config,
-    bound: easeld::socket::BoundSocket,
+    bound: easeld::serve::socket::BoundSocket,
     listener: tokio::net::UnixListener,
 ) -> anyhow::Result<()> {
-    let candidates = easeld::runtime::candidate_paths(config.onnxruntime.as_deref(), &config.home);
-    let ort = easeld::runtime::load(&candidates)?;
+    let candidates = easeld::model::runtime::candidate_paths(config.onnxruntime.as_deref(), &config.home);
+    let ort = easeld::model::runtime::load(&candidates)?;
     tracing::info!(library = %ort.library.display(), socket = %bound.path.display(), "easeld ready");
     let info = DaemonInfo {
         device: "cpu".to_string(),
         onnxruntime_library: ort.library.display().to_string(),
         socket: bound.path.display().to_string(),
     };
-    let registry = Arc::new(Registry::new(&config.home));
+    tracing::info!(
+        memory_budget = config.memory_budget,
+        keep_alive = %config.keep_alive,
+        parallel = config.parallel,
+        "residency settings"
+    );
     runtime.block_on(async move {
-        tracing::info!(
-            memory_budget = config.memory_budget,
-            keep_alive = %config.keep_alive,
-            parallel = config.parallel,
-            "residency settings"
-        );
-        let settings = EngineSettings {
-            threads: config.threads,
-            parallel: config.parallel,
-            memory_budget: config.memory_budget,
-            keep_alive: config.keep_alive,
-        };
-        let events = EventBus::new();
-        let limits = ImportLimits {
-            max_bytes: config.max_import_bytes,
-            max_files: config.max_import_files,
-        };
-        let store = Store::open(&config.home.join("models"), limits).context("opening the model store")?;
-        let models = Arc::new(Models::new(store, registry.clone(), ort.clone(), events.clone()));
-        let engine = Engine::start(ort, registry, config.limits, settings, events);
-        easeld::run(listener, engine, models, info, shutdown_signal())
+        let daemon = Daemon::start(&config, ort).context("opening the model store")?;
+        easeld::run(listener, daemon, info, shutdown_signal())
             .await
             .context("serving the API")
     })?;

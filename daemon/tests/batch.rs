@@ -7,38 +7,38 @@
 
 mod common;
 
-use common::{fixtures, load_fixture_model};
+use common::{fixtures, generate_one, load_fixture_model, prepare};
+use easeld::generation::pipeline::run_batch;
+use easeld::generation::sampler::{NoiseSource, SeededNoise};
+use easeld::generation::{PreviewKind, PreviewSettings, Request};
 use easeld::model::LoadedModel;
-use easeld::pipeline::{self, InitImage, PreviewKind, PreviewSettings, Request};
-use easeld::sampler::{NoiseSource, SeededNoise};
 
 fn request(sampler: &str, guidance: f32) -> Request {
     Request {
         prompt: "a red circle on a blue background".into(),
         negative_prompt: "blurry".into(),
-        width: 64,
-        height: 64,
-        steps: 6,
-        guidance_scale: guidance,
-        sampler: sampler.parse().unwrap(),
-        init_noise: None,
-        init_image: None,
-        clip_skip: 1,
+        width: Some(64),
+        height: Some(64),
+        steps: Some(6),
+        guidance_scale: Some(guidance),
+        sampler: Some(sampler.into()),
         preview: PreviewSettings {
             every_n_steps: 2,
             latents: true,
             image: PreviewKind::Approx,
         },
+        ..Default::default()
     }
 }
 
 /// Runs `request` as one batch over `seeds` and one image at a time; returns the largest pixel
 /// difference, after checking the per-image step reports of the batch.
 fn batch_vs_single(model: &mut LoadedModel, request: &Request, seeds: &[u64]) -> u8 {
+    let prepared = prepare(model, request.clone());
     let mut sources: Vec<SeededNoise> = seeds.iter().map(|&s| SeededNoise::new(s)).collect();
     let mut noises: Vec<&mut dyn NoiseSource> = sources.iter_mut().map(|s| s as &mut dyn NoiseSource).collect();
     let mut reports = vec![Vec::new(); seeds.len()];
-    let batch = pipeline::generate_batch(model, request, &mut noises, &|| false, &mut |image, report| {
+    let batch = run_batch(model, &prepared, &mut noises, &|| false, &mut |image, report| {
         reports[image].push((report.step, report.latent.is_some(), report.preview.is_some()));
     })
     .unwrap();
@@ -60,11 +60,11 @@ fn batch_vs_single(model: &mut LoadedModel, request: &Request, seeds: &[u64]) ->
     }
     let mut worst = 0;
     for (image, &seed) in batch.images.iter().zip(seeds) {
-        let single = pipeline::generate(model, request, &mut SeededNoise::new(seed), &|| false, &mut |_| {}).unwrap();
+        let single = generate_one(model, &prepared, &mut SeededNoise::new(seed), &mut |_| {});
         let diff = image
             .pixels
             .iter()
-            .zip(&single.image.pixels)
+            .zip(&single.pixels)
             .map(|(a, b)| a.abs_diff(*b))
             .max()
             .unwrap();
@@ -82,17 +82,9 @@ fn a_batch_equals_its_images_made_alone() {
         ("euler_a without guidance", request("euler_a", 1.0)),
         ("dpmpp_2m with guidance", request("dpmpp_2m", 5.0)),
     ];
-    let picture = easeld::image::decode_rgb(
-        &std::fs::read(fixtures().join("img2img/init-64.png")).unwrap(),
-        "init image",
-    )
-    .unwrap();
     let mut img2img = request("euler_a", 7.5);
-    img2img.init_image = Some(InitImage {
-        pixels: picture.to_nchw_signed(),
-        strength: 0.6,
-        mask: None,
-    });
+    img2img.init_image = Some(std::fs::read(fixtures().join("img2img/init-64.png")).unwrap());
+    img2img.strength = Some(0.6);
     cases.push(("img2img euler_a", img2img));
     let mut failures = Vec::new();
     for (name, request) in &cases {
@@ -116,9 +108,9 @@ fn a_batch_equals_its_images_made_alone() {
 #[test]
 fn every_image_of_a_batch_differs() {
     let mut sd1 = load_fixture_model("models/sd1-tiny");
-    let request = request("euler", 7.5);
+    let prepared = prepare(&sd1, request("euler", 7.5));
     let mut sources: Vec<SeededNoise> = [1, 2].iter().map(|&s| SeededNoise::new(s)).collect();
     let mut noises: Vec<&mut dyn NoiseSource> = sources.iter_mut().map(|s| s as &mut dyn NoiseSource).collect();
-    let batch = pipeline::generate_batch(&mut sd1, &request, &mut noises, &|| false, &mut |_, _| {}).unwrap();
+    let batch = run_batch(&mut sd1, &prepared, &mut noises, &|| false, &mut |_, _| {}).unwrap();
     assert_ne!(batch.images[0], batch.images[1], "two seeds gave the same picture");
 }

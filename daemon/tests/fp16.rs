@@ -9,10 +9,10 @@
 
 mod common;
 
-use common::{TextCase, fixtures, load_fixture_model};
+use common::{TextCase, fixtures, generate_one, load_fixture_model, prepare};
+use easeld::generation::image::decode_rgb;
+use easeld::generation::sampler::SeededNoise;
 use easeld::model::onnx::Dtype;
-use easeld::pipeline;
-use easeld::sampler::SeededNoise;
 use serde::Deserialize;
 
 /// A case of `fp16/manifest.json`: a text-to-image case plus the fp32 twin's folder.
@@ -58,15 +58,12 @@ fn an_fp16_export_matches_its_fp32_twin() {
     let mut failures = Vec::new();
     for Case { case, fp32_model } in &cases {
         assert_eq!((&case.model, fp32_model), (&cases[0].case.model, &cases[0].fp32_model));
-        let request = case.request(1);
         let run = |model: &mut easeld::model::LoadedModel| {
-            pipeline::generate(model, &request, &mut SeededNoise::new(0), &|| false, &mut |_| {})
-                .unwrap()
-                .image
-                .pixels
+            let prepared = prepare(model, case.request(1));
+            generate_one(model, &prepared, &mut SeededNoise::new(0), &mut |_| {}).pixels
         };
         let (half, full) = (run(&mut fp16), run(&mut fp32));
-        let reference = easeld::image::decode_rgb(&std::fs::read(fixtures().join(&case.image)).unwrap(), "reference")
+        let reference = decode_rgb(&std::fs::read(fixtures().join(&case.image)).unwrap(), "reference")
             .unwrap()
             .pixels;
         failures.extend(within_tolerance(&format!("{} vs fp32 twin", case.name), &half, &full));

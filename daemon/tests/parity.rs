@@ -10,11 +10,12 @@ mod common;
 use std::collections::HashMap;
 use std::path::Path;
 
-use common::{TextCase, fixtures, load_fixture_model};
+use common::{TextCase, encode, fixtures, generate_one, load_fixture_model, prepare};
+use easeld::generation::image::RgbImage;
+use easeld::generation::pipeline::guidance_scale_embedding;
+use easeld::generation::sampler::NoiseSource;
 use easeld::model::LoadedModel;
 use easeld::model::onnx::HostTensor;
-use easeld::pipeline::{self, PreviewSettings, Request};
-use easeld::sampler::NoiseSource;
 use serde::Deserialize;
 
 /// Replays recorded per-step noise, one latent-sized draw at a time.
@@ -55,7 +56,7 @@ fn read_png(path: &Path) -> (u32, u32, Vec<u8>) {
 
 /// Holds a picture to its reference PNG: mean abs diff ≤ 1.0 and max ≤ 8 on 0–255. Prints the
 /// figures; returns the failure, if any.
-fn compare(name: &str, image: &easeld::image::RgbImage, reference: &str) -> Option<String> {
+fn compare(name: &str, image: &RgbImage, reference: &str) -> Option<String> {
     let (w, h, expected) = read_png(&fixtures().join(reference));
     assert_eq!((image.width, image.height), (w, h), "{name}");
     let diffs: Vec<u32> = image
@@ -103,8 +104,8 @@ fn check_text_to_image(manifest: &str, min_cases: usize) -> std::collections::BT
         let model = models
             .entry(case.model.clone())
             .or_insert_with(|| load_fixture_model(&case.model));
-        let request = case.request(1);
-        samplers_seen.insert(request.sampler.to_string());
+        let prepared = prepare(model, case.request(1));
+        samplers_seen.insert(prepared.sampler.to_string());
         let mut replay = Replay {
             data: case
                 .step_noise
@@ -113,9 +114,9 @@ fn check_text_to_image(manifest: &str, min_cases: usize) -> std::collections::BT
                 .unwrap_or_default(),
             offset: 0,
         };
-        let output = pipeline::generate(model, &request, &mut replay, &|| false, &mut |_| {}).unwrap();
+        let image = generate_one(model, &prepared, &mut replay, &mut |_| {});
         replay.assert_exhausted(&case.name);
-        failures.extend(compare(&case.name, &output.image, &case.image));
+        failures.extend(compare(&case.name, &image, &case.image));
     }
     assert!(failures.is_empty(), "cases beyond tolerance:\n{}", failures.join("\n"));
     samplers_seen
@@ -173,55 +174,43 @@ fn check_from_picture(manifest: &str, min_cases: usize) -> Vec<Img2ImgCase> {
         let model = models
             .entry(case.model.clone())
             .or_insert_with(|| load_fixture_model(&case.model));
-        let read = |path: &str, what: &str| {
-            easeld::image::decode_rgb(&std::fs::read(fixtures().join(path)).unwrap(), what).unwrap()
+        let read = |path: &str| std::fs::read(fixtures().join(path)).unwrap();
+        let request = easeld::generation::Request {
+            prompt: case.prompt.clone(),
+            negative_prompt: case.negative_prompt.clone(),
+            width: Some(case.width),
+            height: Some(case.height),
+            steps: Some(case.steps as u32),
+            guidance_scale: Some(case.guidance_scale),
+            sampler: Some(case.sampler.clone()),
+            init_image: Some(read(&case.init_image)),
+            strength: Some(case.strength),
+            // diffusers does not blur the mask.
+            mask_blur: case.mask.as_ref().map(|_| 0.0),
+            mask_image: case.mask.as_deref().map(read),
+            ..Default::default()
         };
-        let pixels = read(&case.init_image, "init image")
-            .resized(case.width, case.height)
-            .to_nchw_signed();
-        let mask = case.mask.as_ref().map(|path| {
-            let luma = easeld::inpaint::luminance(&read(path, "mask").resized(case.width, case.height));
-            let (w, h) = (case.width as usize, case.height as usize);
-            easeld::inpaint::Mask::new(&luma, w, h, 0.0, &pixels, model.folder.vae_factor)
-        });
-        if let (Some(mask), Some(expected)) = (&mask, &case.mask_latent) {
+        let prepared = prepare(model, request);
+        if let (Some(inpaint), Some(expected)) = (prepared.inpaint(), &case.mask_latent) {
             let (shape, data) = npy(&fixtures().join(expected));
             assert_eq!(
-                (&mask.latent.shape, &mask.latent.data),
+                (&inpaint.mask.latent.shape, &inpaint.mask.latent.data),
                 (&shape, &data),
                 "{}: latent mask",
                 case.name
             );
         }
-        let request = Request {
-            prompt: case.prompt.clone(),
-            negative_prompt: case.negative_prompt.clone(),
-            width: case.width,
-            height: case.height,
-            steps: case.steps,
-            guidance_scale: case.guidance_scale,
-            sampler: case.sampler.parse().unwrap(),
-            init_noise: None,
-            init_image: Some(pipeline::InitImage {
-                pixels,
-                strength: case.strength,
-                mask,
-            }),
-            clip_skip: 1,
-            preview: PreviewSettings::default(),
-        };
         let mut replay = Replay {
             data: npy(&fixtures().join(&case.noise)).1,
             offset: 0,
         };
         let mut steps_run = 0;
-        let output = pipeline::generate(model, &request, &mut replay, &|| false, &mut |report| {
+        let image = generate_one(model, &prepared, &mut replay, &mut |report| {
             steps_run = report.total;
-        })
-        .unwrap();
+        });
         assert_eq!(steps_run, case.timesteps.len(), "{}: UNet evaluations", case.name);
         replay.assert_exhausted(&case.name);
-        failures.extend(compare(&case.name, &output.image, &case.image));
+        failures.extend(compare(&case.name, &image, &case.image));
     }
     assert!(
         failures.is_empty(),
@@ -237,7 +226,7 @@ fn check_from_picture(manifest: &str, min_cases: usize) -> Vec<Img2ImgCase> {
 fn guidance_embedding_matches_diffusers() {
     let (shape, expected) = npy(&fixtures().join("fewstep/timestep_cond/lcm-1step-g8.5.npy"));
     assert_eq!(shape, [1, 256]);
-    let embedding = pipeline::guidance_scale_embedding(8.5 - 1.0, 256);
+    let embedding = guidance_scale_embedding(8.5 - 1.0, 256);
     let worst = embedding
         .iter()
         .zip(&expected)
@@ -287,11 +276,11 @@ fn clip_skip_matches_diffusers() {
     for skip_case in &cases {
         let case = &skip_case.case;
         assert_eq!(case.model, cases[0].case.model);
-        let cond = pipeline::encode_prompt(&mut model, &case.prompt, skip_case.clip_skip_a1111).unwrap();
+        let cond = encode(&mut model, &case.prompt, skip_case.clip_skip_a1111).unwrap();
         let worst = worst_diff(&cond[0], &skip_case.embeddings.cond);
         assert!(worst < 1e-4, "{}: cond embedding off by {worst}", case.name);
         if let (Some(skip), Some(path)) = (skip_case.negative_clip_skip_a1111, &skip_case.embeddings.uncond) {
-            let uncond = pipeline::encode_prompt(&mut model, &case.negative_prompt, skip).unwrap();
+            let uncond = encode(&mut model, &case.negative_prompt, skip).unwrap();
             let worst = worst_diff(&uncond[0], path);
             assert!(worst < 1e-4, "{}: uncond embedding off by {worst}", case.name);
         }
@@ -301,20 +290,14 @@ fn clip_skip_matches_diffusers() {
         {
             continue;
         }
-        let request = case.request(skip_case.clip_skip_a1111);
-        let output = pipeline::generate(
-            &mut model,
-            &request,
-            &mut Replay {
-                data: vec![],
-                offset: 0,
-            },
-            &|| false,
-            &mut |_| {},
-        )
-        .unwrap();
+        let prepared = prepare(&model, case.request(skip_case.clip_skip_a1111 as u32));
+        let mut no_noise = Replay {
+            data: vec![],
+            offset: 0,
+        };
+        let image = generate_one(&mut model, &prepared, &mut no_noise, &mut |_| {});
         images_checked += 1;
-        failures.extend(compare(&case.name, &output.image, &case.image));
+        failures.extend(compare(&case.name, &image, &case.image));
     }
     assert!(images_checked >= 2, "too few clip skip pictures checked");
     assert!(
@@ -328,12 +311,12 @@ fn clip_skip_matches_diffusers() {
     let mut plain = load_fixture_model("models/sd1-tiny");
     let prompt = "a red cube on a table";
     let (a, b) = (
-        pipeline::encode_prompt(&mut model, prompt, 1).unwrap(),
-        pipeline::encode_prompt(&mut plain, prompt, 1).unwrap(),
+        encode(&mut model, prompt, 1).unwrap(),
+        encode(&mut plain, prompt, 1).unwrap(),
     );
     assert!(a[0].data.iter().zip(&b[0].data).all(|(x, y)| (x - y).abs() < 1e-5));
-    let error = pipeline::encode_prompt(&mut model, prompt, 3).unwrap_err().to_string();
+    let error = encode(&mut model, prompt, 3).unwrap_err();
     assert!(error.contains("deeper than") && error.contains("2 layers"), "{error}");
-    let error = pipeline::encode_prompt(&mut plain, prompt, 2).unwrap_err().to_string();
+    let error = encode(&mut plain, prompt, 2).unwrap_err();
     assert!(error.contains("does not"), "{error}");
 }

@@ -4,8 +4,7 @@
 
 mod common;
 
-use easeld::pipeline;
-use easeld::prompt::{self, Piece};
+use easeld::generation::text::{self, Piece, prompt};
 use serde_json::Value;
 
 fn npy(path: &str) -> (Vec<usize>, Vec<f32>) {
@@ -75,7 +74,7 @@ fn weighting_and_chunks_match_the_reference() {
             "{name}: segments {got:?}"
         );
         let tokenizer = &model.folder.tokenizer;
-        let chunks = prompt::chunk(&pieces, 75, |t| tokenizer.token_ids(t)).unwrap();
+        let chunks = text::tokenize(tokenizer, &pieces).unwrap();
         let want_chunks = case["chunks"].as_array().unwrap();
         // The reference lists cond's chunks after evening out with the negative prompt: any
         // beyond ours must be empty-prompt chunks.
@@ -119,7 +118,7 @@ fn weighting_and_chunks_match_the_reference() {
             }
         }
         let negative = case["negative_prompt"].as_str().unwrap();
-        let (cond, uncond) = pipeline::encode_guided(&mut model, prompt, negative, 1).unwrap();
+        let (cond, uncond) = common::encode_guided(&mut model, prompt, negative);
         assert_close(name, "cond", &cond, case["cond"].as_str().unwrap());
         assert_close(name, "uncond", &uncond, case["uncond"].as_str().unwrap());
         encoded += 1;

@@ -5,7 +5,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use easeld::store::{ImportLimits, Installed, ModelDescription, Store, StoreError, describe};
+use easeld::catalog::store::{ImportLimits, Installed, ModelDescription, Store, StoreError, describe};
 
 /// Imports `source` into a fresh store with `describe` as the validation; returns the
 /// description made during validation, the installed model and the store's folder.
@@ -173,7 +173,7 @@ fn the_session_free_summary_agrees_with_the_description() {
     ] {
         let root = fixture(relative);
         let full = describe(&common::runtime(), relative, &root).unwrap();
-        let summary = easeld::store::summarize(relative, &root).unwrap();
+        let summary = easeld::catalog::store::summarize(relative, &root).unwrap();
         assert_eq!(
             (&summary.family, &summary.prediction_type, &summary.default_sampler),
             (&full.family, &full.prediction_type, &full.default_sampler),

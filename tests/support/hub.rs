@@ -1,6 +1,6 @@
 //! A Hugging Face-compatible hub for tests: a small HTTP/1.1 server on `127.0.0.1` that serves
 //! repositories from local folders in the hub's URL layout, so `easel pull` and
-//! `easeld::hub` can be tested without the internet.
+//! `easeld::catalog::hub` can be tested without the internet.
 //!
 //! ```no_run
 //! # use easel_e2e::hub::HubServer;

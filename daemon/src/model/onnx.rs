@@ -12,7 +12,7 @@ use half::f16;
 use ort::session::Session;
 use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
 
-use crate::runtime::OrtRuntime;
+use super::runtime::OrtRuntime;
 
 /// Element types easel knows how to feed and read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

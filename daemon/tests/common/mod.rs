@@ -1,10 +1,15 @@
 //! Shared by the daemon's integration tests: the fixtures folder, the ONNX Runtime, fixture
-//! models.
+//! models, and requests prepared and run the way the daemon runs them.
 
 // Each test binary compiles this module and uses only part of it.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+
+use easeld::generation::image::RgbImage;
+use easeld::generation::sampler::NoiseSource;
+use easeld::generation::{Prepared, StepReport, text};
+use easeld::model::onnx::HostTensor;
 
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
@@ -13,19 +18,19 @@ pub fn fixtures() -> PathBuf {
 /// The ONNX Runtime the tests run on: `ORT_DYLIB_PATH`, else the one `cargo xtask fetch-ort`
 /// unpacks. Missing is a failure, not a skip: a suite that silently runs nothing proves nothing.
 /// ONNX Runtime allows one environment per process, so the tests of a binary share it.
-pub fn runtime() -> easeld::runtime::OrtRuntime {
-    static RUNTIME: std::sync::OnceLock<easeld::runtime::OrtRuntime> = std::sync::OnceLock::new();
+pub fn runtime() -> easeld::model::runtime::OrtRuntime {
+    static RUNTIME: std::sync::OnceLock<easeld::model::runtime::OrtRuntime> = std::sync::OnceLock::new();
     RUNTIME.get_or_init(load).clone()
 }
 
-fn load() -> easeld::runtime::OrtRuntime {
+fn load() -> easeld::model::runtime::OrtRuntime {
     let fetched = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/onnxruntime/libonnxruntime.so.1.31.1");
     let mut candidates: Vec<PathBuf> = std::env::var_os("ORT_DYLIB_PATH")
         .map(PathBuf::from)
         .into_iter()
         .collect();
     candidates.push(fetched);
-    easeld::runtime::load(&candidates).expect("ONNX Runtime for the tests (run `cargo xtask fetch-ort`)")
+    easeld::model::runtime::load(&candidates).expect("ONNX Runtime for the tests (run `cargo xtask fetch-ort`)")
 }
 
 /// A fixture model (a folder under `tests/fixtures/`), with its sessions open.
@@ -62,22 +67,69 @@ impl TextCase {
         serde_json::from_slice(&std::fs::read(fixtures().join(manifest)).unwrap()).unwrap()
     }
 
-    /// The pipeline request: the case's settings, its initial noise, no previews.
-    pub fn request(&self, clip_skip: usize) -> easeld::pipeline::Request {
+    /// The request: the case's settings, its initial noise, no previews.
+    pub fn request(&self, clip_skip: u32) -> easeld::generation::Request {
         let noise = easel_client::npy::read(&fixtures().join(&self.init_noise))
             .unwrap_or_else(|e| panic!("{}: {e}", self.init_noise));
-        easeld::pipeline::Request {
+        easeld::generation::Request {
             prompt: self.prompt.clone(),
             negative_prompt: self.negative_prompt.clone(),
-            width: self.width,
-            height: self.height,
-            steps: self.steps,
-            guidance_scale: self.guidance_scale,
-            sampler: self.sampler.parse().unwrap(),
+            width: Some(self.width),
+            height: Some(self.height),
+            steps: Some(self.steps as u32),
+            guidance_scale: Some(self.guidance_scale),
+            sampler: Some(self.sampler.clone()),
             init_noise: Some(easeld::model::onnx::HostTensor::new(noise.shape, noise.data)),
-            init_image: None,
-            clip_skip,
-            preview: easeld::pipeline::PreviewSettings::default(),
+            clip_skip: Some(clip_skip),
+            ..Default::default()
         }
     }
+}
+
+/// `request` prepared for `model` as the daemon prepares it (default limits).
+pub fn prepare(model: &easeld::model::LoadedModel, request: easeld::generation::Request) -> Prepared {
+    let limits = easeld::config::Limits::default();
+    request
+        .check(&limits)
+        .and_then(|checked| checked.prepare(&model.folder, &limits))
+        .unwrap_or_else(|e| panic!("preparing the request: {e}"))
+}
+
+/// One picture as the pipeline decodes it (before inpainting's composite), its randomness from
+/// `noise`; `on_step` sees every step's report.
+pub fn generate_one(
+    model: &mut easeld::model::LoadedModel,
+    prepared: &Prepared,
+    noise: &mut dyn NoiseSource,
+    on_step: &mut dyn FnMut(StepReport),
+) -> RgbImage {
+    let mut on_batch_step = |_: usize, report: StepReport| on_step(report);
+    let output = easeld::generation::pipeline::run_batch(model, prepared, &mut [noise], &|| false, &mut on_batch_step)
+        .unwrap_or_else(|e| panic!("generating: {e}"));
+    output.images.into_iter().next().expect("one picture")
+}
+
+/// A prompt's chunk embeddings, each `[1, 77, D]`, as generation encodes them.
+pub fn encode(
+    model: &mut easeld::model::LoadedModel,
+    prompt: &str,
+    clip_skip: usize,
+) -> Result<Vec<HostTensor<f32>>, String> {
+    let pieces = text::prompt::parse(prompt).map_err(|e| e.to_string())?;
+    let chunks = text::tokenize(&model.folder.tokenizer, &pieces).map_err(|e| e.to_string())?;
+    text::encode_chunks(model, &chunks, clip_skip).map_err(|e| e.to_string())
+}
+
+/// Prompt and negative prompt → (cond, uncond), evened out as generation does.
+pub fn encode_guided(
+    model: &mut easeld::model::LoadedModel,
+    prompt: &str,
+    negative: &str,
+) -> (HostTensor<f32>, HostTensor<f32>) {
+    let chunks = |text: &str| {
+        let pieces = text::prompt::parse(text).unwrap();
+        text::tokenize(&model.folder.tokenizer, &pieces).unwrap()
+    };
+    let (cond, uncond) = (chunks(prompt), chunks(negative));
+    text::encode_guided(model, &cond, &uncond, 1).unwrap()
 }

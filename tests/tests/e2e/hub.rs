@@ -1,4 +1,4 @@
-//! Pulling from a hub: `easeld::hub::pull` against the test hub server (`easel_e2e::hub`)
+//! Pulling from a hub: `easeld::catalog::hub::pull` against the test hub server (`easel_e2e::hub`)
 //! serving the `sd1-tiny` fixture as `test/sd1-tiny`, plus junk a real repository carries.
 //! No daemon here: these tests call the library directly.
 
@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use easel_e2e::hub::{HubServer, LoggedRequest, corrupt_bytes, git_blob_sha1, sha256_hex};
 use easel_e2e::*;
-use easeld::hub::{self, Hub, HubError, PullProgress, PulledFiles};
+use easeld::catalog::hub::{self, Hub, HubError, PullProgress, PulledFiles};
 
 const REPO: &str = "test/sd1-tiny";
 

@@ -1,0 +1,56 @@
+//! What a generated PNG says about its making: AUTOMATIC1111's `parameters` text (which other
+//! tools parse) and easel's own JSON.
+
+use super::prepare::Prepared;
+
+/// AUTOMATIC1111's `parameters` text for the image drawn with `seed`.
+pub fn a1111_parameters(prepared: &Prepared, seed: u64) -> String {
+    let p = prepared;
+    let mut text = p.prompt.clone();
+    if !p.negative_prompt.is_empty() {
+        text.push_str(&format!("\nNegative prompt: {}", p.negative_prompt));
+    }
+    text.push_str(&format!(
+        "\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {}, Size: {}x{}, Model: {}",
+        p.steps,
+        p.sampler.a1111_name(),
+        p.guidance_scale,
+        seed,
+        p.width,
+        p.height,
+        p.model,
+    ));
+    if let Some(init) = &p.init_image {
+        text.push_str(&format!(", Denoising strength: {}", init.strength));
+    }
+    if let Some(inpaint) = p.inpaint() {
+        text.push_str(&format!(", Mask blur: {}", inpaint.blur));
+    }
+    if p.clip_skip > 1 {
+        text.push_str(&format!(", Clip skip: {}", p.clip_skip));
+    }
+    text.push_str(&format!(", Version: easel {}", env!("CARGO_PKG_VERSION")));
+    text
+}
+
+/// easel's own metadata (the `easel` text chunk) for the image drawn with `seed`.
+pub fn easel_json(prepared: &Prepared, seed: u64) -> String {
+    let p = prepared;
+    serde_json::json!({
+        "prompt": p.prompt,
+        "negative_prompt": p.negative_prompt,
+        "width": p.width,
+        "height": p.height,
+        "steps": p.steps,
+        "guidance_scale": p.guidance_scale,
+        "sampler": p.sampler.to_string(),
+        "seed": seed,
+        "model": p.model,
+        "init_noise": p.init_noise.is_some(),
+        "strength": p.init_image.as_ref().map(|i| i.strength),
+        "clip_skip": p.clip_skip,
+        "inpaint": p.inpaint().map(|i| serde_json::json!({ "mask_blur": i.blur })),
+        "easel_version": env!("CARGO_PKG_VERSION"),
+    })
+    .to_string()
+}

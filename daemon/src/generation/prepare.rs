@@ -1,0 +1,396 @@
+//! Preparation: from a picture request as a client sends it to everything the denoising loop
+//! needs, each check made once, here.
+//!
+//! Two phases, so that a request with a bad number fails before any model file is read:
+//!
+//! 1. [`Request::check`], without the model: steps, guidance, clip skip, the sampler's name,
+//!    the prompts' weighting syntax, and which img2img/inpainting settings go together.
+//! 2. [`Checked::prepare`], against the model folder: the init image and mask decoded and
+//!    sized, the output size and the model's multiple, the init noise's shape, where img2img
+//!    enters the schedule, the sampler built from the model's scheduler config, and the
+//!    prompts tokenized into 75-token chunks.
+//!
+//! The result, [`Prepared`], is what the pipeline consumes; it never checks a request again.
+
+use crate::config::Limits;
+use crate::model::ModelFolder;
+use crate::model::onnx::HostTensor;
+
+use super::GenerationError;
+use super::image::{RgbImage, decode_rgb};
+use super::inpaint::{self, Mask};
+use super::pipeline::PreviewSettings;
+use super::sampler::{self, SamplerKind, Scheduler};
+use super::text::{self, Chunk, Piece};
+
+pub const DEFAULT_STEPS: u32 = 20;
+pub const DEFAULT_GUIDANCE: f32 = 7.5;
+/// diffusers' default img2img strength.
+pub const DEFAULT_STRENGTH: f64 = 0.8;
+/// diffusers' default inpainting strength: the masked part starts from pure noise.
+pub const DEFAULT_INPAINT_STRENGTH: f64 = 1.0;
+/// AUTOMATIC1111's default mask blur, in pixels.
+pub const DEFAULT_MASK_BLUR: f32 = 4.0;
+/// The deepest clip skip accepted (CLIP ViT-L has 12 layers, OpenCLIP ViT-H 24).
+pub const MAX_CLIP_SKIP: u32 = 24;
+/// The largest blur accepted (a wider one turns any mask into a smudge).
+pub const MAX_MASK_BLUR: f32 = 64.0;
+
+/// A picture request as a client sends it, before any check. `None`: the default.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub steps: Option<u32>,
+    pub guidance_scale: Option<f32>,
+    /// An API name (`euler_a`) or an AUTOMATIC1111 one (`Euler a`). `None`: the model's own.
+    pub sampler: Option<String>,
+    /// Unit-variance initial noise `[1, C, H/f, W/f]`.
+    pub init_noise: Option<HostTensor<f32>>,
+    /// img2img: an encoded PNG or JPEG.
+    pub init_image: Option<Vec<u8>>,
+    pub strength: Option<f64>,
+    /// Inpainting: an encoded PNG or JPEG at the init image's size, white = repaint.
+    pub mask_image: Option<Vec<u8>>,
+    /// Gaussian blur of the mask in pixels.
+    pub mask_blur: Option<f32>,
+    /// AUTOMATIC1111's clip skip (1 = the last layer).
+    pub clip_skip: Option<u32>,
+    pub preview: PreviewSettings,
+}
+
+/// A request whose settings are in range and consistent, not yet held against a model.
+#[derive(Debug)]
+pub struct Checked {
+    request: Request,
+    steps: usize,
+    guidance_scale: f32,
+    sampler: Option<SamplerKind>,
+    clip_skip: usize,
+    prompt: Vec<Piece>,
+    negative_prompt: Vec<Piece>,
+    /// Meaningful with an init image only.
+    strength: f64,
+    /// Meaningful with a mask only.
+    mask_blur: f32,
+}
+
+/// Everything the denoising loop needs, checked against the model.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The model's name (for the pictures' metadata).
+    pub model: String,
+    pub prompt: String,
+    pub negative_prompt: String,
+    /// The prompts as the text encoder takes them.
+    pub prompt_chunks: Vec<Chunk>,
+    pub negative_chunks: Vec<Chunk>,
+    pub width: u32,
+    pub height: u32,
+    pub steps: usize,
+    pub guidance_scale: f32,
+    pub sampler: SamplerKind,
+    /// The sampler, set up for `steps` and never stepped: each batch walks its own copy.
+    pub scheduler: Box<dyn Scheduler>,
+    /// The entry of the scheduler's timesteps the run starts at (0, or later for img2img).
+    pub first_step: usize,
+    /// `[1, C, H/f, W/f]`.
+    pub latent_shape: Vec<usize>,
+    /// Unit-variance noise every image starts from (else drawn per image from its seed). For
+    /// img2img it is the noise `add_noise` mixes into the picture's latent.
+    pub init_noise: Option<HostTensor<f32>>,
+    pub init_image: Option<InitImage>,
+    /// AUTOMATIC1111's clip skip: 1 = the text encoder's last layer, 2 = the one before, …
+    pub clip_skip: usize,
+    pub preview: PreviewSettings,
+}
+
+/// img2img's (and inpainting's) starting picture, at the output size.
+#[derive(Debug, Clone)]
+pub struct InitImage {
+    /// `[1, 3, H, W]` in −1..1.
+    pub pixels: HostTensor<f32>,
+    /// In (0, 1]: how much of the schedule runs (1 = all of it, from a fully noised latent).
+    pub strength: f64,
+    pub inpaint: Option<Inpaint>,
+}
+
+/// What inpainting adds to an init image.
+#[derive(Debug, Clone)]
+pub struct Inpaint {
+    pub mask: Mask,
+    /// The init picture, composited back outside the mask after decoding.
+    pub original: RgbImage,
+    /// The mask blur used, in pixels (for the metadata).
+    pub blur: f32,
+}
+
+impl Prepared {
+    /// The inpainting inputs, when this is an inpainting request.
+    pub fn inpaint(&self) -> Option<&Inpaint> {
+        self.init_image.as_ref().and_then(|init| init.inpaint.as_ref())
+    }
+}
+
+fn invalid<T>(message: String) -> Result<T, GenerationError> {
+    Err(GenerationError::InvalidRequest(message))
+}
+
+impl Request {
+    /// Checks every setting that does not depend on the model; fills in defaults.
+    pub fn check(self, limits: &Limits) -> Result<Checked, GenerationError> {
+        let steps = self.steps.unwrap_or(DEFAULT_STEPS);
+        if steps == 0 || steps > limits.max_steps {
+            return invalid(format!(
+                "steps must be between 1 and {} (got {steps})",
+                limits.max_steps
+            ));
+        }
+        let clip_skip = self.clip_skip.unwrap_or(1);
+        if clip_skip == 0 || clip_skip > MAX_CLIP_SKIP {
+            return invalid(format!(
+                "clip skip counts text encoder layers from the end: 1 (the last) to {MAX_CLIP_SKIP} (got {clip_skip})"
+            ));
+        }
+        let guidance_scale = self.guidance_scale.unwrap_or(DEFAULT_GUIDANCE);
+        if !guidance_scale.is_finite() || guidance_scale < 0.0 {
+            return invalid(format!(
+                "guidance scale must be 0 or more (got {guidance_scale}); values <= 1 turn guidance off"
+            ));
+        }
+        let sampler = match self.sampler.as_deref().filter(|s| !s.is_empty()) {
+            None => None,
+            Some(name) => Some(parse_sampler(name)?),
+        };
+        let parse_prompt = |what: &str, text: &str| {
+            text::prompt::parse(text).map_err(|e| GenerationError::InvalidRequest(format!("{what}: {e}")))
+        };
+        let prompt = parse_prompt("prompt", &self.prompt)?;
+        let negative_prompt = parse_prompt("negative prompt", &self.negative_prompt)?;
+        let (strength, mask_blur) = self.check_picture_settings()?;
+        Ok(Checked {
+            steps: steps as usize,
+            guidance_scale,
+            sampler,
+            clip_skip: clip_skip as usize,
+            prompt,
+            negative_prompt,
+            strength,
+            mask_blur,
+            request: self,
+        })
+    }
+
+    /// Strength and mask blur, and which img2img/inpainting inputs need which.
+    fn check_picture_settings(&self) -> Result<(f64, f32), GenerationError> {
+        if self.strength.is_some() && self.init_image.is_none() {
+            return invalid("strength only applies to img2img: send an init image with it".into());
+        }
+        if self.mask_image.is_some() && self.init_image.is_none() {
+            return invalid("a mask needs the picture it applies to: send an init image with it".into());
+        }
+        if self.mask_blur.is_some() && self.mask_image.is_none() {
+            return invalid("mask blur only applies to inpainting: send a mask with it".into());
+        }
+        let mask_blur = self.mask_blur.unwrap_or(DEFAULT_MASK_BLUR);
+        if !(0.0..=MAX_MASK_BLUR).contains(&mask_blur) {
+            return invalid(format!(
+                "mask blur must be between 0 and {MAX_MASK_BLUR} pixels (got {mask_blur})"
+            ));
+        }
+        let default_strength = if self.mask_image.is_some() {
+            DEFAULT_INPAINT_STRENGTH
+        } else {
+            DEFAULT_STRENGTH
+        };
+        let strength = self.strength.unwrap_or(default_strength);
+        if self.init_image.is_some() && !(strength > 0.0 && strength <= 1.0) {
+            return invalid(format!("strength must be in (0, 1] (got {strength})"));
+        }
+        Ok((strength, mask_blur))
+    }
+}
+
+/// A sampler by its API or AUTOMATIC1111 name; an unknown one lists the choices.
+fn parse_sampler(name: &str) -> Result<SamplerKind, GenerationError> {
+    name.parse::<SamplerKind>().or_else(|_| {
+        let known = SamplerKind::ALL
+            .iter()
+            .map(|k| k.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        invalid(format!("unknown sampler `{name}`; choose one of {known}"))
+    })
+}
+
+impl Checked {
+    /// Holds the request against `folder` (reading nothing but what the folder already holds)
+    /// and against the size limit.
+    pub fn prepare(self, folder: &ModelFolder, limits: &Limits) -> Result<Prepared, GenerationError> {
+        let (picture, mask) = self.decode_pictures(folder)?;
+        let (width, height) = output_size(folder, picture.as_ref(), &self.request, limits)?;
+        let latent_shape = vec![
+            1,
+            folder.latent_channels,
+            height as usize / folder.vae_factor,
+            width as usize / folder.vae_factor,
+        ];
+        if let Some(noise) = &self.request.init_noise {
+            if noise.shape != latent_shape {
+                return invalid(format!(
+                    "init noise has shape {:?}, but {width}x{height} on this model needs {latent_shape:?}",
+                    noise.shape
+                ));
+            }
+            if noise.data.iter().any(|v| !v.is_finite()) {
+                return invalid("init noise contains NaN or infinite values".into());
+            }
+        }
+        let t_start = match &picture {
+            None => None,
+            Some(_) => Some(img2img_start(self.steps, self.strength).ok_or_else(|| {
+                GenerationError::InvalidRequest(format!(
+                    "strength {} with {} steps runs no step; raise the strength or the steps",
+                    self.strength, self.steps
+                ))
+            })?),
+        };
+        let init_image = picture.map(|picture| self.init_image(folder, picture.resized(width, height), mask));
+        let sampler = self.sampler.unwrap_or_else(|| sampler::default_for(&folder.scheduler));
+        // Built here, once, so a config the sampler cannot use fails the request up front.
+        let scheduler = sampler::build(sampler, &folder.scheduler, self.steps).map_err(|e| {
+            crate::model::ModelError::Incompatible {
+                model: folder.name.clone(),
+                message: e.to_string(),
+            }
+        })?;
+        let first_step = t_start.map_or(0, |t_start| t_start * scheduler.order());
+        let tokenize = |pieces: &[Piece]| text::tokenize(&folder.tokenizer, pieces);
+        Ok(Prepared {
+            model: folder.name.clone(),
+            prompt_chunks: tokenize(&self.prompt)?,
+            negative_chunks: tokenize(&self.negative_prompt)?,
+            prompt: self.request.prompt,
+            negative_prompt: self.request.negative_prompt,
+            width,
+            height,
+            steps: self.steps,
+            guidance_scale: self.guidance_scale,
+            sampler,
+            scheduler,
+            first_step,
+            latent_shape,
+            init_noise: self.request.init_noise,
+            init_image,
+            clip_skip: self.clip_skip,
+            preview: self.request.preview,
+        })
+    }
+
+    /// The init image and mask, decoded; a mask must match the picture's size, and an
+    /// inpainting model needs both.
+    fn decode_pictures(&self, folder: &ModelFolder) -> Result<(Option<RgbImage>, Option<RgbImage>), GenerationError> {
+        let decode = |bytes: &[u8], what: &str| decode_rgb(bytes, what).map_err(GenerationError::InvalidRequest);
+        let picture = self
+            .request
+            .init_image
+            .as_deref()
+            .map(|bytes| decode(bytes, "init image"))
+            .transpose()?;
+        let mask = self
+            .request
+            .mask_image
+            .as_deref()
+            .map(|bytes| decode(bytes, "mask"))
+            .transpose()?;
+        if let (Some(mask), Some(picture)) = (&mask, &picture)
+            && (mask.width, mask.height) != (picture.width, picture.height)
+        {
+            return invalid(format!(
+                "the mask is {}x{} but the init image is {}x{}; draw the mask at the picture's size",
+                mask.width, mask.height, picture.width, picture.height
+            ));
+        }
+        if folder.is_inpainting() && mask.is_none() {
+            return invalid(format!(
+                "{} is an inpainting model: it needs an init image and a mask (white = repaint)",
+                folder.name
+            ));
+        }
+        Ok((picture, mask))
+    }
+
+    /// The init picture at the output size, with the inpainting mask prepared against it.
+    fn init_image(&self, folder: &ModelFolder, picture: RgbImage, mask: Option<RgbImage>) -> InitImage {
+        let pixels = picture.to_nchw_signed();
+        let inpaint = mask.map(|mask| {
+            let (width, height) = (picture.width, picture.height);
+            let luma = inpaint::luminance(&mask.resized(width, height));
+            let mask = Mask::new(
+                &luma,
+                width as usize,
+                height as usize,
+                self.mask_blur,
+                &pixels,
+                folder.vae_factor,
+            );
+            Inpaint {
+                mask,
+                original: picture,
+                blur: self.mask_blur,
+            }
+        });
+        InitImage {
+            pixels,
+            strength: self.strength,
+            inpaint,
+        }
+    }
+}
+
+/// The output size: as asked, else (img2img) the picture's own rounded down to the model's
+/// multiple, else the model's native size; a positive multiple of the VAE factor, within
+/// `max_pixels`.
+fn output_size(
+    folder: &ModelFolder,
+    picture: Option<&RgbImage>,
+    request: &Request,
+    limits: &Limits,
+) -> Result<(u32, u32), GenerationError> {
+    let multiple = folder.vae_factor as u32;
+    let native = folder.native_size();
+    let (width, height) = match picture {
+        Some(p) => (
+            request.width.unwrap_or(p.width / multiple * multiple),
+            request.height.unwrap_or(p.height / multiple * multiple),
+        ),
+        None => (request.width.unwrap_or(native), request.height.unwrap_or(native)),
+    };
+    for (what, value) in [("width", width), ("height", height)] {
+        if value == 0 || value % multiple != 0 {
+            return invalid(format!(
+                "{what} must be a positive multiple of {multiple} for this model (got {value})"
+            ));
+        }
+    }
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > limits.max_pixels {
+        return invalid(format!(
+            "{width}x{height} is {pixels} pixels, more than the limit of {} (raise max_pixels in the config to allow it)",
+            limits.max_pixels
+        ));
+    }
+    Ok((width, height))
+}
+
+/// Where an img2img run enters the schedule, as diffusers' `get_timesteps` computes it:
+/// `init_timestep = min(int(steps · strength), steps)`, `t_start = steps − init_timestep`.
+/// Returns `None` when no step would run.
+pub fn img2img_start(steps: usize, strength: f64) -> Option<usize> {
+    // Python multiplies an int by a float64 and truncates (so strength travels as a double:
+    // as f32, 0.7 × 10 would truncate to 6).
+    let init_timestep = ((steps as f64 * strength) as usize).min(steps);
+    (init_timestep > 0).then(|| steps - init_timestep)
+}

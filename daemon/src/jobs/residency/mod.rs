@@ -1,0 +1,750 @@
+//! Residency: the one owner of loaded models, like Ollama's scheduler.
+//!
+//! A model loads on first use and stays resident for its `keep_alive` after the last job that
+//! used it (per request, else the daemon's default; negative = forever, 0 = unload as soon as it
+//! is idle). Models live inside a memory budget: loading one that does not fit first evicts idle
+//! models, least recently used first — never one a job is using. When the budget is taken by
+//! models in use, the load waits for one of them to be released; when the model alone is larger
+//! than the budget it fails at once with [`ResidencyError::TooLarge`] (RESOURCE_EXHAUSTED).
+//!
+//! How much memory a model takes is measured by the [`Backend`] (the real one: the daemon's
+//! resident-memory growth while loading it). Before the first load only an estimate exists (the
+//! size of its weights on disk), used to make room up front.
+//!
+//! The logic is generic over a [`Backend`] (the real one, [`ort::OrtBackend`], opens ONNX
+//! sessions), so eviction order, timers and reference counts are
+//! unit-tested with a fake one and an explicit clock: every method takes `now`.
+
+pub mod ort;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use easel_proto::units::human_bytes;
+
+use crate::config::KeepAlive;
+
+/// What loads and measures models. The real one opens ONNX sessions; tests use a fake.
+pub trait Backend: Send + Sync {
+    /// What loading needs (the real backend: the opened model folder).
+    type Spec: Send + Sync;
+    type Model: Send;
+    /// Loads a model; returns it with the memory it takes, measured.
+    fn load(&self, spec: &Self::Spec) -> Result<(Self::Model, u64), String>;
+    /// The memory a model is expected to take before it was ever loaded (its weights' size).
+    fn estimate(&self, spec: &Self::Spec) -> u64;
+    /// Called after a model was dropped (the real backend returns freed memory to the system).
+    fn unloaded(&self) {}
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResidencyError {
+    #[error(
+        "model `{model}` needs about {} but the memory budget is {}; raise memory_budget (EASEL_MEMORY_BUDGET) or use a smaller model",
+        human_bytes(*needed),
+        human_bytes(*budget)
+    )]
+    TooLarge { model: String, needed: u64, budget: u64 },
+    #[error("loading model `{model}` failed: {message}")]
+    Load { model: String, message: String },
+    #[error("cancelled while waiting for memory")]
+    Cancelled,
+}
+
+/// Why a model left memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnloadReason {
+    /// Its keep-alive ran out.
+    Expired,
+    /// Someone asked (`easel unload`, or keep-alive 0 after its job).
+    Requested,
+    /// Another model needed the memory.
+    Evicted,
+    /// The daemon is stopping.
+    Shutdown,
+}
+
+impl UnloadReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnloadReason::Expired => "expired",
+            UnloadReason::Requested => "requested",
+            UnloadReason::Evicted => "evicted",
+            UnloadReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// What residency reports as it happens (the daemon forwards these to WatchEvents).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResidencyEvent {
+    Loading {
+        model: String,
+    },
+    Loaded {
+        model: String,
+        memory: u64,
+        took: Duration,
+    },
+    Unloaded {
+        model: String,
+        memory: u64,
+        reason: UnloadReason,
+    },
+}
+
+impl ResidencyEvent {
+    /// Logs loads and unloads (the model's name and sizes only).
+    pub fn log(&self) {
+        match self {
+            ResidencyEvent::Loading { .. } => {}
+            ResidencyEvent::Loaded { model, memory, took } => {
+                tracing::info!(%model, load_ms = took.as_millis() as u64, memory, "model loaded");
+            }
+            ResidencyEvent::Unloaded { model, reason, .. } => {
+                tracing::info!(%model, reason = reason.as_str(), "model unloaded");
+            }
+        }
+    }
+}
+
+/// A resident model for `easel ps`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Running {
+    pub key: String,
+    pub name: String,
+    pub memory: u64,
+    pub in_use: u32,
+    /// `None`: never expires (keep-alive forever). While in use: counted from now.
+    pub expires: Option<Instant>,
+}
+
+/// A model handed to a job; give it back with [`Residency::release`].
+#[derive(Debug)]
+pub struct Lease<M> {
+    pub key: String,
+    pub model: Arc<Mutex<M>>,
+}
+
+struct Resident<M> {
+    key: String,
+    name: String,
+    model: Arc<Mutex<M>>,
+    memory: u64,
+    in_use: u32,
+    last_used: Instant,
+    keep_alive: KeepAlive,
+    /// Unload as soon as it is idle (asked while in use).
+    unload_when_idle: bool,
+}
+
+impl<M> Resident<M> {
+    fn expires(&self, now: Instant) -> Option<Instant> {
+        let from = if self.in_use > 0 { now } else { self.last_used };
+        match self.keep_alive {
+            KeepAlive::Forever => None,
+            KeepAlive::For(d) => Some(from + d),
+        }
+    }
+}
+
+struct State<M> {
+    models: Vec<Resident<M>>,
+    /// Measured sizes of models loaded before, by key: a better estimate than the file size.
+    measured: HashMap<String, u64>,
+    /// A load is in progress (loads run one at a time, so each is measured alone).
+    loading: bool,
+}
+
+pub struct Residency<B: Backend> {
+    backend: B,
+    budget: u64,
+    default_keep_alive: KeepAlive,
+    state: Mutex<State<B::Model>>,
+    changed: Condvar,
+    on_event: Box<dyn Fn(ResidencyEvent) + Send + Sync>,
+}
+
+impl<B: Backend> fmt::Debug for Residency<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Residency")
+            .field("budget", &self.budget)
+            .field("default_keep_alive", &self.default_keep_alive)
+            .finish()
+    }
+}
+
+impl<B: Backend> Residency<B> {
+    pub fn new(
+        backend: B,
+        budget: u64,
+        default_keep_alive: KeepAlive,
+        on_event: impl Fn(ResidencyEvent) + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            backend,
+            budget,
+            default_keep_alive,
+            state: Mutex::new(State {
+                models: Vec::new(),
+                measured: HashMap::new(),
+                loading: false,
+            }),
+            changed: Condvar::new(),
+            on_event: Box::new(on_event),
+        }
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    pub fn budget(&self) -> u64 {
+        self.budget
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State<B::Model>> {
+        self.state.lock().expect("residency lock")
+    }
+
+    /// The model `key` (named `name` in reports), loading it if it is not resident — after
+    /// making room by evicting idle models, least recently used first. Blocks while the
+    /// budget is held by models in use. `keep_alive` (None: the default) replaces the model's.
+    pub fn acquire(
+        &self,
+        key: &str,
+        name: &str,
+        spec: &B::Spec,
+        keep_alive: Option<KeepAlive>,
+        now: Instant,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Lease<B::Model>, ResidencyError> {
+        let keep_alive = keep_alive.unwrap_or(self.default_keep_alive);
+        let mut state = self.lock();
+        loop {
+            if let Some(resident) = state.models.iter_mut().find(|m| m.key == key) {
+                resident.in_use += 1;
+                resident.keep_alive = keep_alive;
+                resident.unload_when_idle = false;
+                return Ok(Lease {
+                    key: key.to_string(),
+                    model: resident.model.clone(),
+                });
+            }
+            if cancelled() {
+                return Err(ResidencyError::Cancelled);
+            }
+            if state.loading {
+                state = self.wait(state);
+                continue;
+            }
+            let needed = state
+                .measured
+                .get(key)
+                .copied()
+                .unwrap_or_else(|| self.backend.estimate(spec));
+            if needed > self.budget {
+                return Err(ResidencyError::TooLarge {
+                    model: name.to_string(),
+                    needed,
+                    budget: self.budget,
+                });
+            }
+            self.evict_until_fits(&mut state, needed);
+            if used(&state) + needed > self.budget {
+                // Everything left is in use: wait for a release (or a cancel).
+                state = self.wait(state);
+                continue;
+            }
+            state.loading = true;
+            drop(state);
+            (self.on_event)(ResidencyEvent::Loading {
+                model: name.to_string(),
+            });
+            let started = Instant::now();
+            let loaded = self.backend.load(spec);
+            let took = started.elapsed();
+            state = self.lock();
+            state.loading = false;
+            self.changed.notify_all();
+            let (model, memory) = loaded.map_err(|message| ResidencyError::Load {
+                model: name.to_string(),
+                message,
+            })?;
+            state.measured.insert(key.to_string(), memory);
+            let model = Arc::new(Mutex::new(model));
+            state.models.push(Resident {
+                key: key.to_string(),
+                name: name.to_string(),
+                model: model.clone(),
+                memory,
+                in_use: 1,
+                last_used: now,
+                keep_alive,
+                unload_when_idle: false,
+            });
+            // The measurement may exceed the estimate: make room after the fact too.
+            self.evict_until_fits(&mut state, 0);
+            drop(state);
+            (self.on_event)(ResidencyEvent::Loaded {
+                model: name.to_string(),
+                memory,
+                took,
+            });
+            return Ok(Lease {
+                key: key.to_string(),
+                model,
+            });
+        }
+    }
+
+    fn wait<'a>(&self, state: MutexGuard<'a, State<B::Model>>) -> MutexGuard<'a, State<B::Model>> {
+        // Timed, so a cancelled waiter notices without a release.
+        self.changed
+            .wait_timeout(state, Duration::from_millis(200))
+            .expect("residency lock")
+            .0
+    }
+
+    /// Gives a lease back; the model's keep-alive starts now (keep-alive 0 unloads it now).
+    pub fn release(&self, lease: Lease<B::Model>, now: Instant) {
+        let mut state = self.lock();
+        let mut unload = None;
+        if let Some(index) = state.models.iter().position(|m| m.key == lease.key) {
+            let resident = &mut state.models[index];
+            resident.in_use = resident.in_use.saturating_sub(1);
+            resident.last_used = now;
+            let idle_now = resident.keep_alive == KeepAlive::For(Duration::ZERO) || resident.unload_when_idle;
+            if resident.in_use == 0 && idle_now {
+                unload = Some(index);
+            }
+        }
+        drop(lease);
+        let removed = unload.map(|index| state.models.remove(index));
+        self.changed.notify_all();
+        drop(state);
+        if let Some(resident) = removed {
+            self.dropped(resident, UnloadReason::Requested);
+        }
+    }
+
+    /// Unloads idle models whose keep-alive has run out; returns when the next one expires.
+    pub fn expire(&self, now: Instant) -> Option<Instant> {
+        let mut state = self.lock();
+        let mut expired = Vec::new();
+        let mut index = 0;
+        while index < state.models.len() {
+            let resident = &state.models[index];
+            if resident.in_use == 0 && resident.expires(now).is_some_and(|at| at <= now) {
+                expired.push(state.models.remove(index));
+            } else {
+                index += 1;
+            }
+        }
+        let next = state
+            .models
+            .iter()
+            .filter(|m| m.in_use == 0)
+            .filter_map(|m| m.expires(now))
+            .min();
+        if !expired.is_empty() {
+            self.changed.notify_all();
+        }
+        drop(state);
+        for resident in expired {
+            self.dropped(resident, UnloadReason::Expired);
+        }
+        next
+    }
+
+    /// Loads a model now (or refreshes its keep-alive) without running anything.
+    pub fn load(
+        &self,
+        key: &str,
+        name: &str,
+        spec: &B::Spec,
+        keep_alive: Option<KeepAlive>,
+        now: Instant,
+    ) -> Result<Running, ResidencyError> {
+        let lease = self.acquire(key, name, spec, keep_alive, now, &|| false)?;
+        let mut state = self.lock();
+        if let Some(resident) = state.models.iter_mut().find(|m| m.key == key) {
+            resident.in_use -= 1;
+            resident.last_used = now;
+        }
+        drop(lease);
+        let running = state
+            .models
+            .iter()
+            .find(|m| m.key == key)
+            .map(|m| running(m, now))
+            .expect("just loaded");
+        self.changed.notify_all();
+        Ok(running)
+    }
+
+    /// Unloads `key` now, or after its running jobs when in use. Returns whether it was
+    /// resident.
+    pub fn unload(&self, key: &str) -> bool {
+        let mut state = self.lock();
+        let Some(index) = state.models.iter().position(|m| m.key == key) else {
+            return false;
+        };
+        if state.models[index].in_use > 0 {
+            state.models[index].unload_when_idle = true;
+            return true;
+        }
+        let resident = state.models.remove(index);
+        self.changed.notify_all();
+        drop(state);
+        self.dropped(resident, UnloadReason::Requested);
+        true
+    }
+
+    /// Unloads every idle model (shutdown).
+    pub fn unload_all(&self) {
+        let idle: Vec<_> = {
+            let mut state = self.lock();
+            let (idle, busy) = std::mem::take(&mut state.models)
+                .into_iter()
+                .partition(|m| m.in_use == 0);
+            state.models = busy;
+            idle
+        };
+        for resident in idle {
+            self.dropped(resident, UnloadReason::Shutdown);
+        }
+    }
+
+    /// Whether a job is using `key` now.
+    pub fn in_use(&self, key: &str) -> bool {
+        self.lock().models.iter().any(|m| m.key == key && m.in_use > 0)
+    }
+
+    /// What is resident, least recently used first.
+    pub fn list(&self, now: Instant) -> Vec<Running> {
+        let state = self.lock();
+        let mut models: Vec<&Resident<B::Model>> = state.models.iter().collect();
+        models.sort_by_key(|m| m.last_used);
+        models.into_iter().map(|m| running(m, now)).collect()
+    }
+
+    pub fn used(&self) -> u64 {
+        used(&self.lock())
+    }
+
+    /// Evicts idle models, least recently used first, until `needed` more bytes fit.
+    fn evict_until_fits(&self, state: &mut State<B::Model>, needed: u64) {
+        let mut evicted = Vec::new();
+        while used(state) + needed > self.budget {
+            let Some(index) = state
+                .models
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| m.in_use == 0)
+                .min_by_key(|(_, m)| m.last_used)
+                .map(|(i, _)| i)
+            else {
+                break;
+            };
+            evicted.push(state.models.remove(index));
+        }
+        for resident in evicted {
+            // Dropping happens under the lock here so the memory is free before the load.
+            self.dropped(resident, UnloadReason::Evicted);
+        }
+    }
+
+    fn dropped(&self, resident: Resident<B::Model>, reason: UnloadReason) {
+        let Resident {
+            name, memory, model, ..
+        } = resident;
+        drop(model);
+        self.backend.unloaded();
+        (self.on_event)(ResidencyEvent::Unloaded {
+            model: name,
+            memory,
+            reason,
+        });
+    }
+}
+
+fn used<M>(state: &State<M>) -> u64 {
+    state.models.iter().map(|m| m.memory).sum()
+}
+
+fn running<M>(m: &Resident<M>, now: Instant) -> Running {
+    Running {
+        key: m.key.clone(),
+        name: m.name.clone(),
+        memory: m.memory,
+        in_use: m.in_use,
+        expires: m.expires(now),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A fake backend: a model's spec is its size; loads are counted.
+    #[derive(Default)]
+    struct Fake {
+        loads: AtomicUsize,
+        /// Measured size = spec × this (to model a measurement above the estimate).
+        measured_factor: u64,
+    }
+
+    impl Backend for Fake {
+        type Spec = u64;
+        type Model = u64;
+        fn load(&self, spec: &u64) -> Result<(u64, u64), String> {
+            self.loads.fetch_add(1, Ordering::SeqCst);
+            if *spec == 0 {
+                return Err("broken weights".into());
+            }
+            Ok((*spec, spec * self.measured_factor.max(1)))
+        }
+        fn estimate(&self, spec: &u64) -> u64 {
+            *spec
+        }
+    }
+
+    type Events = Arc<Mutex<Vec<ResidencyEvent>>>;
+
+    fn residency(budget: u64, keep_alive: KeepAlive) -> (Arc<Residency<Fake>>, Events) {
+        let events: Events = Arc::default();
+        let sink = events.clone();
+        let r = Residency::new(Fake::default(), budget, keep_alive, move |e| {
+            sink.lock().unwrap().push(e)
+        });
+        (Arc::new(r), events)
+    }
+
+    fn acquire(r: &Residency<Fake>, key: &str, size: u64, now: Instant) -> Lease<u64> {
+        r.acquire(key, key, &size, None, now, &|| false).unwrap()
+    }
+
+    fn resident(r: &Residency<Fake>, now: Instant) -> Vec<String> {
+        r.list(now).into_iter().map(|m| m.key).collect()
+    }
+
+    fn unloads(events: &Events) -> Vec<(String, UnloadReason)> {
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|e| match e {
+                ResidencyEvent::Unloaded { model, reason, .. } => Some((model.clone(), *reason)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_model_loads_once_and_is_shared() {
+        let (r, events) = residency(100, KeepAlive::DEFAULT);
+        let t = Instant::now();
+        let a = acquire(&r, "a", 10, t);
+        assert!(matches!(
+            events.lock().unwrap()[..],
+            [
+                ResidencyEvent::Loading { .. },
+                ResidencyEvent::Loaded { memory: 10, .. }
+            ]
+        ));
+        let b = acquire(&r, "a", 10, t);
+        assert_eq!(r.backend.loads.load(Ordering::SeqCst), 1);
+        assert_eq!(r.list(t)[0].in_use, 2);
+        r.release(a, t);
+        r.release(b, t);
+        assert_eq!(r.list(t)[0].in_use, 0);
+    }
+
+    #[test]
+    fn keep_alive_runs_from_the_last_release() {
+        let (r, events) = residency(100, KeepAlive::For(Duration::from_secs(300)));
+        let t = Instant::now();
+        let lease = acquire(&r, "a", 10, t);
+        // In use: never expires, whatever the clock says.
+        assert_eq!(r.expire(t + Duration::from_secs(1000)), None);
+        assert_eq!(resident(&r, t), ["a"]);
+        let released = t + Duration::from_secs(10);
+        r.release(lease, released);
+        assert_eq!(
+            r.expire(released + Duration::from_secs(299)),
+            Some(released + Duration::from_secs(300))
+        );
+        assert_eq!(resident(&r, t), ["a"]);
+        assert_eq!(r.expire(released + Duration::from_secs(300)), None);
+        assert!(resident(&r, t).is_empty());
+        assert_eq!(unloads(&events), [("a".to_string(), UnloadReason::Expired)]);
+    }
+
+    #[test]
+    fn keep_alive_zero_unloads_when_idle_and_forever_never_expires() {
+        let (r, events) = residency(100, KeepAlive::DEFAULT);
+        let t = Instant::now();
+        let zero = r
+            .acquire("z", "z", &10, Some(KeepAlive::For(Duration::ZERO)), t, &|| false)
+            .unwrap();
+        let forever = r
+            .acquire("f", "f", &10, Some(KeepAlive::Forever), t, &|| false)
+            .unwrap();
+        r.release(zero, t);
+        assert_eq!(unloads(&events), [("z".to_string(), UnloadReason::Requested)]);
+        r.release(forever, t);
+        assert_eq!(r.expire(t + Duration::from_secs(10 * 365 * 86400)), None);
+        assert_eq!(resident(&r, t), ["f"]);
+        assert_eq!(r.list(t)[0].expires, None);
+    }
+
+    #[test]
+    fn a_new_request_replaces_the_keep_alive() {
+        let (r, _) = residency(100, KeepAlive::DEFAULT);
+        let t = Instant::now();
+        let lease = r
+            .acquire("a", "a", &10, Some(KeepAlive::Forever), t, &|| false)
+            .unwrap();
+        r.release(lease, t);
+        let lease = r
+            .acquire("a", "a", &10, Some(KeepAlive::For(Duration::from_secs(5))), t, &|| {
+                false
+            })
+            .unwrap();
+        r.release(lease, t);
+        assert_eq!(r.list(t)[0].expires, Some(t + Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn loading_past_the_budget_evicts_idle_models_least_recently_used_first() {
+        let (r, events) = residency(30, KeepAlive::Forever);
+        let t = Instant::now();
+        for (i, key) in ["a", "b", "c"].iter().enumerate() {
+            let lease = acquire(&r, key, 10, t + Duration::from_secs(i as u64));
+            r.release(lease, t + Duration::from_secs(i as u64));
+        }
+        // Use `a` again: now `b` is the least recently used.
+        let lease = acquire(&r, "a", 10, t + Duration::from_secs(5));
+        r.release(lease, t + Duration::from_secs(5));
+        let d = acquire(&r, "d", 15, t + Duration::from_secs(6));
+        assert_eq!(
+            unloads(&events),
+            [
+                ("b".to_string(), UnloadReason::Evicted),
+                ("c".to_string(), UnloadReason::Evicted)
+            ]
+        );
+        assert_eq!(resident(&r, t + Duration::from_secs(6)), ["a", "d"]);
+        assert_eq!(r.used(), 25);
+        r.release(d, t);
+    }
+
+    #[test]
+    fn a_model_in_use_is_never_evicted_and_the_load_waits_for_its_release() {
+        let (r, events) = residency(20, KeepAlive::Forever);
+        let t = Instant::now();
+        let busy = acquire(&r, "busy", 15, t);
+        let waiter = {
+            let r = r.clone();
+            std::thread::spawn(move || {
+                let lease = r.acquire("next", "next", &10, None, Instant::now(), &|| false).unwrap();
+                r.release(lease, Instant::now());
+            })
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!waiter.is_finished(), "the load must wait while `busy` is in use");
+        assert_eq!(resident(&r, t), ["busy"]);
+        r.release(busy, t);
+        waiter.join().unwrap();
+        assert_eq!(unloads(&events), [("busy".to_string(), UnloadReason::Evicted)]);
+        assert!(resident(&r, t).contains(&"next".to_string()));
+    }
+
+    #[test]
+    fn a_waiting_load_can_be_cancelled() {
+        let (r, _) = residency(20, KeepAlive::Forever);
+        let t = Instant::now();
+        let _busy = acquire(&r, "busy", 15, t);
+        let error = r.acquire("next", "next", &10, None, t, &|| true).unwrap_err();
+        assert_eq!(error, ResidencyError::Cancelled);
+    }
+
+    #[test]
+    fn a_model_larger_than_the_budget_fails_at_once() {
+        let (r, _) = residency(20, KeepAlive::Forever);
+        let error = r
+            .acquire("huge", "huge", &21, None, Instant::now(), &|| false)
+            .unwrap_err();
+        assert!(matches!(
+            error,
+            ResidencyError::TooLarge {
+                needed: 21,
+                budget: 20,
+                ..
+            }
+        ));
+        assert!(error.to_string().contains("raise memory_budget"), "{error}");
+        assert_eq!(r.backend.loads.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn measured_memory_counts_and_makes_room_after_the_load() {
+        let events: Events = Arc::default();
+        let sink = events.clone();
+        let fake = Fake {
+            measured_factor: 2,
+            ..Default::default()
+        };
+        let r = Residency::new(fake, 30, KeepAlive::Forever, move |e| sink.lock().unwrap().push(e));
+        let t = Instant::now();
+        let a = r.acquire("a", "a", &5, None, t, &|| false).unwrap();
+        r.release(a, t);
+        assert_eq!(r.list(t)[0].memory, 10, "the measured size, not the estimate");
+        // `b` is estimated at 12 (fits beside `a`) but measures 24: `a` is evicted afterwards.
+        let b = r
+            .acquire("b", "b", &12, None, t + Duration::from_secs(1), &|| false)
+            .unwrap();
+        assert_eq!(resident(&r, t), ["b"]);
+        r.release(b, t);
+        // The next load of `a` uses its measured size as the estimate.
+        let a = r
+            .acquire("a", "a", &5, None, t + Duration::from_secs(2), &|| false)
+            .unwrap();
+        assert_eq!(resident(&r, t), ["a"]);
+        r.release(a, t);
+    }
+
+    #[test]
+    fn unload_waits_for_running_jobs_and_load_pins_nothing() {
+        let (r, events) = residency(100, KeepAlive::Forever);
+        let t = Instant::now();
+        let running = r
+            .load("a", "a", &10, Some(KeepAlive::For(Duration::from_secs(60))), t)
+            .unwrap();
+        assert_eq!(
+            (running.in_use, running.expires),
+            (0, Some(t + Duration::from_secs(60)))
+        );
+        let lease = acquire(&r, "a", 10, t);
+        assert!(r.unload("a"));
+        assert_eq!(resident(&r, t), ["a"], "still running a job");
+        r.release(lease, t);
+        assert!(resident(&r, t).is_empty());
+        assert_eq!(unloads(&events), [("a".to_string(), UnloadReason::Requested)]);
+        assert!(!r.unload("a"));
+    }
+
+    #[test]
+    fn a_failed_load_is_an_error_and_leaves_nothing() {
+        let (r, _) = residency(100, KeepAlive::Forever);
+        let error = r
+            .acquire("bad", "bad", &0, None, Instant::now(), &|| false)
+            .unwrap_err();
+        assert!(matches!(error, ResidencyError::Load { ref message, .. } if message == "broken weights"));
+        assert!(r.list(Instant::now()).is_empty());
+    }
+}

@@ -1,0 +1,99 @@
+//! The real [`Backend`] and [`Generator`]: ONNX Runtime sessions.
+//!
+//! A model's memory is measured as the growth of the daemon's resident memory while loading it
+//! (loads run one at a time, so the growth is the model's), and never less than its weights'
+//! size on disk. The first load also carries ONNX Runtime's one-time set-up.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::generation::sampler::NoiseSource;
+use crate::generation::{self, BatchOutput, GenerationError, Prepared, StepReport};
+use crate::jobs::Generator;
+use crate::memory;
+use crate::model::runtime::OrtRuntime;
+use crate::model::{LoadedModel, ModelFolder};
+
+use super::Backend;
+
+pub struct OrtBackend {
+    runtime: OrtRuntime,
+    /// Intra-op threads per session (0: ONNX Runtime's default, one per core).
+    threads: usize,
+}
+
+impl OrtBackend {
+    pub fn new(runtime: OrtRuntime, threads: usize) -> Self {
+        Self { runtime, threads }
+    }
+}
+
+impl Backend for OrtBackend {
+    type Spec = Arc<ModelFolder>;
+    type Model = LoadedModel;
+
+    fn load(&self, folder: &Arc<ModelFolder>) -> Result<(LoadedModel, u64), String> {
+        let before = memory::resident_memory();
+        let model =
+            LoadedModel::load(&self.runtime, folder.clone(), self.threads).map_err(|e| crate::error_chain(&e))?;
+        let grown = memory::resident_memory().saturating_sub(before);
+        // The heap may hand a load pages an earlier one freed, so the growth can undercount;
+        // the weights themselves are always in memory.
+        Ok((model, grown.max(weights_size(&folder.root))))
+    }
+
+    fn estimate(&self, folder: &Arc<ModelFolder>) -> u64 {
+        weights_size(&folder.root)
+    }
+
+    fn unloaded(&self) {
+        memory::release_freed_memory();
+    }
+}
+
+impl Generator for OrtBackend {
+    fn generate_batch(
+        &self,
+        model: &mut LoadedModel,
+        prepared: &Prepared,
+        noises: &mut [&mut dyn NoiseSource],
+        is_cancelled: &dyn Fn() -> bool,
+        on_step: &mut dyn FnMut(usize, StepReport),
+    ) -> Result<BatchOutput, GenerationError> {
+        generation::generate_batch(model, prepared, noises, is_cancelled, on_step)
+    }
+}
+
+/// Bytes of ONNX weights under a model folder (the estimate before a first load): the graphs
+/// and their external data. 0 when the folder cannot be read (loading will say why).
+pub fn weights_size(root: &Path) -> u64 {
+    crate::catalog::store::list_files(root)
+        .unwrap_or_default()
+        .iter()
+        .filter(|(path, _)| path.rsplit('/').next().is_some_and(|name| name.contains(".onnx")))
+        .map(|(_, size)| size)
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_are_the_graphs_and_their_external_data_only() {
+        let dir = tempfile::tempdir().unwrap();
+        for (path, size) in [
+            ("unet/model.onnx", 10),
+            ("unet/model.onnx_data", 20),
+            ("unet/config.json", 5),
+            ("tokenizer/vocab.json", 7),
+            ("model_index.json", 3),
+        ] {
+            let file = dir.path().join(path);
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(file, vec![0u8; size]).unwrap();
+        }
+        assert_eq!(weights_size(dir.path()), 30);
+        assert_eq!(weights_size(&dir.path().join("missing")), 0);
+    }
+}

@@ -1,0 +1,187 @@
+//! A model folder in optimum's ONNX layout, opened without loading any weights.
+//!
+//! [`ModelFolder::open`] reads and checks everything that is cheap: the scheduler, VAE, UNet and
+//! text encoder configs, the tokenizer, and that each sub-model file exists. The registry caches
+//! opened folders, so a warm request costs no file I/O.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::ModelError;
+use super::scheduler_config::SchedulerConfig;
+use super::tokenizer::ClipTokenizer;
+
+/// What diffusers calls `prediction_type`: what the UNet's output means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PredictionType {
+    Epsilon,
+    VPrediction,
+    Sample,
+}
+
+impl PredictionType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PredictionType::Epsilon => "epsilon",
+            PredictionType::VPrediction => "v_prediction",
+            PredictionType::Sample => "sample",
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct VaeConfig {
+    scaling_factor: Option<f64>,
+    block_out_channels: Option<Vec<usize>>,
+    latent_channels: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+struct TextEncoderConfig {
+    layer_norm_eps: Option<f64>,
+}
+
+#[derive(Deserialize, Default)]
+struct UnetConfig {
+    sample_size: Option<usize>,
+    in_channels: Option<usize>,
+    out_channels: Option<usize>,
+}
+
+/// Everything about a model that is known without loading its weights.
+#[derive(Debug)]
+pub struct ModelFolder {
+    /// The name users see (the folder name for a folder given by path).
+    pub name: String,
+    pub root: PathBuf,
+    pub scheduler: SchedulerConfig,
+    pub prediction_type: PredictionType,
+    /// The VAE's latent scaling (`scaling_factor`, 0.18215 for SD 1.x).
+    pub scaling_factor: f32,
+    /// Pixels per latent cell along each side: 2^(len(block_out_channels) - 1).
+    pub vae_factor: usize,
+    pub latent_channels: usize,
+    /// Channels the UNet's `sample` takes: `latent_channels`, or `2 · latent_channels + 1` for
+    /// an inpainting UNet (latents ‖ mask ‖ masked-picture latents).
+    pub unet_in_channels: usize,
+    /// The UNet's native latent size, when its config says.
+    pub sample_size: Option<usize>,
+    pub tokenizer: ClipTokenizer,
+    /// The text encoder's layer-norm epsilon (for clip skip), from its `config.json`.
+    pub text_layer_norm_eps: f64,
+}
+
+/// The sub-model files of the layout, relative to the model root.
+pub const TEXT_ENCODER: &str = "text_encoder/model.onnx";
+pub const UNET: &str = "unet/model.onnx";
+pub const VAE_DECODER: &str = "vae_decoder/model.onnx";
+/// Optional: only img2img and inpainting need it, so it is loaded on first use.
+pub const VAE_ENCODER: &str = "vae_encoder/model.onnx";
+pub const SCHEDULER_CONFIG: &str = "scheduler/scheduler_config.json";
+
+impl ModelFolder {
+    pub fn open(name: &str, root: &Path) -> Result<Self, ModelError> {
+        if !root.is_dir() {
+            return Err(ModelError::NotFound {
+                path: root.to_path_buf(),
+            });
+        }
+        let model = name.to_string();
+        for part in [TEXT_ENCODER, UNET, VAE_DECODER, SCHEDULER_CONFIG] {
+            let path = root.join(part);
+            if !path.is_file() {
+                return Err(ModelError::MissingPart { model, path });
+            }
+        }
+        let scheduler = read_config(&model, &root.join(SCHEDULER_CONFIG), SchedulerConfig::from_json_str)?;
+        let vae: VaeConfig = read_optional_config(&model, &root.join("vae_decoder/config.json"))?;
+        let unet: UnetConfig = read_optional_config(&model, &root.join("unet/config.json"))?;
+        let text: TextEncoderConfig = read_optional_config(&model, &root.join("text_encoder/config.json"))?;
+        let prediction_type = match scheduler.prediction_type.as_deref().unwrap_or("epsilon") {
+            "epsilon" => PredictionType::Epsilon,
+            "v_prediction" => PredictionType::VPrediction,
+            "sample" => PredictionType::Sample,
+            other => {
+                return Err(ModelError::Incompatible {
+                    model,
+                    message: format!(
+                        "scheduler_config.json has prediction_type `{other}`; easel supports epsilon, v_prediction and sample"
+                    ),
+                });
+            }
+        };
+        let vae_factor = vae
+            .block_out_channels
+            .as_ref()
+            .map_or(8, |blocks| 1 << blocks.len().saturating_sub(1));
+        let latent_channels = vae
+            .latent_channels
+            .or(unet.out_channels)
+            .or(unet.in_channels)
+            .unwrap_or(4);
+        let unet_in_channels = unet.in_channels.unwrap_or(latent_channels);
+        if unet_in_channels != latent_channels && unet_in_channels != 2 * latent_channels + 1 {
+            return Err(ModelError::Incompatible {
+                model,
+                message: format!(
+                    "unet/config.json has in_channels {unet_in_channels}; easel knows {latent_channels} (text-to-image) \
+                     and {} (inpainting) for a VAE with {latent_channels} latent channels",
+                    2 * latent_channels + 1
+                ),
+            });
+        }
+        let tokenizer = ClipTokenizer::from_dir(&root.join("tokenizer")).map_err(|source| ModelError::Tokenizer {
+            model: model.clone(),
+            source,
+        })?;
+        Ok(Self {
+            name: model,
+            root: root.to_path_buf(),
+            scheduler,
+            prediction_type,
+            scaling_factor: vae.scaling_factor.unwrap_or(0.18215) as f32,
+            vae_factor,
+            latent_channels,
+            unet_in_channels,
+            sample_size: unet.sample_size,
+            tokenizer,
+            text_layer_norm_eps: text.layer_norm_eps.unwrap_or(1e-5),
+        })
+    }
+
+    /// Whether the UNet is a dedicated inpainting one (it also takes the mask and the masked
+    /// picture's latents).
+    pub fn is_inpainting(&self) -> bool {
+        self.unet_in_channels == 2 * self.latent_channels + 1
+    }
+
+    /// The picture size the model was trained for: UNet sample size × VAE factor.
+    pub fn native_size(&self) -> u32 {
+        (self.sample_size.unwrap_or(64) * self.vae_factor) as u32
+    }
+}
+
+/// Reads a JSON config with `parse` (so the scheduler config can read Python's `NaN`).
+fn read_config<T, E: std::fmt::Display>(
+    model: &str,
+    path: &Path,
+    parse: impl FnOnce(&str) -> Result<T, E>,
+) -> Result<T, ModelError> {
+    let bad = |message: String| ModelError::BadConfig {
+        model: model.to_string(),
+        path: path.to_path_buf(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    parse(&text).map_err(|e| bad(e.to_string()))
+}
+
+/// A config that may be absent (its keys then take their defaults).
+fn read_optional_config<T: for<'de> Deserialize<'de> + Default>(model: &str, path: &Path) -> Result<T, ModelError> {
+    if path.is_file() {
+        read_config(model, path, |text| serde_json::from_str(text))
+    } else {
+        Ok(T::default())
+    }
+}

@@ -1,0 +1,67 @@
+//! The gRPC face of the daemon: the only wing that knows proto types.
+//!
+//! - [`service`]: the handlers of `easel.v1.Easel`.
+//! - [`convert`]: proto ↔ daemon types (requests, events, tensors, timestamps, models).
+//! - [`status`]: every error → the gRPC status code it gets, in one place.
+//! - [`socket`]: the Unix socket, its lock file and the peer-uid check.
+//!
+//! [`run`] is the seam tests and the binary share: it serves a [`Daemon`] on a listener until
+//! a shutdown signal or a `Shutdown` call, then stops the job queue and returns.
+
+pub mod convert;
+pub mod service;
+pub mod socket;
+pub mod status;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use easel_proto::v1::easel_server::EaselServer;
+use tokio::net::UnixListener;
+use tokio::sync::Notify;
+
+use crate::Daemon;
+use service::EaselService;
+
+/// Facts about the running daemon reported by `GetStatus`.
+#[derive(Debug, Clone)]
+pub struct DaemonInfo {
+    pub device: String,
+    pub onnxruntime_library: String,
+    pub socket: String,
+}
+
+/// Serves the API (plus `grpc.health.v1` and server reflection) on `listener` until `shutdown`
+/// completes or a client calls `Shutdown`; then refuses new work, ends running jobs and returns
+/// once open calls have finished.
+pub async fn run(
+    listener: UnixListener,
+    daemon: Daemon,
+    info: DaemonInfo,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let requested = Arc::new(Notify::new());
+    let jobs = daemon.jobs.clone();
+    let service = EaselService::new(daemon.jobs, daemon.catalog, info, requested.clone());
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<EaselServer<EaselService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(easel_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the embedded descriptor sets are valid");
+    let stop = async move {
+        tokio::select! {
+            _ = shutdown => tracing::info!("shutting down (signal)"),
+            _ = requested.notified() => tracing::info!("shutting down (requested)"),
+        }
+        health_reporter.set_not_serving::<EaselServer<EaselService>>().await;
+        jobs.shutdown().await;
+    };
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(EaselServer::new(service))
+        .serve_with_incoming_shutdown(socket::OwnerOnly::new(listener), stop)
+        .await
+}

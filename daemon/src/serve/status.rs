@@ -1,0 +1,91 @@
+//! Every error the daemon returns, mapped to the gRPC status code DESIGN.md assigns it, with
+//! the whole cause chain as a message a person can act on. The one place codes are chosen.
+
+use tonic::Status;
+
+use crate::catalog::CatalogError;
+use crate::catalog::hub::HubError;
+use crate::catalog::registry::RegistryError;
+use crate::catalog::store::StoreError;
+use crate::error_chain;
+use crate::jobs::JobError;
+use crate::model::ModelError;
+
+/// A job's error: a bad request, a missing or broken model, a full queue or memory budget, a
+/// cancel, a shutdown — or an internal failure.
+pub fn job_status(error: &JobError) -> Status {
+    let message = error_chain(error);
+    match error {
+        JobError::InvalidArgument(_) => Status::invalid_argument(message),
+        JobError::Registry(e) => registry_status(e, message),
+        JobError::Model(ModelError::NotFound { .. }) => Status::not_found(message),
+        JobError::Model(_) | JobError::LoadFailed(_) => Status::failed_precondition(message),
+        JobError::QueueFull(_) | JobError::OutOfMemory(_) => Status::resource_exhausted(message),
+        JobError::Cancelled => Status::cancelled(message),
+        JobError::ShuttingDown => Status::unavailable(message),
+        JobError::Generation(_) => Status::internal(message),
+    }
+}
+
+/// A model name or folder that does not resolve: NOT_FOUND when it is not there, else
+/// FAILED_PRECONDITION (it is there but broken).
+pub fn registry_status(error: &RegistryError, message: String) -> Status {
+    match error {
+        RegistryError::UnknownName { .. } | RegistryError::Model(ModelError::NotFound { .. }) => {
+            Status::not_found(message)
+        }
+        RegistryError::Model(_) | RegistryError::Builtin(_) => Status::failed_precondition(message),
+    }
+}
+
+/// An import, pull, show or removal that failed.
+pub fn catalog_status(error: &CatalogError) -> Status {
+    let message = error_chain(error);
+    match error {
+        CatalogError::Store(e) => store_status(e, message),
+        CatalogError::Describe(_) | CatalogError::InUse { .. } => Status::failed_precondition(message),
+        CatalogError::Task(_) => Status::internal(message),
+        CatalogError::AlreadyPulling { .. } => Status::aborted(message),
+        CatalogError::InvalidArgument(_) => Status::invalid_argument(message),
+        CatalogError::Registry(e) => registry_status(e, message),
+        CatalogError::Hub(e) => hub_status(e, message),
+    }
+}
+
+fn store_status(error: &StoreError, message: String) -> Status {
+    match error {
+        StoreError::AlreadyInstalled { .. } => Status::already_exists(message),
+        StoreError::NotInstalled { .. } => Status::not_found(message),
+        StoreError::Invalid { .. } => Status::failed_precondition(message),
+        StoreError::Cancelled => Status::cancelled(message),
+        StoreError::Io { .. } => Status::internal(message),
+        StoreError::InvalidName { .. }
+        | StoreError::DerivedName { .. }
+        | StoreError::BuiltinName { .. }
+        | StoreError::SourceMissing { .. }
+        | StoreError::NotAModel { .. }
+        | StoreError::Archive(_) => Status::invalid_argument(message),
+    }
+}
+
+fn hub_status(error: &HubError, message: String) -> Status {
+    match error {
+        HubError::InvalidReference { .. } | HubError::InvalidEndpoint { .. } => Status::invalid_argument(message),
+        HubError::Unauthorized { .. } | HubError::Gated { .. } => Status::permission_denied(message),
+        HubError::NotFound { .. } | HubError::NotFoundOrPrivate { .. } | HubError::FileNotFound { .. } => {
+            Status::not_found(message)
+        }
+        HubError::NotOnnxModel { .. } => Status::failed_precondition(message),
+        HubError::SizeMismatch { .. } | HubError::HashMismatch { .. } => Status::data_loss(message),
+        HubError::Cancelled => Status::cancelled(message),
+        // The network, the hub or the local disk: worth trying again later.
+        HubError::Unreachable { .. }
+        | HubError::Server { .. }
+        | HubError::UnexpectedStatus { .. }
+        | HubError::BadListing { .. }
+        | HubError::Request { .. }
+        | HubError::Interrupted { .. }
+        | HubError::Io { .. }
+        | HubError::Client(_) => Status::unavailable(message),
+    }
+}
