@@ -176,9 +176,10 @@ impl HubServer {
     /// changes to the folder are not seen. Adding the same repository and revision again
     /// replaces its files (a branch that moved on).
     pub fn add_repo(&self, repo: &str, revision: &str, folder: &Path) {
-        let mut files = Vec::new();
-        collect_files(folder, folder, &mut files);
-        files.sort_by(|a: &HubFile, b| a.path.cmp(&b.path));
+        let files: Vec<HubFile> = crate::files_under(folder)
+            .into_iter()
+            .map(|(repo_path, path)| hub_file(repo_path, &path))
+            .collect();
         let mut state = self.shared.state();
         for file in files.iter().filter(|file| file.lfs) {
             state.blobs.insert(file.sha256.clone(), file.clone());
@@ -317,41 +318,28 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
-fn collect_files(root: &Path, dir: &Path, out: &mut Vec<HubFile>) {
-    let entries = std::fs::read_dir(dir).unwrap_or_else(|err| panic!("read {}: {err}", dir.display()));
-    for entry in entries {
-        let path = entry.expect("folder entry").path();
-        if path.is_dir() {
-            collect_files(root, &path, out);
-            continue;
-        }
-        let relative = path.strip_prefix(root).expect("inside the root");
-        let repo_path = relative
-            .components()
-            .map(|part| part.as_os_str().to_str().expect("UTF-8 file names"))
-            .collect::<Vec<_>>()
-            .join("/");
-        let data = std::fs::read(&path).unwrap_or_else(|err| panic!("read {}: {err}", path.display()));
-        let sha256 = sha256_hex(&data);
-        let lfs = is_lfs(&repo_path);
-        // An LFS file's git blob is its pointer file, as in the hub's own git repositories.
-        let pointer = format!(
-            "version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {}\n",
-            data.len()
-        );
-        let git_oid = if lfs {
-            git_blob_sha1(pointer.as_bytes())
-        } else {
-            git_blob_sha1(&data)
-        };
-        out.push(HubFile {
-            path: repo_path,
-            data: Arc::new(data),
-            git_oid,
-            sha256,
-            lfs,
-            pointer_size: pointer.len(),
-        });
+/// What the server needs to know of a file it serves at `repo_path`.
+fn hub_file(repo_path: String, path: &Path) -> HubFile {
+    let data = std::fs::read(path).unwrap_or_else(|err| panic!("read {}: {err}", path.display()));
+    let sha256 = sha256_hex(&data);
+    let lfs = is_lfs(&repo_path);
+    // An LFS file's git blob is its pointer file, as in the hub's own git repositories.
+    let pointer = format!(
+        "version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {}\n",
+        data.len()
+    );
+    let git_oid = if lfs {
+        git_blob_sha1(pointer.as_bytes())
+    } else {
+        git_blob_sha1(&data)
+    };
+    HubFile {
+        path: repo_path,
+        data: Arc::new(data),
+        git_oid,
+        sha256,
+        lfs,
+        pointer_size: pointer.len(),
     }
 }
 

@@ -6,7 +6,10 @@
 //! folder; missing, the tests fail with a message saying how to get it.
 
 pub mod hub;
+pub mod request;
 pub mod shapes;
+
+pub use request::{GenerateRequestBuilder, generate};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -302,4 +305,43 @@ pub fn stdout(output: &Output) -> String {
 
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Every file under `root` as its '/'-separated path relative to `root` and its full path,
+/// sorted by the relative path; empty when `root` does not exist. Links are not followed.
+pub fn files_under(root: &Path) -> Vec<(String, PathBuf)> {
+    let mut out = Vec::new();
+    let mut folders = vec![root.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        let Ok(entries) = std::fs::read_dir(&folder) else {
+            continue;
+        };
+        for entry in entries {
+            let entry = entry.expect("a folder entry");
+            if entry.file_type().expect("its type").is_dir() {
+                folders.push(entry.path());
+                continue;
+            }
+            let relative = entry
+                .path()
+                .strip_prefix(root)
+                .expect("inside the root")
+                .components()
+                .map(|part| part.as_os_str().to_str().expect("UTF-8 file names").to_string())
+                .collect::<Vec<_>>()
+                .join("/");
+            out.push((relative, entry.path()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Copies every file under `from` to the same place under `to`.
+pub fn copy_tree(from: &Path, to: &Path) {
+    for (relative, source) in files_under(from) {
+        let target = to.join(&relative);
+        std::fs::create_dir_all(target.parent().expect("a parent")).unwrap();
+        std::fs::copy(&source, &target).unwrap_or_else(|e| panic!("copy {}: {e}", source.display()));
+    }
 }

@@ -7,28 +7,9 @@ use easel_e2e::*;
 
 /// A copy of the sd1-tiny fixture that a test may break.
 fn model_copy(dir: &Path) -> PathBuf {
-    let source = fixture_model("sd1-tiny");
     let target = dir.join("broken-model");
-    for entry in walk(&source) {
-        let relative = entry.strip_prefix(&source).unwrap();
-        let destination = target.join(relative);
-        std::fs::create_dir_all(destination.parent().unwrap()).unwrap();
-        std::fs::copy(&entry, &destination).unwrap();
-    }
+    copy_tree(&fixture_model("sd1-tiny"), &target);
     target
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            files.extend(walk(&path))
-        } else {
-            files.push(path)
-        }
-    }
-    files
 }
 
 /// Writes an `.npy` float32 array of `shape` filled with zeros.

@@ -9,15 +9,12 @@ use tonic::Code;
 
 /// A job far too long to finish during a test: it only ends by being cancelled.
 fn endless_request() -> pb::GenerateRequest {
-    pb::GenerateRequest {
-        model: fixture_model("sd1-tiny").display().to_string(),
-        prompt: "a very long job".into(),
-        steps: Some(50_000),
-        width: Some(256),
-        height: Some(256),
-        seed: Some(1),
-        ..Default::default()
-    }
+    GenerateRequestBuilder::new("a very long job")
+        .fixture("sd1-tiny")
+        .steps(50_000)
+        .size(256, 256)
+        .seed(1)
+        .build()
 }
 
 fn long_daemon(extra: &[(&str, &str)]) -> Daemon {

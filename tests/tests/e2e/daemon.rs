@@ -68,14 +68,11 @@ fn sigterm_and_shutdown_are_graceful() {
 async fn shutdown_ends_running_jobs_with_unavailable() {
     let mut daemon = Daemon::start_with(&[("EASEL_MAX_STEPS", "100000")]);
     let mut client = daemon.client().await;
-    let request = pb::GenerateRequest {
-        model: fixture_model("sd1-tiny").display().to_string(),
-        prompt: "long".into(),
-        steps: Some(50_000),
-        width: Some(256),
-        height: Some(256),
-        ..Default::default()
-    };
+    let request = GenerateRequestBuilder::new("long")
+        .fixture("sd1-tiny")
+        .steps(50_000)
+        .size(256, 256)
+        .build();
     let mut stream = client.generate(request).await.unwrap().into_inner();
     while let Some(event) = stream.next().await {
         if matches!(event.unwrap().event, Some(pb::generate_event::Event::Progress(_))) {

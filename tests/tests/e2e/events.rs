@@ -97,15 +97,13 @@ fn previews_dir_gets_one_png_per_step() {
 
 async fn progress_events(daemon: &Daemon, preview: pb::PreviewOptions, steps: u32) -> Vec<pb::Progress> {
     let mut client = daemon.client().await;
-    let request = pb::GenerateRequest {
-        model: fixture_model("sd1-tiny").display().to_string(),
-        prompt: "a tree".into(),
-        sampler: "euler".into(),
-        steps: Some(steps),
-        seed: Some(3),
-        preview: Some(preview),
-        ..Default::default()
-    };
+    let request = GenerateRequestBuilder::new("a tree")
+        .fixture("sd1-tiny")
+        .sampler("euler")
+        .steps(steps)
+        .seed(3)
+        .preview(preview)
+        .build();
     let mut stream = client.generate(request).await.unwrap().into_inner();
     let mut progress = Vec::new();
     while let Some(event) = stream.next().await {

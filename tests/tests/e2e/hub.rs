@@ -26,29 +26,16 @@ const JUNK: &[(&str, &[u8])] = &[
     ("safety_checker/model.onnx", &[1; 64]),
 ];
 
-/// Every file under `dir` by its repository path ('/'-separated).
-fn files_under(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                walk(root, &path, out);
-            } else {
-                let relative = path.strip_prefix(root).unwrap().to_str().unwrap().replace('\\', "/");
-                out.insert(relative, std::fs::read(&path).unwrap());
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    if dir.exists() {
-        walk(dir, dir, &mut out);
-    }
-    out
+/// Every file under `dir` by its repository path ('/'-separated), with its bytes.
+fn files_with_bytes(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    files_under(dir)
+        .into_iter()
+        .map(|(relative, path)| (relative, std::fs::read(path).unwrap()))
+        .collect()
 }
 
-/// The files a pull must produce: the fixture model exactly.
 fn fixture_files() -> BTreeMap<String, Vec<u8>> {
-    files_under(&fixture_model("sd1-tiny"))
+    files_with_bytes(&fixture_model("sd1-tiny"))
 }
 
 /// A repository folder: the fixture plus [`JUNK`].
@@ -113,7 +100,7 @@ fn downloaded_files(log: &[LoggedRequest]) -> std::collections::BTreeSet<String>
 }
 
 fn assert_pulled_exactly_the_fixture(dest: &Path) {
-    let pulled = files_under(dest);
+    let pulled = files_with_bytes(dest);
     let expected = fixture_files();
     assert_eq!(
         pulled.keys().collect::<Vec<_>>(),
@@ -326,7 +313,7 @@ async fn an_interrupted_pull_resumes_with_a_range_request() {
         "an unverified file is never in place"
     );
     // Files the first try finished (others may have been stopped half-way: they resume too).
-    let finished: Vec<String> = files_under(&dest)
+    let finished: Vec<String> = files_with_bytes(&dest)
         .into_keys()
         .filter(|path| !path.starts_with(".partial/"))
         .collect();
@@ -604,7 +591,10 @@ async fn a_cancelled_pull_keeps_its_partial_files_and_resumes() {
     let cancelled = || started.load(Ordering::SeqCst);
     let result = hub::pull(&hub, REPO, "main", &dest, &progress, &cancelled).await;
     assert!(matches!(result, Err(HubError::Cancelled)), "{result:?}");
-    let parts: Vec<String> = files_under(&dest.join(".partial")).into_keys().collect();
+    let parts: Vec<String> = files_under(&dest.join(".partial"))
+        .into_iter()
+        .map(|(relative, _)| relative)
+        .collect();
     assert!(!parts.is_empty(), "partial files are kept");
 
     server.chunk_delay(Duration::ZERO);

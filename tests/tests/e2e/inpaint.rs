@@ -6,8 +6,6 @@
 
 use easel_e2e::shapes::{PALETTE, judge};
 use easel_e2e::*;
-use easel_proto::v1 as pb;
-use futures::StreamExt;
 
 fn init() -> String {
     fixtures().join("img2img/init-64.png").to_str().unwrap().to_string()
@@ -181,25 +179,14 @@ async fn the_default_model_paints_the_asked_colour_into_the_hole() {
     let (mut right, mut total, mut misses) = (0, 0, Vec::new());
     for (i, (colour, _)) in PALETTE.iter().filter(|(name, _)| *name != "white").enumerate() {
         for (k, shape) in ["circle", "square"].iter().enumerate() {
-            let request = pb::GenerateRequest {
-                prompt: format!("a {colour} {shape} on a white background"),
-                steps: Some(20),
-                seed: Some(300 + (i * 2 + k) as u64),
-                guidance_scale: Some(5.0),
-                sampler: "euler".into(),
-                init_image: picture_png.clone(),
-                mask_image: mask_png.clone(),
-                mask_blur: Some(0.0),
-                ..Default::default()
-            };
-            let mut stream = client.generate(request).await.unwrap().into_inner();
-            let mut png = None;
-            while let Some(event) = stream.next().await {
-                if let Some(pb::generate_event::Event::Image(image)) = event.unwrap().event {
-                    png = Some(image.png);
-                }
-            }
-            let (_, _, pixels) = read_png(&png.expect("an image"));
+            let request = GenerateRequestBuilder::new(&format!("a {colour} {shape} on a white background"))
+                .steps(20)
+                .seed(300 + (i * 2 + k) as u64)
+                .guidance(5.0)
+                .sampler("euler")
+                .inpaint(picture_png.clone(), mask_png.clone(), 0.0);
+            let images = generate(&mut client, request).await.unwrap();
+            let (_, _, pixels) = read_png(&images[0]);
             for (p, m) in pixels.chunks(3).zip(&mask) {
                 if *m == 0 {
                     assert_eq!(p, background, "a pixel outside the hole changed");

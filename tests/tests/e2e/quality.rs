@@ -6,8 +6,6 @@
 
 use easel_e2e::shapes::{PALETTE, SHAPES, judge};
 use easel_e2e::*;
-use easel_proto::v1 as pb;
-use futures::StreamExt;
 
 /// (shape colour, shape, background) for 48 prompts: each colour with each shape twice, on
 /// two different backgrounds, so every colour is a background six times too.
@@ -38,22 +36,14 @@ async fn generate(
     seed: u64,
     guidance: f32,
 ) -> Vec<u8> {
-    let request = pb::GenerateRequest {
-        prompt: prompt.into(),
-        negative_prompt: negative.into(),
-        sampler: sampler.into(),
-        steps: Some(20),
-        seed: Some(seed),
-        guidance_scale: Some(guidance),
-        ..Default::default()
-    };
-    let mut stream = client.generate(request).await.unwrap().into_inner();
-    while let Some(event) = stream.next().await {
-        if let Some(pb::generate_event::Event::Image(image)) = event.unwrap().event {
-            return image.png;
-        }
-    }
-    panic!("no image for {prompt:?}");
+    let request = GenerateRequestBuilder::new(prompt)
+        .negative(negative)
+        .sampler(sampler)
+        .steps(20)
+        .seed(seed)
+        .guidance(guidance);
+    let mut images = easel_e2e::generate(client, request).await.unwrap();
+    images.pop().unwrap_or_else(|| panic!("no image for {prompt:?}"))
 }
 
 #[tokio::test(flavor = "multi_thread")]

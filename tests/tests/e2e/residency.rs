@@ -160,21 +160,8 @@ async fn the_memory_budget_evicts_idle_models_least_recently_used_first() {
 async fn a_model_larger_than_the_budget_is_resource_exhausted() {
     let daemon = Daemon::start_with(&[("EASEL_MEMORY_BUDGET", "1KiB")]);
     let mut client = daemon.client().await;
-    let request = pb::GenerateRequest {
-        model: fixture_model("sd1-tiny").display().to_string(),
-        prompt: "a boat".into(),
-        steps: Some(2),
-        ..Default::default()
-    };
-    let mut stream = client.generate(request).await.unwrap().into_inner();
-    let mut error = None;
-    while let Some(event) = stream.next().await {
-        if let Err(status) = event {
-            error = Some(status);
-            break;
-        }
-    }
-    let status = error.expect("the job must fail");
+    let request = GenerateRequestBuilder::new("a boat").fixture("sd1-tiny").steps(2);
+    let status = generate(&mut client, request).await.expect_err("the job must fail");
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
     assert!(status.message().contains("raise memory_budget"), "{}", status.message());
     // The CLI says so too, and the daemon is still up.
@@ -239,14 +226,13 @@ async fn another_client_goes_between_a_busy_clients_jobs() {
     let daemon = Daemon::start_with(&[("EASEL_MAX_STEPS", "100000")]);
     let mut client = daemon.client().await;
     let mut events = client.watch_events(pb::WatchRequest {}).await.unwrap().into_inner();
-    let request = |prompt: &str, steps: u32| pb::GenerateRequest {
-        model: fixture_model("sd1-tiny").display().to_string(),
-        prompt: prompt.into(),
-        steps: Some(steps),
-        width: Some(128),
-        height: Some(128),
-        seed: Some(1),
-        ..Default::default()
+    let request = |prompt: &str, steps: u32| {
+        GenerateRequestBuilder::new(prompt)
+            .fixture("sd1-tiny")
+            .steps(steps)
+            .size(128, 128)
+            .seed(1)
+            .build()
     };
     let mut long = client.generate(request("long", 50_000)).await.unwrap().into_inner();
     let long_id = wait_for_progress(&mut long).await;
@@ -303,23 +289,16 @@ async fn another_client_goes_between_a_busy_clients_jobs() {
 async fn with_two_workers_another_models_job_runs_alongside_unharmed() {
     let daemon = Daemon::start_with(&[("EASEL_PARALLEL", "2"), ("EASEL_MAX_STEPS", "100000")]);
     let mut client = daemon.client().await;
-    let request = |model: &str, steps: u32| pb::GenerateRequest {
-        model: fixture_model(model).display().to_string(),
-        prompt: "a lighthouse".into(),
-        steps: Some(steps),
-        seed: Some(9),
-        sampler: "euler_a".into(),
-        ..Default::default()
+    let request = |model: &str, steps: u32| {
+        GenerateRequestBuilder::new("a lighthouse")
+            .fixture(model)
+            .steps(steps)
+            .seed(9)
+            .sampler("euler_a")
+            .build()
     };
     async fn image(client: &mut easel_client::EaselClient<easel_client::Channel>, r: pb::GenerateRequest) -> Vec<u8> {
-        let mut stream = client.generate(r).await.unwrap().into_inner();
-        let mut png = None;
-        while let Some(event) = stream.next().await {
-            if let Some(pb::generate_event::Event::Image(i)) = event.unwrap().event {
-                png = Some(i.png);
-            }
-        }
-        read_png(&png.expect("an image")).2
+        read_png(&generate(client, r).await.unwrap()[0]).2
     }
     let alone = image(&mut client, request("sd2-tiny-v", 8)).await;
 

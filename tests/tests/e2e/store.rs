@@ -13,24 +13,6 @@ use easel_e2e::*;
 use easel_proto::v1 as pb;
 use futures::StreamExt;
 
-/// Every file of a folder, as (relative path, absolute path).
-fn files(root: &Path) -> Vec<(String, PathBuf)> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(dir).unwrap().flatten() {
-            if entry.file_type().unwrap().is_dir() {
-                stack.push(entry.path());
-            } else {
-                let relative = entry.path().strip_prefix(root).unwrap().to_string_lossy().into_owned();
-                out.push((relative, entry.path()));
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 /// sd1-tiny as a .tar.gz, .tar or .zip, under a top folder `sd1-tiny/`.
 fn archive(dir: &Path, kind: &str) -> PathBuf {
     let model = fixture_model("sd1-tiny");
@@ -39,7 +21,7 @@ fn archive(dir: &Path, kind: &str) -> PathBuf {
     match kind {
         "zip" => {
             let mut zip = zip::ZipWriter::new(file);
-            for (relative, absolute) in files(&model) {
+            for (relative, absolute) in files_under(&model) {
                 zip.start_file(format!("sd1-tiny/{relative}"), zip::write::SimpleFileOptions::default())
                     .unwrap();
                 zip.write_all(&std::fs::read(absolute).unwrap()).unwrap();
@@ -239,11 +221,7 @@ fn unsafe_oversized_and_broken_imports_are_refused_and_leave_nothing() {
     }
     // A model whose UNet is garbage.
     let broken = dir.path().join("broken");
-    for (relative, absolute) in files(&fixture_model("sd1-tiny")) {
-        let target = broken.join(&relative);
-        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
-        std::fs::copy(absolute, &target).unwrap();
-    }
+    copy_tree(&fixture_model("sd1-tiny"), &broken);
     std::fs::write(broken.join("unet/model.onnx"), b"not an onnx graph").unwrap();
 
     let cases: [(&Path, &str); 4] = [
@@ -375,12 +353,10 @@ async fn a_model_in_use_cannot_be_removed() {
         ],
         "{seen:?}"
     );
-    let request = pb::GenerateRequest {
-        model: "busy".into(),
-        prompt: "a long job".into(),
-        steps: Some(50_000),
-        ..Default::default()
-    };
+    let request = GenerateRequestBuilder::new("a long job")
+        .model("busy")
+        .steps(50_000)
+        .build();
     let mut stream = client.generate(request).await.unwrap().into_inner();
     let job = wait_for_progress(&mut stream).await;
     let output = daemon.easel(&["models", "rm", "busy"]);
@@ -435,7 +411,7 @@ fn pull_installs_from_a_hub_with_the_callers_endpoint_and_token() {
     );
     // The files are the hub's, byte for byte, and the download folder is gone.
     let installed_root = daemon.home.join("models/tiny");
-    for (relative, absolute) in files(&fixture_model("sd1-tiny")) {
+    for (relative, absolute) in files_under(&fixture_model("sd1-tiny")) {
         assert_eq!(
             std::fs::read(installed_root.join(&relative)).unwrap(),
             std::fs::read(absolute).unwrap(),
