@@ -8,8 +8,8 @@ Run from the repository root (needs tests/fixtures/ from make_fixtures.py):
 
 What it does:
 
-  1. rebuilds sd1-tiny's diffusers pipeline with make_fixtures' own builder (imported, not
-     copied; seed 1) and checks it against the committed tests/fixtures/models/sd1-tiny ONNX;
+  1. rebuilds sd1-tiny's diffusers pipeline with common.py's builder (the one make_fixtures.py
+     uses; seed 1) and checks it against the committed tests/fixtures/models/sd1-tiny ONNX;
   2. saves it with `"output_hidden_states": true` in text_encoder/config.json (what optimum
      sets on SDXL/SD3 text encoders before exporting them) and exports it with
      `python -m optimum.exporters.onnx --task text-to-image`: the text encoder then also has the
@@ -30,22 +30,19 @@ See the README text in tools/README.md ("make_clipskip_fixtures.py").
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
-import os
 import shutil
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import make_fixtures as mf  # noqa: E402  (sets HF_HUB_OFFLINE etc. on import)
+import numpy as np
 
-import numpy as np  # noqa: E402
+from common import (  # also sets HF_HUB_OFFLINE etc.
+    FIX, MAX_LEN, NEGATIVE, describe_signature, finish, fixture_args, fresh_dir, load_ort_pipeline,
+    load_pipeline, log, onnx_signature, optimum_export, ort_session, rebuild_and_verify, reference_entry,
+    run_pipe, save_png, scratch_dir, to_pil, torch_setup, write_json,
+)
 
-FIX = mf.FIX
 OUT = FIX / "clipskip"
 SD1 = FIX / "models" / "sd1-tiny"
 NAME = "sd1-tiny-hidden"
@@ -63,12 +60,8 @@ ENCODE_PROMPT_SEMANTICS = (
 )
 
 
-def log(*a):
-    print(*a, flush=True)
-
-
 class WithArgs:
-    """A pipeline proxy that adds keyword arguments to each call, so make_fixtures.run_pipe
+    """A pipeline proxy that adds keyword arguments to each call, so common.run_pipe
     (which builds the usual call) can run clip_skip / prompt_embeds cases unchanged."""
 
     def __init__(self, pipe, **extra):
@@ -116,14 +109,9 @@ def export_hidden(ddir: Path, work: Path):
     cfg_path = hdir / "text_encoder" / "config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["output_hidden_states"] = True
-    mf.write_json(cfg_path, cfg)
+    write_json(cfg_path, cfg)
     exp = work / "onnx" / NAME
-    cmd = [sys.executable, "-m", "optimum.exporters.onnx", "--model", str(hdir), "--task", "text-to-image", str(exp)]
-    log("  $ " + " ".join(cmd[1:]))
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        log(r.stdout[-5000:], r.stderr[-5000:])
-        raise SystemExit(f"optimum export of {NAME} failed")
+    optimum_export(hdir, exp, NAME)
     same = {p: (exp / p / "model.onnx").read_bytes() == (SD1 / p / "model.onnx").read_bytes() for p in ("unet", "vae_decoder", "vae_encoder")}
     assert all(same.values()), f"UNet/VAE export differs from sd1-tiny's: {same}"
     out = OUT / "models" / NAME
@@ -134,36 +122,22 @@ def export_hidden(ddir: Path, work: Path):
     assert "_name_or_path" not in te_cfg and te_cfg["output_hidden_states"] is True, te_cfg
     mi = json.loads((out / "model_index.json").read_text())
     mi["_name_or_path"] = f"easel-fixtures/{NAME}"
-    mf.write_json(out / "model_index.json", mi)
+    write_json(out / "model_index.json", mi)
     return out, same
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.parse_args()
+    fixture_args(__doc__).parse_args()
 
     import torch
     from diffusers import StableDiffusionPipeline
-    from optimum.onnxruntime import ORTStableDiffusionPipeline
 
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    if OUT.exists():
-        shutil.rmtree(OUT)
-    for sub in ("models", "noise", "images", "embeddings"):
-        (OUT / sub).mkdir(parents=True)
-    tmp = tempfile.TemporaryDirectory(prefix="easel-clipskip-")
-    work = Path(tmp.name)
+    torch_setup()
+    fresh_dir(OUT, ("models", "noise", "images", "embeddings"))
+    work = scratch_dir("easel-clipskip-")
 
     # 1. sd1-tiny rebuilt from make_fixtures' seed, checked against the committed ONNX
-    spec = mf.MODEL_SPECS["sd1-tiny"]
-    log(f"== rebuild sd1-tiny (seed {spec['seed']})")
-    sd1 = mf.build_pipeline("sd1-tiny", spec, FIX / "tokenizer" / "clip-tiny")
-    ddir = work / "diffusers" / "sd1-tiny"
-    sd1.save_pretrained(ddir)
-    mf.write_json(ddir / "scheduler" / "scheduler_config.json", spec["scheduler"])
-    v = mf.verify_model("sd1-tiny", ddir, SD1)
-    assert max(v.values()) < 1e-4, f"rebuilt sd1-tiny does not match the committed ONNX: {v}"
+    sd1, ddir, _ = rebuild_and_verify("sd1-tiny", work)
 
     # 2. export with hidden states
     log(f"== model {NAME}")
@@ -171,27 +145,26 @@ def main():
     log(f"  UNet / VAE ONNX byte-identical to sd1-tiny's: {same}")
     te_cfg = json.loads((mdir / "text_encoder" / "config.json").read_text())
     n_layers, eps = te_cfg["num_hidden_layers"], float(te_cfg["layer_norm_eps"])
-    sig = mf.onnx_signature(mdir / "text_encoder" / "model.onnx")
+    sig = onnx_signature(mdir / "text_encoder" / "model.onnx")
     out_names = [o["name"] for o in sig["outputs"]]
     expect = ["last_hidden_state", "pooler_output"] + [f"hidden_states.{i}" for i in range(n_layers + 1)]
     assert out_names == expect, out_names
-    log("  text_encoder: (" + ", ".join(f"{i['name']}:{i['dtype']}{i['shape']}" for i in sig["inputs"]) + ") -> ("
-        + ", ".join(f"{o['name']}:{o['dtype']}{o['shape']}" for o in sig["outputs"]) + ")")
+    log("  text_encoder: " + describe_signature(sig))
     log(f"  num_hidden_layers {n_layers}, layer_norm_eps {eps}")
 
     # 3. ONNX vs PyTorch, and the LayerNorm facts
     te = sd1.text_encoder
     tok = sd1.tokenizer
-    sess = mf.ort_session(mdir / "text_encoder" / "model.onnx")
+    sess = ort_session(mdir / "text_encoder" / "model.onnx")
 
     def ids_of(text):
-        return tok(text, padding="max_length", max_length=mf.MAX_LEN, truncation=True, return_tensors="np").input_ids.astype(np.int64)
+        return tok(text, padding="max_length", max_length=MAX_LEN, truncation=True, return_tensors="np").input_ids.astype(np.int64)
 
     def ort_encode(text):
         return dict(zip(out_names, sess.run(None, {"input_ids": ids_of(text)})))
 
     rng = np.random.default_rng(1234)
-    rand_ids = rng.integers(0, te.config.vocab_size, size=(2, mf.MAX_LEN)).astype(np.int64)
+    rand_ids = rng.integers(0, te.config.vocab_size, size=(2, MAX_LEN)).astype(np.int64)
     rand_ids[:, -1] = te.config.vocab_size - 1
     with torch.no_grad():
         ref = te(torch.from_numpy(rand_ids), output_hidden_states=True)
@@ -235,10 +208,8 @@ def main():
     # 4. references
     log("== references")
     sched_file = SD1 / "scheduler" / "scheduler_config.json"
-    pt = StableDiffusionPipeline.from_pretrained(ddir, safety_checker=None, requires_safety_checker=False)
-    pt.set_progress_bar_config(disable=True)
-    ortp = ORTStableDiffusionPipeline.from_pretrained(mdir, provider="CPUExecutionProvider")
-    ortp.set_progress_bar_config(disable=True)
+    pt = load_pipeline(StableDiffusionPipeline, ddir)
+    ortp = load_ort_pipeline("ORTStableDiffusionPipeline", mdir)
     try:
         ortp.encode_prompt("a", "cpu", 1, False, clip_skip=CLIP_SKIP_DIFFUSERS)
         ort_clip_skip = "works"
@@ -246,7 +217,7 @@ def main():
         ort_clip_skip = f"{type(e).__name__}: {e}"
     log(f"  optimum ORTStableDiffusionPipeline with clip_skip: {ort_clip_skip}")
 
-    astro, neg, short = "a photograph of an astronaut riding a horse", "blurry, low quality", "a red cube on a table"
+    astro, neg, short = "a photograph of an astronaut riding a horse", NEGATIVE, "a red cube on a table"
     cases = [
         dict(name="cs-euler-cfg", prompt=astro, negative_prompt=neg, steps=10, guidance_scale=7.5, sampler="euler", uncond_skip=False),
         dict(name="cs-dpmpp_2m-cfg", prompt=short, negative_prompt="", steps=10, guidance_scale=7.5, sampler="dpmpp_2m", uncond_skip=False),
@@ -284,19 +255,19 @@ def main():
         else:
             runner = WithArgs(pt, clip_skip=CLIP_SKIP_DIFFUSERS)
             uncond_used = uncond
-        img, _ = mf.run_pipe(runner, case, noise, sched_file, {})
-        pil = mf.to_pil(img)
+        img, _ = run_pipe(runner, case, noise, sched_file, {})
+        pil = to_pil(img)
         img_path = f"clipskip/images/{case['name']}.png"
-        pil.save(FIX / img_path, optimize=False)
+        save_png(FIX / img_path, pil)
         png = np.asarray(pil).astype(np.float32)
         # the saved embeddings are what the pipeline used: feeding them gives the same image
         feed = dict(prompt_embeds=torch.from_numpy(cond))
         if cfg_on:
             feed["negative_prompt_embeds"] = torch.from_numpy(uncond_used)
-        img_e, _ = mf.run_pipe(WithArgs(pt, **feed), case, noise, sched_file, {})
+        img_e, _ = run_pipe(WithArgs(pt, **feed), case, noise, sched_file, {})
         assert np.array_equal(img_e, img), case["name"]
-        img0, _ = mf.run_pipe(pt, case, noise, sched_file, {})
-        noskip_u8 = int(np.abs(np.asarray(mf.to_pil(img0)).astype(np.float32) - png).max())
+        img0, _ = run_pipe(pt, case, noise, sched_file, {})
+        noskip_u8 = int(np.abs(np.asarray(to_pil(img0)).astype(np.float32) - png).max())
 
         # easel's path: ORT hidden states -> numpy final LayerNorm with the recovered gamma/beta
         e_c = ort_encode(case["prompt"])
@@ -307,8 +278,8 @@ def main():
         feed = dict(prompt_embeds=torch.from_numpy(cond_ort))
         if cfg_on:
             feed["negative_prompt_embeds"] = torch.from_numpy(uncond_ort)
-        oimg, _ = mf.run_pipe(WithArgs(ortp, **feed), case, noise, sched_file, {})
-        d8 = np.abs(np.asarray(mf.to_pil(oimg)).astype(np.float32) - png)
+        oimg, _ = run_pipe(WithArgs(ortp, **feed), case, noise, sched_file, {})
+        d8 = np.abs(np.asarray(to_pil(oimg)).astype(np.float32) - png)
         df = np.abs(oimg.astype(np.float64) - img.astype(np.float64)) * 255
         chk = dict(name=case["name"], emb_err=emb_err, mean_u8=float(d8.mean()), max_u8=float(d8.max()), max_f=float(df.max()),
                    noskip_u8=noskip_u8, skip_effect=skip_effect)
@@ -337,19 +308,7 @@ def main():
         if case["uncond_skip"]:
             other = case["name"].removesuffix("-a1111")
             notes.append(f"differs from {other} (same case, diffusers semantics) by up to {int(np.abs(png - pngs[other]).max())}/255")
-        manifest.append(dict(
-            name=case["name"],
-            model=f"clipskip/models/{NAME}",
-            prompt=case["prompt"],
-            negative_prompt=case["negative_prompt"],
-            width=case["width"],
-            height=case["height"],
-            steps=case["steps"],
-            guidance_scale=case["guidance_scale"],
-            sampler=case["sampler"],
-            init_noise=noise_path,
-            step_noise=None,
-            image=img_path,
+        clip_skip = dict(
             clip_skip_a1111=CLIP_SKIP_DIFFUSERS + 1,
             clip_skip_diffusers=CLIP_SKIP_DIFFUSERS,
             negative_clip_skip_a1111=(CLIP_SKIP_DIFFUSERS + 1 if case["uncond_skip"] else 1) if cfg_on else None,
@@ -358,22 +317,18 @@ def main():
             embeddings=embeddings,
             num_hidden_layers=n_layers,
             layer_norm_eps=eps,
-            notes="; ".join(notes),
-        ))
+        )
+        manifest.append(reference_entry(case, f"clipskip/models/{NAME}", noise_path, None, img_path, "; ".join(notes),
+                                        before_notes=clip_skip))
         log(f"  {case['name']:<20} ORT-path embeddings vs diffusers {emb_err:.1e}; ORT pipeline vs PNG u8 mean {chk['mean_u8']:.4f} "
             f"max {chk['max_u8']:.0f}, float*255 max {chk['max_f']:.4f}; no-clip-skip image differs by up to {noskip_u8}/255")
-    mf.write_json(OUT / "manifest.json", manifest)
-    tmp.cleanup()
 
     log("== summary")
     log(f"  text encoder outputs (order): {out_names}; layers {n_layers}; layer_norm_eps {eps}")
     log(f"  recovery errors: gamma {rec_err[0]:.2e} beta {rec_err[1]:.2e} (sd1-tiny), gamma {rec_err_r[0]:.2e} beta {rec_err_r[1]:.2e} (random LN); "
         f"penultimate embedding vs diffusers max {max(c['emb_err'] for c in checks):.2e}")
     log("  " + ENCODE_PROMPT_SEMANTICS)
-    total = sum(p.stat().st_size for p in OUT.rglob("*") if p.is_file())
-    known = {mf.sha(p) for p in (FIX / "models").rglob("*") if p.is_file()}
-    new = sum(p.stat().st_size for p in OUT.rglob("*") if p.is_file() and mf.sha(p) not in known)
-    log(f"== clipskip fixtures: {total/1e6:.3f} MB on disk, {new/1e6:.3f} MB not already under models/")
+    finish(OUT, manifest)
 
 
 if __name__ == "__main__":

@@ -5,10 +5,10 @@ float(`ints`) (float32), `long_as_float` = float(`long`) (float32).
 
     .venv-tools/bin/python tools/make_dtype_fixture.py
 """
-from pathlib import Path
-
 import onnx
 from onnx import TensorProto, helper
+
+from common import FIX
 
 half = helper.make_tensor_value_info("half", TensorProto.FLOAT16, ["n"])
 ints = helper.make_tensor_value_info("ints", TensorProto.INT32, ["n"])
@@ -27,7 +27,7 @@ graph = helper.make_graph(nodes, "dtypes", [half, ints, long], outputs)
 model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], producer_name="easel-fixtures")
 model.ir_version = 9
 onnx.checker.check_model(model)
-out = Path(__file__).resolve().parent.parent / "tests/fixtures/onnx/dtypes.onnx"
+out = FIX / "onnx" / "dtypes.onnx"
 out.parent.mkdir(parents=True, exist_ok=True)
 onnx.save(model, out)
 print(out)

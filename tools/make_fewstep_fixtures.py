@@ -6,8 +6,8 @@ Run from the repository root (needs tests/fixtures/ from make_fixtures.py):
     .venv-tools/bin/python tools/make_fewstep_fixtures.py            # everything
     .venv-tools/bin/python tools/make_fewstep_fixtures.py --skip-ort # no ORT-vs-PyTorch comparison
 
-It rebuilds sd1-tiny's PyTorch modules with make_fixtures' own builder (imported, not copied)
-and checks them against the committed ONNX files, then writes:
+It rebuilds sd1-tiny's PyTorch modules with common.py's builder (the one make_fixtures.py
+uses) and checks them against the committed ONNX files, then writes:
 
   models/lcm-tiny/    sd1-tiny's text encoder / VAE / tokenizer files (copied, byte-identical),
                       a UNet2DConditionModel with time_cond_proj_dim=256 (seeded random weights,
@@ -22,21 +22,19 @@ See tools/README.md ("make_fewstep_fixtures.py") for what each file is and the m
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import shutil
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import make_fixtures as mf  # noqa: E402  (sets HF_HUB_OFFLINE etc. on import)
+import numpy as np
 
-import numpy as np  # noqa: E402
+from common import (  # also sets HF_HUB_OFFLINE etc.
+    FIX, MAX_LEN, MODEL_SPECS, NEGATIVE, STOCHASTIC, NoiseTape, assemble_pipeline, cached_pipelines,
+    describe_signature, finish, fixture_args, fresh_dir, log, make_scheduler, onnx_signature, optimum_export,
+    ort_session, ort_vs_pt, rebuild_and_verify, reference_entry, run_pipe, save_diffusers, save_png,
+    scheduler_from_config, scratch_dir, set_name_or_path, tiny_unet, to_pil, torch_setup, write_json,
+)
 
-FIX = mf.FIX
 OUT = FIX / "fewstep"
 SD1 = FIX / "models" / "sd1-tiny"
 
@@ -101,10 +99,6 @@ EMBEDDING_FORMULA = (
 )
 
 
-def log(*a):
-    print(*a, flush=True)
-
-
 def embedding_np(gs: float, dim: int) -> np.ndarray:
     """The same float32 arithmetic as diffusers' get_guidance_scale_embedding."""
     w = np.float32(np.float32(gs - 1) * np.float32(1000.0))
@@ -123,68 +117,26 @@ def embedding_np64(gs: float, dim: int) -> np.ndarray:
 
 
 def build_lcm_unet():
+    """sd1-tiny's UNet architecture with a guidance-embedding input (timestep_cond)."""
     import torch
-    from diffusers import UNet2DConditionModel
 
+    spec = MODEL_SPECS["sd1-tiny"]
     torch.manual_seed(LCM_UNET_SEED)
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=(2, 4),
-        norm_num_groups=8,
-        use_linear_projection=False,
-        time_cond_proj_dim=TIME_COND_PROJ_DIM,
-    ).eval()
-    with torch.no_grad():  # ~unit-variance output, as make_fixtures does
-        unet.conv_out.weight.mul_(3.0)
-        unet.conv_out.bias.mul_(3.0)
-    return unet
-
-
-def fix_name_or_path(folder: Path, name: str):
-    for p in sorted(folder.rglob("*.json")):
-        d = json.loads(p.read_text())
-        if isinstance(d, dict) and "_name_or_path" in d:
-            sub = p.parent.relative_to(folder).as_posix()
-            d["_name_or_path"] = f"easel-fixtures/{name}" + ("" if sub == "." else f"/{sub}")
-            mf.write_json(p, d)
+    return tiny_unet(spec["unet_sample"], spec["use_linear_projection"], time_cond_proj_dim=TIME_COND_PROJ_DIM)
 
 
 def make_lcm_model(sd1_pipe, work: Path):
     """Save + export the LCM pipeline; assemble models/lcm-tiny from sd1-tiny's files plus the
     exported unet/, model_index.json and the original scheduler file."""
-    import diffusers
     import torch
-    from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline(
-        vae=sd1_pipe.vae,
-        text_encoder=sd1_pipe.text_encoder,
-        tokenizer=sd1_pipe.tokenizer,
-        unet=build_lcm_unet(),
-        scheduler=diffusers.LCMScheduler.from_config(dict(LCM_SCHEDULER)),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipe = assemble_pipeline(sd1_pipe.vae, sd1_pipe.text_encoder, sd1_pipe.tokenizer, build_lcm_unet(), scheduler_from_config(LCM_SCHEDULER))
     ddir = work / "diffusers" / "lcm-tiny"
-    pipe.save_pretrained(ddir)
-    mf.write_json(ddir / "scheduler" / "scheduler_config.json", LCM_SCHEDULER)
+    save_diffusers(pipe, ddir, LCM_SCHEDULER)
     exp = work / "onnx" / "lcm-tiny"
-    cmd = [sys.executable, "-m", "optimum.exporters.onnx", "--model", str(ddir), "--task", "text-to-image", str(exp)]
-    log("  $ " + " ".join(cmd[1:]))
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        log(r.stdout[-5000:], r.stderr[-5000:])
-        raise SystemExit("optimum export of lcm-tiny failed")
+    optimum_export(ddir, exp, "lcm-tiny")
     exported_sched = json.loads((exp / "scheduler" / "scheduler_config.json").read_text())
-    fix_name_or_path(exp, "lcm-tiny")
+    set_name_or_path(exp, "easel-fixtures/lcm-tiny")
     same = {}
     for part in ("text_encoder", "vae_decoder", "vae_encoder"):
         same[part] = (exp / part / "model.onnx").read_bytes() == (SD1 / part / "model.onnx").read_bytes()
@@ -195,13 +147,13 @@ def make_lcm_model(sd1_pipe, work: Path):
     shutil.rmtree(out / "unet")
     shutil.copytree(exp / "unet", out / "unet")
     shutil.copy2(exp / "model_index.json", out / "model_index.json")
-    mf.write_json(out / "scheduler" / "scheduler_config.json", LCM_SCHEDULER)
+    write_json(out / "scheduler" / "scheduler_config.json", LCM_SCHEDULER)
 
     # ONNX UNet vs PyTorch UNet, with timestep_cond
-    s = mf.ort_session(out / "unet" / "model.onnx")
+    s = ort_session(out / "unet" / "model.onnx")
     rng = np.random.default_rng(4242)
     sample = rng.standard_normal((2, 4, 8, 8), dtype=np.float32)
-    ehs = rng.standard_normal((2, mf.MAX_LEN, 32), dtype=np.float32)
+    ehs = rng.standard_normal((2, MAX_LEN, 32), dtype=np.float32)
     tc = np.concatenate([embedding_np(8.5, TIME_COND_PROJ_DIM), embedding_np(2.0, TIME_COND_PROJ_DIM)])
     with torch.no_grad():
         ref = pipe.unet(torch.from_numpy(sample), torch.tensor(759.0), torch.from_numpy(ehs), timestep_cond=torch.from_numpy(tc)).sample.numpy()
@@ -220,8 +172,8 @@ def make_turbo_model():
     mi = json.loads((out / "model_index.json").read_text())
     mi["_name_or_path"] = "easel-fixtures/turbo-tiny"
     mi["scheduler"] = ["diffusers", TURBO_SCHEDULER["_class_name"]]
-    mf.write_json(out / "model_index.json", mi)
-    mf.write_json(out / "scheduler" / "scheduler_config.json", TURBO_SCHEDULER)
+    write_json(out / "model_index.json", mi)
+    write_json(out / "scheduler" / "scheduler_config.json", TURBO_SCHEDULER)
 
 
 def build_cases():
@@ -236,69 +188,38 @@ def build_cases():
             add(f"lcm-{steps}step-g{cfg}", "lcm-tiny", "lcm", steps, cfg, "a photograph of an astronaut riding a horse")
     for steps in (1, 2, 4):
         add(f"turbo-{steps}step", "turbo-tiny", "euler", steps, 0.0, "a red cube on a table")
-    add("turbo-2step-cfg1.5", "turbo-tiny", "euler", 2, 1.5, "a red cube on a table", negative="blurry, low quality")
+    add("turbo-2step-cfg1.5", "turbo-tiny", "euler", 2, 1.5, "a red cube on a table", negative=NEGATIVE)
     return cases
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--skip-ort", action="store_true", help="skip the ORT-pipeline-vs-PyTorch comparison")
-    args = ap.parse_args()
+    args = fixture_args(__doc__, skip_ort=True).parse_args()
 
     import torch
     from diffusers import StableDiffusionPipeline
 
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    if OUT.exists():
-        shutil.rmtree(OUT)
-    for sub in ("models", "noise", "images", "timestep_cond"):
-        (OUT / sub).mkdir(parents=True)
+    torch_setup()
+    fresh_dir(OUT, ("models", "noise", "images", "timestep_cond"))
 
-    tmp = tempfile.TemporaryDirectory(prefix="easel-fewstep-")
-    work = Path(tmp.name)
+    work = scratch_dir("easel-fewstep-")
 
     # 1. sd1-tiny rebuilt from make_fixtures' seed, checked against the committed ONNX
-    spec = mf.MODEL_SPECS["sd1-tiny"]
-    log(f"== rebuild sd1-tiny (seed {spec['seed']})")
-    sd1 = mf.build_pipeline("sd1-tiny", spec, FIX / "tokenizer" / "clip-tiny")
-    sd1_dir = work / "diffusers" / "sd1-tiny"
-    sd1.save_pretrained(sd1_dir)
-    mf.write_json(sd1_dir / "scheduler" / "scheduler_config.json", spec["scheduler"])
-    v = mf.verify_model("sd1-tiny", sd1_dir, SD1)
-    assert max(v.values()) < 1e-4, f"rebuilt sd1-tiny does not match the committed ONNX: {v}"
+    sd1, sd1_dir, _ = rebuild_and_verify("sd1-tiny", work)
 
     # 2. models
     log("== model lcm-tiny")
     lcm_dir, exported_sched, unet_diff, cond_effect, same = make_lcm_model(sd1, work)
-    sig = mf.onnx_signature(OUT / "models" / "lcm-tiny" / "unet" / "model.onnx")
+    sig = onnx_signature(OUT / "models" / "lcm-tiny" / "unet" / "model.onnx")
     tc_in = [i for i in sig["inputs"] if i["name"] == "timestep_cond"]
     assert tc_in and tc_in[0]["dtype"] == "float" and tc_in[0]["shape"][1:] == [TIME_COND_PROJ_DIM], sig
-    log("  unet: (" + ", ".join(f"{i['name']}:{i['dtype']}{i['shape']}" for i in sig["inputs"]) + ") -> ("
-        + ", ".join(f"{o['name']}:{o['dtype']}{o['shape']}" for o in sig["outputs"]) + ")")
+    log("  unet: " + describe_signature(sig))
     log("  optimum re-saved scheduler (overwritten): " + json.dumps(exported_sched, sort_keys=True))
     log("== model turbo-tiny")
     make_turbo_model()
 
     # 3. references
-    pt_pipes, ort_pipes = {}, {}
     pt_dirs = {"lcm-tiny": lcm_dir, "turbo-tiny": sd1_dir}
-
-    def pt_pipe(model):
-        if model not in pt_pipes:
-            p = StableDiffusionPipeline.from_pretrained(pt_dirs[model], safety_checker=None, requires_safety_checker=False)
-            p.set_progress_bar_config(disable=True)
-            pt_pipes[model] = p
-        return pt_pipes[model]
-
-    def ort_pipe(model):
-        from optimum.onnxruntime import ORTStableDiffusionPipeline
-
-        if model not in ort_pipes:
-            p = ORTStableDiffusionPipeline.from_pretrained(OUT / "models" / model, provider="CPUExecutionProvider")
-            p.set_progress_bar_config(disable=True)
-            ort_pipes[model] = p
-        return ort_pipes[model]
+    pt_pipe, ort_pipe = cached_pipelines(StableDiffusionPipeline, pt_dirs.get, "ORTStableDiffusionPipeline", lambda model: OUT / "models" / model)
 
     def instrumented(pipe, case, noise, tape_kwargs):
         """run_pipe, recording what the UNet received and the guidance embedding."""
@@ -323,14 +244,14 @@ def main():
         pipe.get_guidance_scale_embedding = emb
         unet.forward = fwd
         try:
-            img, tape = run_pipe(pipe, case, noise, tape_kwargs)
+            img, tape = run_fewstep(pipe, case, noise, tape_kwargs)
         finally:
             del pipe.get_guidance_scale_embedding
             unet.forward = orig_fwd
         return img, tape, rec
 
-    def run_pipe(pipe, case, noise, tape_kwargs):
-        return mf.run_pipe(pipe, case, noise, OUT / "models" / case["model"] / "scheduler" / "scheduler_config.json", tape_kwargs)
+    def run_fewstep(pipe, case, noise, tape_kwargs):
+        return run_pipe(pipe, case, noise, OUT / "models" / case["model"] / "scheduler" / "scheduler_config.json", tape_kwargs)
 
     manifest, diffs = [], []
     tc_saved = False
@@ -347,16 +268,16 @@ def main():
         lcm = case["sampler"] == "lcm"
         cfg_on = (not lcm) and case["guidance_scale"] > 1
         assert rec["unet_batch"] == [2 if cfg_on else 1] * len(timesteps), rec["unet_batch"]
-        pil = mf.to_pil(img)
+        pil = to_pil(img)
         if idx == 0:  # output_type="np" + numpy_to_pil is what output_type="pil" does
-            pipe.scheduler = mf.make_scheduler(case["sampler"], OUT / "models" / model / "scheduler" / "scheduler_config.json")
-            with mf.NoiseTape(mf.STOCHASTIC["lcm"], replay=tape.drawn), torch.no_grad():
+            pipe.scheduler = make_scheduler(case["sampler"], OUT / "models" / model / "scheduler" / "scheduler_config.json")
+            with NoiseTape({"step": STOCHASTIC["lcm"]}, replay=tape.drawn), torch.no_grad():
                 direct = pipe(prompt=case["prompt"], negative_prompt=case["negative_prompt"] or None, width=64, height=64,
                               num_inference_steps=case["steps"], guidance_scale=case["guidance_scale"],
                               latents=torch.from_numpy(noise.copy()), output_type="pil").images[0]
             assert np.array_equal(np.asarray(direct), np.asarray(pil)), "np->pil path differs from output_type=pil"
         img_path = f"fewstep/images/{case['name']}.png"
-        pil.save(FIX / img_path, optimize=False)
+        save_png(FIX / img_path, pil)
 
         notes = []
         step_noise_path = None
@@ -396,23 +317,8 @@ def main():
             assert abs(float(sched.init_noise_sigma) - s0) < 1e-6
             notes.append("classifier-free guidance on (guidance_scale > 1), negative prompt used" if cfg_on else
                          f"guidance_scale {case['guidance_scale']} <= 1: no classifier-free guidance, one UNet call per step, batch 1")
-        entry = dict(
-            name=case["name"],
-            model=f"fewstep/models/{model}",
-            prompt=case["prompt"],
-            negative_prompt=case["negative_prompt"],
-            width=case["width"],
-            height=case["height"],
-            steps=case["steps"],
-            guidance_scale=case["guidance_scale"],
-            sampler=case["sampler"],
-            init_noise=noise_path,
-            step_noise=step_noise_path,
-            image=img_path,
-            timesteps=timesteps,
-            **entry_extra,
-            notes="; ".join(notes),
-        )
+        entry = reference_entry(case, f"fewstep/models/{model}", noise_path, step_noise_path, img_path, "; ".join(notes),
+                                before_notes=dict(timesteps=timesteps, **entry_extra))
         manifest.append(entry)
 
         line = f"  {case['name']:<20} t={timesteps} std {np.asarray(pil).astype(np.float32).std():5.1f}"
@@ -425,33 +331,13 @@ def main():
             assert orec["unet_t"] == timesteps
             if lcm:
                 assert np.array_equal(np.asarray(orec["timestep_cond"], dtype=np.float32), rec["emb"])
-            opil = np.asarray(mf.to_pil(oimg)).astype(np.float32)
-            d8 = np.abs(opil - np.asarray(pil).astype(np.float32))
-            df = np.abs(oimg.astype(np.float64) - img.astype(np.float64)) * 255.0
-            r = dict(name=case["name"], sampler=case["sampler"], mean_u8=float(d8.mean()), max_u8=float(d8.max()),
-                     mean_f=float(df.mean()), max_f=float(df.max()))
-            diffs.append(r)
-            line += f"  ORT-vs-PT u8 mean {r['mean_u8']:.4f} max {r['max_u8']:.0f}  float*255 mean {r['mean_f']:.5f} max {r['max_f']:.4f}"
+            line += ort_vs_pt(diffs, case, img, pil, oimg)
         log(line)
 
-    mf.write_json(OUT / "manifest.json", manifest)
-    tmp.cleanup()
 
     log("== lcm-tiny: text encoder/VAE exported byte-identical to sd1-tiny: " + json.dumps(same))
     log(f"== lcm-tiny unet ONNX vs PyTorch max abs {unet_diff:.2e}; timestep_cond changes the output by up to {cond_effect:.3f}")
-    if diffs:
-        log("== ORT vs PyTorch (markdown)")
-        log("| case | sampler | u8 mean | u8 max | float×255 mean | float×255 max |")
-        log("|---|---|---|---|---|---|")
-        for r in diffs:
-            log(f"| {r['name']} | {r['sampler']} | {r['mean_u8']:.4f} | {r['max_u8']:.0f} | {r['mean_f']:.5f} | {r['max_f']:.4f} |")
-    total = sum(p.stat().st_size for p in OUT.rglob("*") if p.is_file())
-    known = {mf.sha(p) for p in (FIX / "models").rglob("*") if p.is_file()}
-    new = {}
-    for p in OUT.rglob("*"):
-        if p.is_file() and mf.sha(p) not in known:
-            new[mf.sha(p)] = p.stat().st_size
-    log(f"== fewstep fixtures: {total/1e6:.3f} MB on disk, {sum(new.values())/1e6:.3f} MB of content not already under models/")
+    finish(OUT, manifest, diffs)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@ Run from the repository root:
     .venv-tools/bin/python tools/make_fixtures.py            # everything
     .venv-tools/bin/python tools/make_fixtures.py --skip-ort # no ORT-vs-PyTorch comparison
 
-Everything is built locally from configs in code with seeded random weights; nothing is
-downloaded. See tools/README.md for what each fixture is and the measured diffs.
+Everything is built locally from configs in code (tools/common.py, tools/configs/) with seeded
+random weights; nothing is downloaded. See tools/README.md for what each fixture is and the
+measured diffs.
 
 Stages (all re-run every time, outputs are overwritten):
   1. tokenizer/  CLIP BPE vocabularies (full + truncated) and cases.json
@@ -17,153 +18,27 @@ Stages (all re-run every time, outputs are overwritten):
 
 from __future__ import annotations
 
-import argparse
-import gzip
-import hashlib
 import json
-import os
 import shutil
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
-FIX = ROOT / "tests" / "fixtures"
+from common import (  # also sets HF_HUB_OFFLINE etc.
+    FIX, MAX_LEN, MODEL_SPECS, NEGATIVE, build_pipeline, cached_pipelines, clip_bpe, describe_signature,
+    disk_and_new_bytes, fixture_args, fresh_dir, log, make_scheduler, make_slow_tokenizer, onnx_signature,
+    optimum_export, ort_vs_pt, reference_entry, run_pipe, save_diffusers, save_png, scratch_dir,
+    set_name_or_path, to_pil, torch_setup, verify_model, write_bpe, write_json,
+)
 
 # Number of BPE merges kept for the tiny models' vocabulary (CLIP ranks them by frequency,
 # so the first merges are the most common: "t h", "i n", "a n", ...).
 TINY_MERGES = 1000
-MAX_LEN = 77
-
-# Scheduler configs exactly as the real models ship them (keys absent take class defaults,
-# exactly as diffusers' from_config does for a file read from disk).
-SD15_SCHEDULER = {
-    "_class_name": "PNDMScheduler",
-    "_diffusers_version": "0.6.0",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "num_train_timesteps": 1000,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "trained_betas": None,
-    "clip_sample": False,
-}
-# stabilityai/stable-diffusion-2-1 scheduler/scheduler_config.json (DDIM + v_prediction; it
-# carries a stray "skip_prk_steps" and no "timestep_spacing", so DDIM uses "leading" and
-# Euler/DPM/Heun fall back to their own default "linspace").
-SD21_SCHEDULER = {
-    "_class_name": "DDIMScheduler",
-    "_diffusers_version": "0.8.0",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "clip_sample": False,
-    "num_train_timesteps": 1000,
-    "prediction_type": "v_prediction",
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "trained_betas": None,
-}
-
-SAMPLERS = {
-    "euler": ("EulerDiscreteScheduler", {}),
-    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
-    "ddim": ("DDIMScheduler", {}),
-    "pndm": ("PNDMScheduler", {"skip_prk_steps": True}),
-    "dpmpp_2m": ("DPMSolverMultistepScheduler", {}),
-    "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
-    "lcm": ("LCMScheduler", {}),
-    "heun": ("HeunDiscreteScheduler", {}),
-}
-# scheduler module whose `randn_tensor` draws per-step noise, per sampler
-STOCHASTIC = {
-    "euler_a": "diffusers.schedulers.scheduling_euler_ancestral_discrete",
-    "lcm": "diffusers.schedulers.scheduling_lcm",
-}
-
-
-def log(*a):
-    print(*a, flush=True)
-
-
-def write_json(path: Path, obj, indent=2):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=indent, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # --------------------------------------------------------------------------------------
-# 1. Tokenizer
+# 1. Tokenizer (the BPE construction itself is common.clip_bpe, shared with tiny_shapes/export.py)
 # --------------------------------------------------------------------------------------
-
-
-def bytes_to_unicode():
-    """CLIP's (and GPT-2's) reversible byte -> unicode char map (same order as CLIP)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(2**8):
-        if b not in bs:
-            bs.append(b)
-            cs.append(2**8 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs]))
-
-
-def clip_bpe(n_merges: int | None):
-    """(vocab list, merges list) exactly as CLIP's SimpleTokenizer builds them."""
-    import open_clip.tokenizer
-
-    path = open_clip.tokenizer.default_bpe()
-    merges = gzip.open(path).read().decode("utf-8").split("\n")
-    merges = merges[1 : 49152 - 256 - 2 + 1]
-    merges = [tuple(m.split()) for m in merges]
-    if n_merges is not None:
-        merges = merges[:n_merges]
-    vocab = list(bytes_to_unicode().values())
-    vocab = vocab + [v + "</w>" for v in vocab]
-    for m in merges:
-        vocab.append("".join(m))
-    vocab.extend(["<|startoftext|>", "<|endoftext|>"])
-    assert len(set(vocab)) == len(vocab)
-    return vocab, merges
-
-
-def write_bpe(folder: Path, vocab, merges):
-    """vocab.json (one line, in id order, like openai/clip-vit-large-patch14 on the Hub) and
-    merges.txt ("#version: 0.2" header, one merge per line, by rank)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    enc = {t: i for i, t in enumerate(vocab)}
-    (folder / "vocab.json").write_text(json.dumps(enc, ensure_ascii=False) + "\n", encoding="utf-8")
-    with open(folder / "merges.txt", "w", encoding="utf-8") as f:
-        f.write("#version: 0.2\n")
-        for a, b in merges:
-            f.write(f"{a} {b}\n")
-
-
-def make_slow_tokenizer(folder: Path, pad: str):
-    from transformers import CLIPTokenizer
-
-    return CLIPTokenizer(
-        str(folder / "vocab.json"),
-        str(folder / "merges.txt"),
-        model_max_length=MAX_LEN,  # without it diffusers pads to a huge length
-        pad_token=pad,
-    )
 
 
 TOKENIZER_PROMPTS = [
@@ -292,120 +167,9 @@ def stage_tokenizer(out: Path):
 
 
 # --------------------------------------------------------------------------------------
-# 2. Models
+# 2. Models (their specs, seeds and builder are common.MODEL_SPECS / build_pipeline: every
+#    other fixture script rebuilds them from there)
 # --------------------------------------------------------------------------------------
-
-MODEL_SPECS = {
-    "sd1-tiny": dict(
-        seed=1,
-        scheduler=SD15_SCHEDULER,
-        pad="<|endoftext|>",
-        hidden_act="quick_gelu",  # OpenAI CLIP ViT-L/14
-        use_linear_projection=False,  # SD1: 1x1 conv proj_in/proj_out
-        vae_blocks=(8, 8, 16, 16),  # factor 8
-        scaling_factor=0.18215,
-        unet_sample=8,
-    ),
-    "sd2-tiny-v": dict(
-        seed=2,
-        scheduler=SD21_SCHEDULER,
-        pad="!",
-        hidden_act="gelu",  # OpenCLIP ViT-H/14
-        use_linear_projection=True,  # SD2: linear proj_in/proj_out
-        vae_blocks=(8, 16, 16),  # factor 4
-        scaling_factor=0.13025,
-        unet_sample=16,
-    ),
-}
-
-
-def build_pipeline(name: str, spec: dict, tok_dir: Path):
-    import diffusers
-    import torch
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    tokenizer = make_slow_tokenizer(tok_dir, spec["pad"])
-    vocab = len(tokenizer.get_vocab())
-    torch.manual_seed(spec["seed"])
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=vocab,
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=MAX_LEN,
-            hidden_act=spec["hidden_act"],
-            bos_token_id=vocab - 2,
-            eos_token_id=vocab - 1,
-            pad_token_id=1,
-            projection_dim=32,
-        )
-    ).eval()
-    unet = UNet2DConditionModel(
-        sample_size=spec["unet_sample"],
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=(2, 4),
-        norm_num_groups=8,
-        use_linear_projection=spec["use_linear_projection"],
-    ).eval()
-    # Random init predicts noise with std ~0.33; a trained UNet predicts ~unit variance.
-    # Scale the output conv so the UNet moves the latents like a real one (and the reference
-    # images depend strongly on every step being right). Still a plain UNet2DConditionModel.
-    with torch.no_grad():
-        unet.conv_out.weight.mul_(3.0)
-        unet.conv_out.bias.mul_(3.0)
-    nb = len(spec["vae_blocks"])
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * nb,
-        up_block_types=("UpDecoderBlock2D",) * nb,
-        block_out_channels=spec["vae_blocks"],
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=spec["unet_sample"] * 2 ** (nb - 1),
-        scaling_factor=spec["scaling_factor"],
-    ).eval()
-    # the model's own scheduler class (model_index.json names it; optimum re-saves it by it)
-    scheduler = getattr(diffusers, spec["scheduler"]["_class_name"]).from_config(dict(spec["scheduler"]))
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    return pipe
-
-
-def onnx_signature(path: Path):
-    import onnx
-
-    m = onnx.load(str(path), load_external_data=False)
-    et = {v: k for k, v in onnx.TensorProto.DataType.items()}
-
-    def desc(vi):
-        tt = vi.type.tensor_type
-        dims = [d.dim_param if d.dim_param else d.dim_value for d in tt.shape.dim]
-        return {"name": vi.name, "dtype": et[tt.elem_type].lower(), "shape": dims}
-
-    return {
-        "inputs": [desc(i) for i in m.graph.input],
-        "outputs": [desc(o) for o in m.graph.output],
-        "opset": [f"{o.domain or 'ai.onnx'}:{o.version}" for o in m.opset_import],
-    }
 
 
 def export_model(name: str, spec: dict, tok_dir: Path, work: Path, out: Path):
@@ -414,101 +178,16 @@ def export_model(name: str, spec: dict, tok_dir: Path, work: Path, out: Path):
     ddir = work / "diffusers" / name
     if ddir.exists():
         shutil.rmtree(ddir)
-    pipe.save_pretrained(ddir)
-    write_json(ddir / "scheduler" / "scheduler_config.json", spec["scheduler"])
+    save_diffusers(pipe, ddir, spec["scheduler"])
     if out.exists():
         shutil.rmtree(out)
-    cmd = [sys.executable, "-m", "optimum.exporters.onnx", "--model", str(ddir), "--task", "text-to-image", str(out)]
-    log("  $ " + " ".join(cmd[1:]))
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        log(r.stdout[-5000:], r.stderr[-5000:])
-        raise SystemExit(f"optimum export of {name} failed")
+    optimum_export(ddir, out, name)
     exported_sched = json.loads((out / "scheduler" / "scheduler_config.json").read_text())
-    # configs record the (temporary) folder they were loaded from; make them reproducible
-    for p in sorted(out.rglob("*.json")):
-        d = json.loads(p.read_text())
-        if isinstance(d, dict) and "_name_or_path" in d:
-            sub = p.parent.relative_to(out).as_posix()
-            d["_name_or_path"] = f"easel-fixtures/{name}" + ("" if sub == "." else f"/{sub}")
-            write_json(p, d)
+    set_name_or_path(out, f"easel-fixtures/{name}")
     # optimum re-saves the scheduler with every key filled in (class defaults included);
     # ship the config exactly as the real model does instead.
     write_json(out / "scheduler" / "scheduler_config.json", spec["scheduler"])
     return ddir, exported_sched
-
-
-def ort_session(path: Path):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
-def verify_model(name: str, ddir: Path, mdir: Path, base_ddir: Path | None = None):
-    """Run each ONNX sub-model with onnxruntime and the PyTorch module on the same inputs."""
-    import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel
-
-    src = base_ddir or ddir
-    te = CLIPTextModel.from_pretrained(src / "text_encoder").eval()
-    unet = UNet2DConditionModel.from_pretrained(src / "unet").eval()
-    vae = AutoencoderKL.from_pretrained(src / "vae").eval()
-    rng = np.random.default_rng(1234)
-    diffs = {}
-    vocab = te.config.vocab_size
-
-    def feed(sess, arrays):
-        feeds = {}
-        for i in sess.get_inputs():
-            a = arrays[i.name]
-            want = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32}[i.type]
-            a = np.asarray(a).astype(want)
-            if len(i.shape) == 1 and a.ndim == 0:  # [B] timestep
-                a = np.full((arrays["_batch"],), a, dtype=want)
-            feeds[i.name] = a
-        return feeds
-
-    with torch.no_grad():
-        ids = rng.integers(0, vocab, size=(2, MAX_LEN)).astype(np.int64)
-        ids[:, -1] = vocab - 1
-        ref = te(torch.from_numpy(ids))
-        s = ort_session(mdir / "text_encoder" / "model.onnx")
-        o = dict(zip([x.name for x in s.get_outputs()], s.run(None, feed(s, {"input_ids": ids, "_batch": 2}))))
-        diffs["text_encoder"] = max(
-            float(np.abs(o["last_hidden_state"] - ref.last_hidden_state.numpy()).max()),
-            float(np.abs(o["pooler_output"] - ref.pooler_output.numpy()).max()),
-        )
-
-        h = unet.config.sample_size
-        sample = rng.standard_normal((2, unet.config.in_channels, h, h), dtype=np.float32)  # 4, or 9 for inpainting UNets
-        ehs = rng.standard_normal((2, MAX_LEN, 32), dtype=np.float32)
-        t = np.array(421, dtype=np.float32)
-        ref = unet(torch.from_numpy(sample), torch.tensor(421.0), torch.from_numpy(ehs)).sample.numpy()
-        s = ort_session(mdir / "unet" / "model.onnx")
-        o = s.run(None, feed(s, {"sample": sample, "timestep": t, "encoder_hidden_states": ehs, "_batch": 2}))[0]
-        diffs["unet"] = float(np.abs(o - ref).max())
-
-        f = 2 ** (len(vae.config.block_out_channels) - 1)
-        z = rng.standard_normal((1, 4, h, h), dtype=np.float32)
-        ref = vae.decode(torch.from_numpy(z)).sample.numpy()
-        s = ort_session(mdir / "vae_decoder" / "model.onnx")
-        o = s.run(None, feed(s, {"latent_sample": z, "_batch": 1}))[0]
-        diffs["vae_decoder"] = float(np.abs(o - ref).max())
-
-        x = rng.uniform(-1, 1, size=(1, 3, h * f, h * f)).astype(np.float32)
-        ref = vae.encode(torch.from_numpy(x)).latent_dist.parameters.numpy()
-        s = ort_session(mdir / "vae_encoder" / "model.onnx")
-        outs = [x_.name for x_ in s.get_outputs()]
-        o = s.run(None, feed(s, {"sample": x, "_batch": 1}))[0]
-        assert outs == ["latent_parameters"], outs
-        diffs["vae_encoder"] = float(np.abs(o - ref).max())
-    log(f"  ORT vs PyTorch max abs diff ({name}): " + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
-    for k, v in diffs.items():
-        assert v < 1e-3, (name, k, v)
-    return diffs
 
 
 # ---- graph edits for the variants ----
@@ -523,7 +202,6 @@ def _rewire_input(graph, old_name: str, new_name: str):
 
 def variant_ids_int32(model):
     """text_encoder `input_ids` int32 (a Cast to int64 feeds the original graph)."""
-    import onnx
     from onnx import TensorProto, helper
 
     g = model.graph
@@ -602,7 +280,7 @@ def make_variant(vname: str, base: Path, out: Path):
 
 
 def build_cases():
-    neg = "blurry, low quality"
+    neg = NEGATIVE
     cases = []
 
     def add(name, model, sampler, steps, cfg, w=64, h=64, prompt="a photograph of an astronaut riding a horse", negative=None, notes=""):
@@ -631,109 +309,21 @@ def build_cases():
     return cases
 
 
-class NoiseTape:
-    """Replaces `randn_tensor` in a scheduler module: hands out float32 N(0,1) numpy noise,
-    drawn fresh (record) or replayed from a saved sequence, in draw order."""
-
-    def __init__(self, module_name: str, rng=None, replay=None):
-        import importlib
-
-        self.mod = importlib.import_module(module_name)
-        self.rng = rng
-        self.replay = list(replay) if replay is not None else None
-        self.drawn = []
-
-    def __call__(self, shape, generator=None, device=None, dtype=None, layout=None):
-        import torch
-
-        shape = tuple(shape)
-        if self.replay is not None:
-            a = self.replay[len(self.drawn)]
-            assert a.shape == shape, (a.shape, shape)
-        else:
-            a = self.rng.standard_normal(shape, dtype=np.float32)
-        self.drawn.append(a)
-        return torch.from_numpy(a.copy()).to(device=device or "cpu", dtype=dtype or torch.float32)
-
-    def __enter__(self):
-        self.orig = self.mod.randn_tensor
-        self.mod.randn_tensor = self
-        return self
-
-    def __exit__(self, *a):
-        self.mod.randn_tensor = self.orig
-
-
-def make_scheduler(sampler: str, sched_file: Path):
-    import diffusers
-
-    cls_name, extra = SAMPLERS[sampler]
-    cfg = json.load(open(sched_file))  # from the file on disk: no _use_default_values
-    return getattr(diffusers, cls_name).from_config(cfg, **extra)
-
-
-def run_pipe(pipe, case, noise, sched_file, tape_kwargs):
-    import torch
-
-    pipe.scheduler = make_scheduler(case["sampler"], sched_file)
-    tape = None
-    kw = dict(
-        prompt=case["prompt"],
-        negative_prompt=case["negative_prompt"] or None,
-        width=case["width"],
-        height=case["height"],
-        num_inference_steps=case["steps"],
-        guidance_scale=case["guidance_scale"],
-        latents=torch.from_numpy(noise.copy()),
-        output_type="np",
-    )
-    if case["sampler"] in STOCHASTIC:
-        tape = NoiseTape(STOCHASTIC[case["sampler"]], **tape_kwargs)
-        with tape, torch.no_grad():
-            img = pipe(**kw).images[0]
-    else:
-        with torch.no_grad():
-            img = pipe(**kw).images[0]
-    return img, tape
-
-
-def to_pil(img):
-    from diffusers.image_processor import VaeImageProcessor
-
-    return VaeImageProcessor.numpy_to_pil(img[None])[0]
-
-
 def stage_references(out: Path, ddirs: dict, skip_ort: bool):
     import torch
     from diffusers import StableDiffusionPipeline
 
     log("== references")
     rdir = out / "references"
-    if rdir.exists():
-        shutil.rmtree(rdir)
-    for sub in ("noise", "images", "embeddings"):
-        (rdir / sub).mkdir(parents=True)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    fresh_dir(rdir, ("noise", "images", "embeddings"))
 
     cases = build_cases()
-    pt_pipes = {}
-    ort_pipes = {}
 
-    def pt_pipe(model):
-        base = "sd1-tiny" if model.startswith("sd1-tiny") else model
-        if base not in pt_pipes:
-            pt_pipes[base] = StableDiffusionPipeline.from_pretrained(ddirs[base], safety_checker=None, requires_safety_checker=False)
-            pt_pipes[base].set_progress_bar_config(disable=True)
-        return pt_pipes[base]
-
-    def ort_pipe(model):
-        from optimum.onnxruntime import ORTStableDiffusionPipeline
-
-        if model not in ort_pipes:
-            p = ORTStableDiffusionPipeline.from_pretrained(out / "models" / model, provider="CPUExecutionProvider")
-            p.set_progress_bar_config(disable=True)
-            ort_pipes[model] = p
-        return ort_pipes[model]
+    # the variants compute sd1-tiny's function: its PyTorch pipeline is their reference
+    pt_pipe, ort_pipe = cached_pipelines(
+        StableDiffusionPipeline, lambda model: ddirs["sd1-tiny" if model.startswith("sd1-tiny") else model],
+        "ORTStableDiffusionPipeline", lambda model: out / "models" / model,
+    )
 
     manifest = []
     diffs = []
@@ -764,7 +354,7 @@ def stage_references(out: Path, ddirs: dict, skip_ort: bool):
             assert np.array_equal(np.asarray(direct), np.asarray(pil)), "np->pil path differs from output_type=pil"
             checked_pil = True
         img_path = f"references/images/{case['name']}.png"
-        pil.save(out / img_path, optimize=False)
+        save_png(out / img_path, pil)
         step_noise_path = None
         notes = case["notes"]
         if tape is not None and tape.drawn:
@@ -773,21 +363,7 @@ def stage_references(out: Path, ddirs: dict, skip_ort: bool):
             notes = (notes + "; " if notes else "") + (
                 f"step_noise: the {len(tape.drawn)} noises scheduler.step drew (randn_tensor), in draw order"
             )
-        entry = dict(
-            name=case["name"],
-            model=f"models/{model}",
-            prompt=case["prompt"],
-            negative_prompt=case["negative_prompt"],
-            width=case["width"],
-            height=case["height"],
-            steps=case["steps"],
-            guidance_scale=case["guidance_scale"],
-            sampler=case["sampler"],
-            init_noise=noise_path,
-            step_noise=step_noise_path,
-            image=img_path,
-            notes=notes,
-        )
+        entry = reference_entry(case, f"models/{model}", noise_path, step_noise_path, img_path, notes)
         if emb_budget > 0 and case["guidance_scale"] > 1 and not model.endswith(("int32", "int64", "float-b")):
             with torch.no_grad():
                 cond, uncond = pipe.encode_prompt(case["prompt"], "cpu", 1, True, case["negative_prompt"] or None)
@@ -806,12 +382,7 @@ def stage_references(out: Path, ddirs: dict, skip_ort: bool):
             oimg, otape = run_pipe(ort_pipe(model), case, noise, sched_file, {"replay": replay})
             if otape is not None:
                 assert len(otape.drawn) == len(tape.drawn), "ORT pipeline drew a different number of step noises"
-            opil = np.asarray(to_pil(oimg)).astype(np.float32)
-            d8 = np.abs(opil - arr)
-            df = np.abs(oimg.astype(np.float64) - img.astype(np.float64)) * 255.0
-            rec = dict(name=case["name"], sampler=case["sampler"], mean_u8=float(d8.mean()), max_u8=float(d8.max()), mean_f=float(df.mean()), max_f=float(df.max()))
-            diffs.append(rec)
-            line += f"  ORT-vs-PT u8 mean {rec['mean_u8']:.4f} max {rec['max_u8']:.0f}  float*255 mean {rec['mean_f']:.5f} max {rec['max_f']:.4f}"
+            line += ort_vs_pt(diffs, case, img, pil, oimg)
         log(line)
         manifest.append(entry)
 
@@ -823,21 +394,16 @@ def stage_references(out: Path, ddirs: dict, skip_ort: bool):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = fixture_args(__doc__, skip_ort=True)
     ap.add_argument("--out", type=Path, default=FIX, help="fixtures folder (default tests/fixtures)")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder for the diffusers checkpoints (default: a temp dir)")
-    ap.add_argument("--skip-ort", action="store_true", help="skip the ORT-pipeline-vs-PyTorch comparison")
     args = ap.parse_args()
 
-    import torch
-
-    torch.use_deterministic_algorithms(True)
+    torch_setup()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    tmp = None
     if args.work is None:
-        tmp = tempfile.TemporaryDirectory(prefix="easel-fixtures-")
-        work = Path(tmp.name)
+        work = scratch_dir("easel-fixtures-")
     else:
         work = args.work.resolve()
         work.mkdir(parents=True, exist_ok=True)
@@ -872,17 +438,9 @@ def main():
     log("== signatures")
     for name, parts in sigs.items():
         for part, s in parts.items():
-            ins = ", ".join(f"{i['name']}:{i['dtype']}{i['shape']}" for i in s["inputs"])
-            outs = ", ".join(f"{o['name']}:{o['dtype']}{o['shape']}" for o in s["outputs"])
-            log(f"  {name}/{part}: ({ins}) -> ({outs})")
-    total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    uniq = {}
-    for p in out.rglob("*"):
-        if p.is_file():
-            uniq[sha(p)] = p.stat().st_size
-    log(f"== fixtures: {total/1e6:.2f} MB on disk, {sum(uniq.values())/1e6:.2f} MB unique content")
-    if tmp is not None:
-        tmp.cleanup()
+            log(f"  {name}/{part}: {describe_signature(s)}")
+    total, unique = disk_and_new_bytes(out)
+    log(f"== fixtures: {total/1e6:.2f} MB on disk, {unique/1e6:.2f} MB unique content")
 
 
 if __name__ == "__main__":

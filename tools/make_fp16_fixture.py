@@ -7,8 +7,8 @@ Run from the repository root (needs tests/fixtures/ from make_fixtures.py):
 
 What it does:
 
-  1. rebuilds sd1-tiny's diffusers pipeline with make_fixtures' own builder (imported, not
-     copied; seed 1) and checks it against the committed tests/fixtures/models/sd1-tiny ONNX;
+  1. rebuilds sd1-tiny's diffusers pipeline with common.py's builder (the one make_fixtures.py
+     uses; seed 1) and checks it against the committed tests/fixtures/models/sd1-tiny ONNX;
   2. exports it with `optimum-cli export onnx --task text-to-image --dtype fp16` (the PyTorch
      modules are loaded in float16 and traced on the CPU; no GPU needed with torch 2.15).
      `python -m optimum.exporters.onnx ... --dtype fp16` would NOT do it: that entry point
@@ -29,40 +29,25 @@ See the README text in tools/README.md ("make_fp16_fixture.py").
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import make_fixtures as mf  # noqa: E402  (sets HF_HUB_OFFLINE etc. on import)
+import numpy as np
 
-import numpy as np  # noqa: E402
+from common import (  # also sets HF_HUB_OFFLINE etc.
+    FIX, MAX_LEN, NEGATIVE, SD15_SCHEDULER, describe_signature, finish, fixture_args, fresh_dir,
+    load_ort_pipeline, load_pipeline, log, make_scheduler, onnx_signature, ort_session, rebuild_and_verify,
+    reference_entry, run_checked, run_pipe, save_png, scratch_dir, set_name_or_path, to_pil, torch_setup,
+    write_json,
+)
 
-FIX = mf.FIX
 OUT = FIX / "fp16"
 SD1 = FIX / "models" / "sd1-tiny"
 NAME = "sd1-tiny-fp16"
 PARTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
 OPTIMUM_ATOL = "0.1"
-
-
-def log(*a):
-    print(*a, flush=True)
-
-
-def fix_name_or_path(folder: Path, name: str):
-    for p in sorted(folder.rglob("*.json")):
-        d = json.loads(p.read_text())
-        if isinstance(d, dict) and "_name_or_path" in d:
-            sub = p.parent.relative_to(folder).as_posix()
-            d["_name_or_path"] = f"easel-fixtures/{name}" + ("" if sub == "." else f"/{sub}")
-            mf.write_json(p, d)
 
 
 # --------------------------------------------------------------------------------------
@@ -74,13 +59,10 @@ def export_fp16(ddir: Path, out: Path):
     cmd = [sys.executable, "-m", "optimum.commands.optimum_cli", "export", "onnx", "--model", str(ddir),
            "--task", "text-to-image", "--dtype", "fp16", "--atol", OPTIMUM_ATOL, str(out)]
     log("  $ optimum-cli " + " ".join(cmd[3:]))
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        log(r.stdout[-5000:], r.stderr[-5000:])
-        raise SystemExit("optimum fp16 export failed")
+    run_checked(cmd, "optimum fp16 export")
     exported_sched = json.loads((out / "scheduler" / "scheduler_config.json").read_text())
-    fix_name_or_path(out, NAME)
-    mf.write_json(out / "scheduler" / "scheduler_config.json", mf.MODEL_SPECS["sd1-tiny"]["scheduler"])
+    set_name_or_path(out, f"easel-fixtures/{NAME}")
+    write_json(out / "scheduler" / "scheduler_config.json", SD15_SCHEDULER)
     return exported_sched
 
 
@@ -128,8 +110,8 @@ def check_weights(part: str, out: Path):
 
 
 def check_signature(part: str, out: Path):
-    s16 = mf.onnx_signature(out / part / "model.onnx")
-    s32 = mf.onnx_signature(SD1 / part / "model.onnx")
+    s16 = onnx_signature(out / part / "model.onnx")
+    s32 = onnx_signature(SD1 / part / "model.onnx")
     for kind in ("inputs", "outputs"):
         assert [(x["name"], x["shape"]) for x in s16[kind]] == [(x["name"], x["shape"]) for x in s32[kind]], (part, kind)
         for a, b in zip(s16[kind], s32[kind]):
@@ -187,7 +169,7 @@ def ort_kernel_dtypes(path: Path, feeds: dict, tmp: Path):
 
 
 def run_submodels(ddir: Path, out: Path, tmp: Path):
-    """ORT fp16 vs ORT fp32 vs PyTorch fp32 on random inputs (make_fixtures.verify_model's
+    """ORT fp16 vs ORT fp32 vs PyTorch fp32 on random inputs (common.verify_model's
     inputs and seed), and the time of one run of each session."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -198,10 +180,10 @@ def run_submodels(ddir: Path, out: Path, tmp: Path):
     vae = AutoencoderKL.from_pretrained(ddir / "vae").eval()
     rng = np.random.default_rng(1234)
     vocab = te.config.vocab_size
-    ids = rng.integers(0, vocab, size=(2, mf.MAX_LEN)).astype(np.int64)
+    ids = rng.integers(0, vocab, size=(2, MAX_LEN)).astype(np.int64)
     ids[:, -1] = vocab - 1
     sample = rng.standard_normal((2, 4, 8, 8), dtype=np.float32)
-    ehs = rng.standard_normal((2, mf.MAX_LEN, 32), dtype=np.float32)
+    ehs = rng.standard_normal((2, MAX_LEN, 32), dtype=np.float32)
     z = rng.standard_normal((1, 4, 8, 8), dtype=np.float32)
     x = rng.uniform(-1, 1, size=(1, 3, 64, 64)).astype(np.float32)
     with torch.no_grad():
@@ -220,8 +202,8 @@ def run_submodels(ddir: Path, out: Path, tmp: Path):
     }
     res = {}
     for part in PARTS:
-        s16 = mf.ort_session(out / part / "model.onnx")
-        s32 = mf.ort_session(SD1 / part / "model.onnx")
+        s16 = ort_session(out / part / "model.onnx")
+        s32 = ort_session(SD1 / part / "model.onnx")
         f32 = feeds[part]
         f16 = {k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in f32.items()}
         o16 = s16.run(None, f16)
@@ -254,7 +236,7 @@ def run_submodels(ddir: Path, out: Path, tmp: Path):
 
 
 def build_cases():
-    neg = "blurry, low quality"
+    neg = NEGATIVE
     astro = "a photograph of an astronaut riding a horse"
     return [
         dict(name="fp16-euler-cfg", prompt=astro, negative_prompt=neg, width=64, height=64, steps=10, guidance_scale=7.5, sampler="euler"),
@@ -271,7 +253,7 @@ class HostLoop:
     cast to the session's float type at each call and back to float32 after it."""
 
     def __init__(self, mdir: Path, tokenizer):
-        self.s = {p: mf.ort_session(mdir / p / "model.onnx") for p in ("text_encoder", "unet", "vae_decoder")}
+        self.s = {p: ort_session(mdir / p / "model.onnx") for p in ("text_encoder", "unet", "vae_decoder")}
         self.dt = {p: {i.name: i.type for i in s.get_inputs()} for p, s in self.s.items()}
         self.tok = tokenizer
         self.scaling = json.loads((mdir / "vae_decoder" / "config.json").read_text())["scaling_factor"]
@@ -283,13 +265,13 @@ class HostLoop:
         return [o.astype(np.float32) if o.dtype == np.float16 else o for o in self.s[part].run(None, f)]
 
     def encode(self, text):
-        ids = self.tok(text, padding="max_length", max_length=mf.MAX_LEN, truncation=True, return_tensors="np").input_ids.astype(np.int64)
+        ids = self.tok(text, padding="max_length", max_length=MAX_LEN, truncation=True, return_tensors="np").input_ids.astype(np.int64)
         return self._run("text_encoder", {"input_ids": ids})[0]
 
     def __call__(self, case, noise):
         import torch
 
-        sched = mf.make_scheduler(case["sampler"], self.sched_file)
+        sched = make_scheduler(case["sampler"], self.sched_file)
         cfg = case["guidance_scale"] > 1
         emb = self.encode(case["prompt"])
         if cfg:
@@ -310,44 +292,30 @@ class HostLoop:
 
 def diff(a, b):
     """u8 = PNG pixels (numpy_to_pil of each float image); f = float images x 255."""
-    pa = np.asarray(mf.to_pil(a)).astype(np.float32)
-    pb = np.asarray(mf.to_pil(b)).astype(np.float32)
+    pa = np.asarray(to_pil(a)).astype(np.float32)
+    pb = np.asarray(to_pil(b)).astype(np.float32)
     d8 = np.abs(pa - pb)
     df = np.abs(a.astype(np.float64) - b.astype(np.float64)) * 255.0
     return dict(mean_u8=round(float(d8.mean()), 4), max_u8=int(d8.max()), mean_f255=round(float(df.mean()), 4), max_f255=round(float(df.max()), 4))
 
 
 def diff_png(a, png: np.ndarray):
-    d8 = np.abs(np.asarray(mf.to_pil(a)).astype(np.float32) - png.astype(np.float32))
+    d8 = np.abs(np.asarray(to_pil(a)).astype(np.float32) - png.astype(np.float32))
     return dict(mean_u8=round(float(d8.mean()), 4), max_u8=int(d8.max()))
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.parse_args()
+    fixture_args(__doc__).parse_args()
 
     import torch
     from diffusers import StableDiffusionPipeline
-    from optimum.onnxruntime import ORTStableDiffusionPipeline
 
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    if OUT.exists():
-        shutil.rmtree(OUT)
-    for sub in ("models", "noise", "images"):
-        (OUT / sub).mkdir(parents=True)
-    tmp = tempfile.TemporaryDirectory(prefix="easel-fp16-")
-    work = Path(tmp.name)
+    torch_setup()
+    fresh_dir(OUT, ("models", "noise", "images"))
+    work = scratch_dir("easel-fp16-")
 
     # 1. sd1-tiny rebuilt from make_fixtures' seed, checked against the committed ONNX
-    spec = mf.MODEL_SPECS["sd1-tiny"]
-    log(f"== rebuild sd1-tiny (seed {spec['seed']})")
-    sd1 = mf.build_pipeline("sd1-tiny", spec, FIX / "tokenizer" / "clip-tiny")
-    ddir = work / "diffusers" / "sd1-tiny"
-    sd1.save_pretrained(ddir)
-    mf.write_json(ddir / "scheduler" / "scheduler_config.json", spec["scheduler"])
-    v = mf.verify_model("sd1-tiny", ddir, SD1)
-    assert max(v.values()) < 1e-4, f"rebuilt sd1-tiny does not match the committed ONNX: {v}"
+    sd1, ddir, _ = rebuild_and_verify("sd1-tiny", work)
 
     # 2./3. fp16 export + checks
     log(f"== model {NAME} (optimum fp16 export)")
@@ -356,14 +324,12 @@ def main():
     log("  optimum re-saved scheduler (overwritten): " + json.dumps(exported_sched, sort_keys=True))
     side = compare_side_files(mdir)
     log("  non-ONNX files that differ from sd1-tiny's: " + (json.dumps(side, sort_keys=True) if side else "none"))
-    sigs, info = {}, {}
+    sigs = {}
     for part in PARTS:
         sigs[part] = check_signature(part, mdir)
         n_float, n_all = check_weights(part, mdir)
         casts = graph_casts(part, mdir)
-        ins = ", ".join(f"{i['name']}:{i['dtype']}{i['shape']}" for i in sigs[part]["inputs"])
-        outs = ", ".join(f"{o['name']}:{o['dtype']}{o['shape']}" for o in sigs[part]["outputs"])
-        log(f"  {part}: ({ins}) -> ({outs}); {n_float}/{n_all} initializers float16 == float32 weights rounded; Casts in graph {casts}")
+        log(f"  {part}: {describe_signature(sigs[part])}; {n_float}/{n_all} initializers float16 == float32 weights rounded; Casts in graph {casts}")
     sub = run_submodels(ddir, mdir, work)
     for part, r in sub.items():
         log(f"  {part}: ORT fp16 vs ORT fp32 {r['fp16_vs_fp32_ort']:.2e}, vs PyTorch fp32 {r['fp16_vs_pytorch']:.2e} "
@@ -375,27 +341,22 @@ def main():
     # 4. cases
     log("== cases")
     sched_file = SD1 / "scheduler" / "scheduler_config.json"
-    pt = StableDiffusionPipeline.from_pretrained(ddir, safety_checker=None, requires_safety_checker=False)
-    pt.set_progress_bar_config(disable=True)
+    pt = load_pipeline(StableDiffusionPipeline, ddir)
     # the same weights computed in float16 by PyTorch on the CPU (latents float16 throughout,
     # as diffusers does with torch_dtype=float16): what genuine fp16 arithmetic does, e.g. on a GPU
-    pt16 = StableDiffusionPipeline.from_pretrained(ddir, torch_dtype=torch.float16, safety_checker=None, requires_safety_checker=False)
-    pt16.set_progress_bar_config(disable=True)
+    pt16 = load_pipeline(StableDiffusionPipeline, ddir, torch_dtype=torch.float16)
     loops = {"fp16": HostLoop(mdir, sd1.tokenizer), "fp32": HostLoop(SD1, sd1.tokenizer)}
-    ortp = {}
-    for k, d in (("fp16", mdir), ("fp32", SD1)):
-        ortp[k] = ORTStableDiffusionPipeline.from_pretrained(d, provider="CPUExecutionProvider")
-        ortp[k].set_progress_bar_config(disable=True)
+    ortp = {k: load_ort_pipeline("ORTStableDiffusionPipeline", d) for k, d in (("fp16", mdir), ("fp32", SD1))}
     manifest, timing = [], []
     for idx, case in enumerate(build_cases()):
         shape = (1, 4, case["height"] // 8, case["width"] // 8)
         noise = np.random.default_rng(7000 + idx).standard_normal(shape, dtype=np.float32)
         noise_path = f"fp16/noise/{case['name']}.npy"
         np.save(FIX / noise_path, noise)
-        img, _ = mf.run_pipe(pt, case, noise, sched_file, {})
-        pil = mf.to_pil(img)
+        img, _ = run_pipe(pt, case, noise, sched_file, {})
+        pil = to_pil(img)
         img_path = f"fp16/images/{case['name']}.png"
-        pil.save(FIX / img_path, optimize=False)
+        save_png(FIX / img_path, pil)
         png = np.asarray(pil)
 
         res, secs = {}, {}
@@ -405,9 +366,9 @@ def main():
             secs[k] = time.perf_counter() - t
         for k in ("fp16", "fp32"):
             t = time.perf_counter()
-            res[f"ortpipe_{k}"], _ = mf.run_pipe(ortp[k], case, noise, sched_file, {})
+            res[f"ortpipe_{k}"], _ = run_pipe(ortp[k], case, noise, sched_file, {})
             secs[f"ortpipe_{k}"] = time.perf_counter() - t
-        res["pytorch_fp16"], _ = mf.run_pipe(pt16, case, noise.astype(np.float16), sched_file, {})
+        res["pytorch_fp16"], _ = run_pipe(pt16, case, noise.astype(np.float16), sched_file, {})
         res["pytorch_fp16"] = res["pytorch_fp16"].astype(np.float32)
         d = dict(
             fp16_vs_fp32=diff(res["fp16"], res["fp32"]),
@@ -418,21 +379,10 @@ def main():
             pytorch_fp16_vs_fp32=diff(res["pytorch_fp16"], img),
         )
         assert d["fp32_vs_image"]["max_u8"] <= 1, d  # the host loop is the pipeline (ORT fp32 vs PyTorch: within 1/255)
-        entry = dict(
-            name=case["name"],
-            model=f"fp16/models/{NAME}",
-            fp32_model="models/sd1-tiny",
-            prompt=case["prompt"],
-            negative_prompt=case["negative_prompt"],
-            width=case["width"],
-            height=case["height"],
-            steps=case["steps"],
-            guidance_scale=case["guidance_scale"],
-            sampler=case["sampler"],
-            init_noise=noise_path,
-            step_noise=None,
-            image=img_path,
-            diff=d,
+        entry = reference_entry(
+            case, f"fp16/models/{NAME}", noise_path, None, img_path,
+            after_model=dict(fp32_model="models/sd1-tiny"),
+            before_notes=dict(diff=d),
             notes=(
                 "image: diffusers' PyTorch StableDiffusionPipeline with sd1-tiny's float32 weights (as references/). "
                 "diff: fp16_vs_fp32 = the same host loop (ORT CPU sessions, diffusers scheduler and CFG in float32, "
@@ -451,8 +401,6 @@ def main():
             f" f255 max {d['ort_pipeline_fp16_vs_fp32']['max_f255']:.4f}"
             f" | PyTorch fp16 u8 max {d['pytorch_fp16_vs_fp32']['max_u8']}"
             f" | {secs['fp16']:.2f} s fp16 vs {secs['fp32']:.2f} s fp32")
-    mf.write_json(OUT / "manifest.json", manifest)
-    tmp.cleanup()
 
     log("== fp16 vs fp32 (markdown)")
     log("| case | sampler | size | u8 mean | u8 max | float×255 mean | float×255 max | fp16 vs PNG u8 max | ORT pipeline u8 max / float×255 max | PyTorch fp16 u8 max / float×255 max |")
@@ -465,10 +413,7 @@ def main():
             f"{d['pytorch_fp16_vs_fp32']['max_u8']} / {d['pytorch_fp16_vs_fp32']['max_f255']:.4f} |")
     tot = {k: sum(t[k] for t in timing) for k in timing[0]}
     log("== time for the 4 cases (s): " + ", ".join(f"{k} {v:.2f}" for k, v in tot.items()))
-    total = sum(p.stat().st_size for p in OUT.rglob("*") if p.is_file())
-    known = {mf.sha(p) for p in (FIX / "models").rglob("*") if p.is_file()}
-    new = sum(p.stat().st_size for p in OUT.rglob("*") if p.is_file() and mf.sha(p) not in known)
-    log(f"== fp16 fixtures: {total/1e6:.3f} MB on disk, {new/1e6:.3f} MB not already under models/")
+    finish(OUT, manifest)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@ tests/fixtures/models/ and tests/fixtures/img2img/init-*.png):
     .venv-tools/bin/python tools/make_inpaint_fixtures.py            # everything
     .venv-tools/bin/python tools/make_inpaint_fixtures.py --skip-ort # no ORT-vs-PyTorch comparison
 
-It rebuilds the PyTorch modules of the tiny models with make_fixtures' own builder (imported,
-not copied), checks them against the committed ONNX files, then writes:
+It rebuilds the PyTorch modules of the tiny models with common.py's builder (the one
+make_fixtures.py uses), checks them against the committed ONNX files, then writes:
 
   inpaint/models/sd1-tiny-inpaint/  sd1-tiny with a 9-channel inpainting UNet (seeded random
                                     weights, exported with optimum); every other file is sd1-tiny's
@@ -24,34 +24,26 @@ See tools/README.md ("make_inpaint_fixtures.py") for what each field means.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import shutil
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import make_fixtures as mf  # noqa: E402  (sets HF_HUB_OFFLINE etc. on import)
-import make_img2img_fixtures as i2i  # noqa: E402
-from make_fewstep_fixtures import fix_name_or_path  # noqa: E402
+import numpy as np
 
-import numpy as np  # noqa: E402
+from common import (  # also sets HF_HUB_OFFLINE etc.
+    DPM_FAMILY, FIX, MODEL_SPECS, NEGATIVE, SCHED_MODULE, SIGMA_FAMILY, VAE_MODULE, NoiseTape,
+    add_noise_facts, assemble_pipeline, cached_pipelines, check_strength_schedule, describe_signature,
+    expected_step_draws, finish, fixture_args, fresh_dir, log, make_scheduler, onnx_signature, optimum_export,
+    ort_vs_pt, rebuild_and_verify, record_get_timesteps, save_diffusers, save_png, scheduler_from_config,
+    scratch_dir, set_name_or_path, tiny_unet, to_pil, torch_setup, verify_model,
+)
 
-FIX = mf.FIX
 OUT = FIX / "inpaint"
 SD1 = FIX / "models" / "sd1-tiny"
 INPAINT = "sd1-tiny-inpaint"
 INPAINT_UNET_SEED = 21
-NEG = i2i.NEG
 PIPE_MODULE = "diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_inpaint"
 MASK_INTERPOLATION = "nearest"  # torch.nn.functional.interpolate(mask, size=latent size): the default mode
-
-
-def log(*a):
-    print(*a, flush=True)
 
 
 # --------------------------------------------------------------------------------------
@@ -91,13 +83,6 @@ def soft_mask() -> np.ndarray:
     return v.astype(np.uint8)
 
 
-def write_mask(path: Path, arr: np.ndarray):
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr, "L").save(path, optimize=False)
-
-
 def binarize(mask_u8: np.ndarray) -> np.ndarray:
     """What diffusers' mask processor does to an 'L' picture already at the right size."""
     m = mask_u8.astype(np.float32) / 255.0
@@ -125,57 +110,25 @@ def latent_mask_alternatives(mask_u8: np.ndarray, f: int) -> dict:
 def build_inpaint_unet():
     """sd1-tiny's UNet architecture with in_channels=9 (latents 4 + mask 1 + masked image 4)."""
     import torch
-    from diffusers import UNet2DConditionModel
 
-    spec = mf.MODEL_SPECS["sd1-tiny"]
+    spec = MODEL_SPECS["sd1-tiny"]
     torch.manual_seed(INPAINT_UNET_SEED)
-    unet = UNet2DConditionModel(
-        sample_size=spec["unet_sample"],
-        in_channels=9,
-        out_channels=4,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=(2, 4),
-        norm_num_groups=8,
-        use_linear_projection=spec["use_linear_projection"],
-    ).eval()
-    with torch.no_grad():  # ~unit-variance output, as make_fixtures does
-        unet.conv_out.weight.mul_(3.0)
-        unet.conv_out.bias.mul_(3.0)
-    return unet
+    return tiny_unet(spec["unet_sample"], spec["use_linear_projection"], in_channels=9)
 
 
 def make_inpaint_model(sd1_pipe, work: Path):
     """Save + export the 9-channel pipeline; assemble models/sd1-tiny-inpaint from sd1-tiny's
     files plus the exported unet/ and model_index.json. Returns the diffusers folder."""
-    import diffusers
     from diffusers import StableDiffusionInpaintPipeline
 
-    spec = mf.MODEL_SPECS["sd1-tiny"]
-    pipe = StableDiffusionInpaintPipeline(
-        vae=sd1_pipe.vae,
-        text_encoder=sd1_pipe.text_encoder,
-        tokenizer=sd1_pipe.tokenizer,
-        unet=build_inpaint_unet(),
-        scheduler=getattr(diffusers, spec["scheduler"]["_class_name"]).from_config(dict(spec["scheduler"])),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    spec = MODEL_SPECS["sd1-tiny"]
+    pipe = assemble_pipeline(sd1_pipe.vae, sd1_pipe.text_encoder, sd1_pipe.tokenizer, build_inpaint_unet(),
+                             scheduler_from_config(spec["scheduler"]), cls=StableDiffusionInpaintPipeline)
     ddir = work / "diffusers" / INPAINT
-    pipe.save_pretrained(ddir)
-    mf.write_json(ddir / "scheduler" / "scheduler_config.json", spec["scheduler"])
+    save_diffusers(pipe, ddir, spec["scheduler"])
     exp = work / "onnx" / INPAINT
-    cmd = [sys.executable, "-m", "optimum.exporters.onnx", "--model", str(ddir), "--task", "inpainting", str(exp)]
-    log("  $ " + " ".join(cmd[1:]))
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        log(r.stdout[-5000:], r.stderr[-5000:])
-        raise SystemExit(f"optimum export of {INPAINT} failed")
-    fix_name_or_path(exp, INPAINT)
+    optimum_export(ddir, exp, INPAINT, task="inpainting")
+    set_name_or_path(exp, f"easel-fixtures/{INPAINT}")
     same = {part: (exp / part / "model.onnx").read_bytes() == (SD1 / part / "model.onnx").read_bytes()
             for part in ("text_encoder", "vae_decoder", "vae_encoder")}
     log(f"  exported text encoder / VAE ONNX byte-identical to sd1-tiny's: {same}")
@@ -192,7 +145,7 @@ def make_inpaint_model(sd1_pipe, work: Path):
     base = json.loads((SD1 / "model_index.json").read_text())
     diff = sorted(k for k in set(mi) | set(base) if mi.get(k) != base.get(k))
     assert diff == ["_class_name", "_name_or_path"], diff
-    sig = mf.onnx_signature(out / "unet" / "model.onnx")
+    sig = onnx_signature(out / "unet" / "model.onnx")
     assert sig["inputs"][0] == {"name": "sample", "dtype": "float", "shape": ["batch_size", 9, "height", "width"]}, sig
     assert sig["outputs"][0]["shape"] == ["batch_size", 4, "height", "width"], sig
     return ddir, sig
@@ -208,7 +161,7 @@ def build_cases():
 
     def add(name, model, sampler, strength, cfg=7.5, steps=10, init="init-64.png", mask="mask-64.png",
             prompt="a stone fountain in a sunny garden", notes=""):
-        cases.append(dict(name=name, model=model, prompt=prompt, negative_prompt=NEG if cfg > 1 else "", init_image=init,
+        cases.append(dict(name=name, model=model, prompt=prompt, negative_prompt=NEGATIVE if cfg > 1 else "", init_image=init,
                           mask=mask, steps=steps, strength=strength, guidance_scale=cfg, sampler=sampler, notes=notes))
 
     # 9-channel inpainting UNet: the UNet sees [latents, mask, masked image latents]
@@ -253,8 +206,8 @@ def model_rel(model: str) -> str:
 
 
 def blend_coeffs(sampler, sched, idx, t):
-    """add_noise's noisy = a * x0 + b * noise at sigma index idx / timestep t (i2i's helper)."""
-    d = i2i.add_noise_facts(sampler, sched, idx, t)
+    """add_noise's noisy = a * x0 + b * noise at sigma index idx / timestep t (without the formula)."""
+    d = add_noise_facts(sampler, sched, idx, t)
     d.pop("formula")
     return d
 
@@ -264,21 +217,12 @@ def run_case(pipe, case, init_pil, mask_pil, rng=None, replay=None, output_type=
     internals recorded. Returns (image, tape, rec)."""
     import torch
 
-    pipe.scheduler = mf.make_scheduler(case["sampler"], model_dir(case["model"]) / "scheduler" / "scheduler_config.json")
+    pipe.scheduler = make_scheduler(case["sampler"], model_dir(case["model"]) / "scheduler" / "scheduler_config.json")
     sched = pipe.scheduler
-    tape = i2i.NoiseTape({"vae_sample": i2i.VAE_MODULE, "init_noise": PIPE_MODULE, "step": i2i.SCHED_MODULE[case["sampler"]]},
-                         rng=rng, replay=replay)
+    tape = NoiseTape({"vae_sample": VAE_MODULE, "init_noise": PIPE_MODULE, "step": SCHED_MODULE[case["sampler"]]},
+                     rng=rng, replay=replay)
     rec = {"spans": {}, "add_noise": [], "unet": [], "steps": 0}
-
-    orig_get_timesteps = pipe.get_timesteps
-
-    def get_timesteps(num_inference_steps, strength, device):
-        rec["full_timesteps"] = [float(t) for t in sched.timesteps]
-        ts, n = orig_get_timesteps(num_inference_steps, strength, device)
-        rec["timesteps"] = [float(t) for t in ts]
-        rec["n_run"] = n
-        rec["begin_index"] = getattr(sched, "begin_index", None)
-        return ts, n
+    record_get_timesteps(pipe, rec)
 
     def spanned(label, fn):
         def wrapper(*a, **k):
@@ -312,7 +256,6 @@ def run_case(pipe, case, init_pil, mask_pil, rng=None, replay=None, output_type=
         rec["unet"].append(dict(sample=sample.clone(), t=float(timestep)))
         return orig_fwd(sample, timestep, *a, **k)
 
-    pipe.get_timesteps = get_timesteps
     pipe.prepare_latents = spanned("prepare_latents", pipe.prepare_latents)
     pipe.prepare_mask_latents = spanned("prepare_mask_latents", pipe.prepare_mask_latents)
     sched.add_noise = add_noise
@@ -378,17 +321,13 @@ def check_and_describe(pipe, case, init_pil, mask_u8, img_tape, rec):
     want = []
     if in_ch == 4 or not is_strength_max:
         want.append("vae_sample_image")
-    want += ["init_noise", "vae_sample_masked_image"] + ["step"] * i2i.expected_step_draws(sampler, rec["n_run"])
+    want += ["init_noise", "vae_sample_masked_image"] + ["step"] * expected_step_draws(sampler, rec["n_run"])
     assert labels == want, (case["name"], labels, want)
     assert all(a.shape == lat_shape for a in drawn), [a.shape for a in drawn]
     at = {lab: drawn[labels.index(lab)] for lab in set(labels) if lab != "step"}
 
     # 2. timesteps (as img2img)
-    order = sched.order
-    init_timestep = min(int(case["steps"] * strength), case["steps"])
-    t_start = max(case["steps"] - init_timestep, 0)
-    assert rec["timesteps"] == rec["full_timesteps"][t_start * order :]
-    assert rec["begin_index"] == (t_start * order if hasattr(sched, "set_begin_index") else None)
+    init_timestep, t_start, order = check_strength_schedule(sched, case["steps"], strength, rec)
     assert [u["t"] for u in rec["unet"]] == rec["timesteps"]
 
     # 3. mask processing: 'L', binarize at 0.5 (no resize: same size), nearest to latent size
@@ -426,7 +365,7 @@ def check_and_describe(pipe, case, init_pil, mask_u8, img_tape, rec):
         assert len(pre_loop) == 1
         lt = pre_loop[0]["t"]
         assert lt == rec["timesteps"][:1], (lt, rec["timesteps"][:1])
-        an = i2i.add_noise_facts(sampler, sched, rec["begin_index"], lt[0])
+        an = add_noise_facts(sampler, sched, rec["begin_index"], lt[0])
         assert torch.allclose(pre_loop[0]["x0"], image_latents, atol=1e-6)
         assert torch.allclose(latents0, an["a"] * image_latents + an["b"] * noise, atol=1e-5)
         init = dict(source="add_noise", latent_timestep=lt[0], **an)
@@ -442,7 +381,7 @@ def check_and_describe(pipe, case, init_pil, mask_u8, img_tape, rec):
     # latents / sqrt(sigma^2 + 1) for the sigma schedulers, unchanged for the others
     s0 = rec["unet"][0]["sample"][:, :4]
     k = 1.0
-    if sampler in i2i.SIGMA_FAMILY:
+    if sampler in SIGMA_FAMILY:
         k = float((sched.sigmas[rec["begin_index"]] ** 2 + 1) ** 0.5)
     assert all(torch.allclose(s0[i : i + 1], latents0 / k, atol=1e-5) for i in range(s0.shape[0])), case["name"]
 
@@ -462,7 +401,7 @@ def check_and_describe(pipe, case, init_pil, mask_u8, img_tape, rec):
             assert r["t"] == [nt], (r["t"], nt)
             assert torch.allclose(r["x0"], image_latents, atol=1e-6) and np.array_equal(r["noise"].numpy(), at["init_noise"])
             e = dict(i=i, t=rec["timesteps"][i], noise_timestep=nt)
-            if sampler in i2i.SIGMA_FAMILY or sampler in i2i.DPM_FAMILY:
+            if sampler in SIGMA_FAMILY or sampler in DPM_FAMILY:
                 # add_noise uses sigmas[step_index], step_index already advanced by step(): the
                 # sigma of timesteps[i + 1] (for Heun too: its sigmas are interleaved like its timesteps)
                 assert r["step_index"] == rec["begin_index"] + i + 1, (r["step_index"], rec["begin_index"], i)
@@ -497,52 +436,34 @@ def check_and_describe(pipe, case, init_pil, mask_u8, img_tape, rec):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--skip-ort", action="store_true", help="skip the ORT-pipeline-vs-PyTorch comparison")
-    args = ap.parse_args()
+    args = fixture_args(__doc__, skip_ort=True).parse_args()
 
-    import torch
     from diffusers import StableDiffusionInpaintPipeline
     from PIL import Image
 
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    if OUT.exists():
-        shutil.rmtree(OUT)
-    for sub in ("models", "noise", "images", "mask_latent"):
-        (OUT / sub).mkdir(parents=True)
-    tmp = tempfile.TemporaryDirectory(prefix="easel-inpaint-")
-    work = Path(tmp.name)
+    torch_setup()
+    fresh_dir(OUT, ("models", "noise", "images", "mask_latent"))
+    work = scratch_dir("easel-inpaint-")
 
     # 1. PyTorch modules rebuilt from make_fixtures' seeds, checked against the committed ONNX
-    ddirs, verify, sd1 = {}, {}, None
-    for name, spec in mf.MODEL_SPECS.items():
-        log(f"== rebuild {name} (seed {spec['seed']})")
-        pipe = mf.build_pipeline(name, spec, FIX / "tokenizer" / "clip-tiny")
-        ddir = work / "diffusers" / name
-        pipe.save_pretrained(ddir)
-        mf.write_json(ddir / "scheduler" / "scheduler_config.json", spec["scheduler"])
-        d = mf.verify_model(name, ddir, FIX / "models" / name)
-        assert max(d.values()) < 1e-4, f"rebuilt {name} does not match the committed ONNX: {d}"
-        verify[name] = d
-        ddirs[name] = ddir
-        if name == "sd1-tiny":
-            sd1 = pipe
+    ddirs, verify, pipes = {}, {}, {}
+    for name in MODEL_SPECS:
+        pipes[name], ddirs[name], verify[name] = rebuild_and_verify(name, work)
+    sd1 = pipes["sd1-tiny"]
 
     # 2. the 9-channel model
     log(f"== model {INPAINT} (UNet seed {INPAINT_UNET_SEED})")
     ddirs[INPAINT], sig = make_inpaint_model(sd1, work)
-    d = mf.verify_model(INPAINT, ddirs[INPAINT], OUT / "models" / INPAINT)
+    d = verify_model(INPAINT, ddirs[INPAINT], OUT / "models" / INPAINT)
     assert max(d.values()) < 1e-4, d
     verify[INPAINT] = d
-    log("  unet: (" + ", ".join(f"{i['name']}:{i['dtype']}{i['shape']}" for i in sig["inputs"]) + ") -> ("
-        + ", ".join(f"{o['name']}:{o['dtype']}{o['shape']}" for o in sig["outputs"]) + ")")
+    log("  unet: " + describe_signature(sig))
 
     # 3. masks
     masks = {fname: hard_mask(w, h, rect, disc) for fname, (w, h, rect, disc) in HARD_MASKS.items()}
     masks["mask-64-soft.png"] = soft_mask()
     for fname, arr in masks.items():
-        write_mask(OUT / fname, arr)
+        save_png(OUT / fname, arr, "L")
         b = binarize(arr)
         vals = np.unique(arr)
         log(f"  {fname}: {arr.shape[1]}x{arr.shape[0]}, repaint {b.mean() * 100:.1f}% of pixels, {len(vals)} gray levels, "
@@ -551,23 +472,7 @@ def main():
     assert {127, 128} <= set(np.unique(masks["mask-64-soft.png"]).tolist())
 
     # 4. references
-    pt_pipes, ort_pipes = {}, {}
-
-    def pt_pipe(model):
-        if model not in pt_pipes:
-            p = StableDiffusionInpaintPipeline.from_pretrained(ddirs[model], safety_checker=None, requires_safety_checker=False)
-            p.set_progress_bar_config(disable=True)
-            pt_pipes[model] = p
-        return pt_pipes[model]
-
-    def ort_pipe(model):
-        from optimum.onnxruntime import ORTStableDiffusionInpaintPipeline
-
-        if model not in ort_pipes:
-            p = ORTStableDiffusionInpaintPipeline.from_pretrained(model_dir(model), provider="CPUExecutionProvider")
-            p.set_progress_bar_config(disable=True)
-            ort_pipes[model] = p
-        return ort_pipes[model]
+    pt_pipe, ort_pipe = cached_pipelines(StableDiffusionInpaintPipeline, ddirs.get, "ORTStableDiffusionInpaintPipeline", model_dir)
 
     manifest, diffs = [], []
     for idx, case in enumerate(build_cases()):
@@ -579,7 +484,7 @@ def main():
         pipe = pt_pipe(case["model"])
         img, tape, rec = run_case(pipe, case, init_pil, mask_pil, rng=np.random.default_rng(9000 + idx))
         facts = check_and_describe(pipe, case, init_pil, mask_u8, tape, rec)
-        pil = mf.to_pil(img)
+        pil = to_pil(img)
         assert pil.size == (w, h)
 
         # replay the recorded draws, with output_type="pil": the same picture, byte for byte
@@ -593,7 +498,7 @@ def main():
         ml = rec["prepare_mask_latents"][2][0][:1].numpy().astype(np.float32)
         np.save(FIX / ml_path, ml)
         img_path = f"inpaint/images/{case['name']}.png"
-        pil.save(FIX / img_path, optimize=False)
+        save_png(FIX / img_path, pil)
 
         n_el = int(np.prod(facts["latent_shape"]))
         entry = dict(
@@ -627,32 +532,10 @@ def main():
             oimg, otape, orec = run_case(ort_pipe(case["model"]), case, init_pil, mask_pil, replay=tape.drawn)
             assert orec["labels"] == rec["labels"], (orec["labels"], rec["labels"])
             assert orec["timesteps"] == rec["timesteps"]
-            opil = np.asarray(mf.to_pil(oimg)).astype(np.float32)
-            d8 = np.abs(opil - np.asarray(pil).astype(np.float32))
-            df = np.abs(oimg.astype(np.float64) - img.astype(np.float64)) * 255.0
-            r = dict(name=case["name"], sampler=case["sampler"], mean_u8=float(d8.mean()), max_u8=float(d8.max()),
-                     mean_f=float(df.mean()), max_f=float(df.max()))
-            diffs.append(r)
-            line += f"  ORT-vs-PT u8 mean {r['mean_u8']:.4f} max {r['max_u8']:.0f}  float*255 mean {r['mean_f']:.5f} max {r['max_f']:.4f}"
+            line += ort_vs_pt(diffs, case, img, pil, oimg)
         log(line)
 
-    mf.write_json(OUT / "manifest.json", manifest)
-    tmp.cleanup()
-
-    log("== ONNX vs rebuilt PyTorch (max abs): " + json.dumps(verify))
-    if diffs:
-        log("== ORT vs PyTorch (markdown)")
-        log("| case | sampler | u8 mean | u8 max | float×255 mean | float×255 max |")
-        log("|---|---|---|---|---|---|")
-        for r in diffs:
-            log(f"| {r['name']} | {r['sampler']} | {r['mean_u8']:.4f} | {r['max_u8']:.0f} | {r['mean_f']:.5f} | {r['max_f']:.4f} |")
-    total = sum(p.stat().st_size for p in OUT.rglob("*") if p.is_file())
-    known = {mf.sha(p) for p in (FIX / "models").rglob("*") if p.is_file()}
-    new = {}
-    for p in OUT.rglob("*"):
-        if p.is_file() and mf.sha(p) not in known:
-            new[mf.sha(p)] = p.stat().st_size
-    log(f"== inpaint fixtures: {total/1e6:.3f} MB on disk, {sum(new.values())/1e6:.3f} MB of content not already under models/")
+    finish(OUT, manifest, diffs, verify)
 
 
 if __name__ == "__main__":

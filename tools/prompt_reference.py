@@ -68,22 +68,18 @@ compare embeddings with a small tolerance (~1e-5 relative; the reference rescale
 from __future__ import annotations
 
 import json
-import os
-import re
 import sys
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+import numpy as np
 
-import numpy as np  # noqa: E402
+from common import FIX, MAX_LEN, ort_session  # also sets HF_HUB_OFFLINE etc.
 
-ROOT = Path(__file__).resolve().parent.parent
-MODEL = ROOT / "tests/fixtures/models/sd1-tiny"
-OUT = ROOT / "tests/fixtures/prompts"
+MODEL = FIX / "models" / "sd1-tiny"
+OUT = FIX / "prompts"
 
 CHUNK_TOKENS = 75
-SEQ = 77
+SEQ = MAX_LEN
 
 # Unicode White_Space (what Rust's char::is_whitespace accepts).
 WS = set("\t\n\x0b\x0c\r \x85\xa0\u1680\u2028\u2029\u202f\u205f\u3000") | {
@@ -220,16 +216,10 @@ def parse(prompt: str):
 
 class Encoder:
     def __init__(self):
-        import onnxruntime as ort
         from transformers import CLIPTokenizer
 
         self.tok = CLIPTokenizer.from_pretrained(str(MODEL / "tokenizer"))
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = 1
-        so.inter_op_num_threads = 1
-        self.sess = ort.InferenceSession(
-            str(MODEL / "text_encoder/model.onnx"), so, providers=["CPUExecutionProvider"]
-        )
+        self.sess = ort_session(MODEL / "text_encoder" / "model.onnx", threads=1)
         self.bos = self.tok.bos_token_id
         self.eos = self.tok.eos_token_id
         self.pad = self.tok.pad_token_id
@@ -348,7 +338,9 @@ def json_segments(segs):
     return [[t, -1 if w is None else w] for t, w in segs]
 
 
-def write_json(path: Path, data):
+def write_cases_json(path: Path, data):
+    """cases.json: one line per field, and one line per chunk (ids and weights of 77 tokens
+    would take hundreds of lines each with common.write_json's indentation)."""
     lines = ["["]
     for ci, case in enumerate(data):
         lines.append(" {")
@@ -426,7 +418,7 @@ def main():
             f"{name:28s} tokens={ntoks:3d} chunks={len(ch)} cond={tuple(cond.shape)} "
             f"mean|weighted-unweighted|={diff:.6g}"
         )
-    write_json(OUT / "cases.json", out)
+    write_cases_json(OUT / "cases.json", out)
     total = sum(f.stat().st_size for f in OUT.iterdir())
     print(f"{len(out)} cases, {len(written)} npy files, {total} bytes in {OUT}")
 

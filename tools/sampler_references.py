@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Reference trajectories for easel's samplers, recorded with diffusers.
 
-Writes daemon/src/sampler/testdata/references.json, which the Rust unit tests in
-daemon/src/sampler/ replay.  Run with the tools venv:
+Writes daemon/src/generation/sampler/testdata/references.json, which the Rust unit tests in
+daemon/src/generation/sampler/ replay.  Run with the tools venv:
 
     .venv-tools/bin/python tools/sampler_references.py
 
@@ -14,7 +14,7 @@ absent key takes the class default (a scheduler object built in code would carry
 The "model" is synthetic and elementwise so that Rust can compute it bit-for-bit:
     model_output = f32(0.3 * scaled_input + 0.05 * sin(t / 100 + arange(n) * 0.1))
 (evaluated in float64, rounded to float32).  Ancestral and LCM noise comes from a recorded
-pool: `randn_tensor` is monkeypatched to hand out consecutive slices of it.
+pool: common.NoiseTape replaces `randn_tensor` to hand out consecutive slices of it.
 """
 
 import json
@@ -25,9 +25,10 @@ import tempfile
 import numpy as np
 import torch
 
+# common first: it sets the offline environment that huggingface_hub reads on import
+from common import ROOT, SD15_SCHEDULER, STOCHASTIC, NoiseTape
+
 import diffusers
-import diffusers.schedulers.scheduling_euler_ancestral_discrete as euler_a_module
-import diffusers.schedulers.scheduling_lcm as lcm_module
 from diffusers import (
     DDIMScheduler,
     DPMSolverMultistepScheduler,
@@ -40,8 +41,7 @@ from diffusers import (
 
 assert diffusers.__version__ == "0.35.2", diffusers.__version__
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-OUT = os.path.join(HERE, "..", "daemon", "src", "sampler", "testdata", "references.json")
+OUT = ROOT / "daemon" / "src" / "generation" / "sampler" / "testdata" / "references.json"
 
 SHAPE = (1, 4, 4, 3)
 N = int(np.prod(SHAPE))
@@ -51,20 +51,8 @@ ADD_NOISE_INDEX = 2
 
 # Scheduler configs as they sit on disk in model folders.
 CONFIGS = {
-    # runwayml/stable-diffusion-v1-5
-    "sd15": {
-        "_class_name": "PNDMScheduler",
-        "_diffusers_version": "0.6.0",
-        "beta_end": 0.012,
-        "beta_schedule": "scaled_linear",
-        "beta_start": 0.00085,
-        "num_train_timesteps": 1000,
-        "set_alpha_to_one": False,
-        "skip_prk_steps": True,
-        "steps_offset": 1,
-        "trained_betas": None,
-        "clip_sample": False,
-    },
+    # runwayml/stable-diffusion-v1-5: tools/configs/sd15-scheduler.json, also sd1-tiny's file
+    "sd15": SD15_SCHEDULER,
     # stabilityai/stable-diffusion-2 (768, v-prediction)
     "sd2_euler_v": {
         "_class_name": "EulerDiscreteScheduler",
@@ -174,22 +162,8 @@ CLEAN = (0.5 * rng.standard_normal(N)).astype(np.float32)
 ADD_NOISE = rng.standard_normal(N).astype(np.float32)
 POOL_STEPS = max(STEPS)
 NOISE_POOL = rng.standard_normal(POOL_STEPS * N).astype(np.float32)
-
-
-class Pool:
-    pos = 0
-
-
-def fake_randn_tensor(shape, generator=None, device=None, dtype=None, layout=None):
-    n = int(np.prod(shape))
-    chunk = NOISE_POOL[Pool.pos : Pool.pos + n]
-    assert len(chunk) == n, "noise pool exhausted"
-    Pool.pos += n
-    return torch.from_numpy(chunk.copy()).reshape(shape).to(dtype or torch.float32)
-
-
-euler_a_module.randn_tensor = fake_randn_tensor
-lcm_module.randn_tensor = fake_randn_tensor
+# every draw is one step's noise of SHAPE: the pool, cut into consecutive slices, in draw order
+POOL_DRAWS = list(NOISE_POOL.reshape((POOL_STEPS,) + SHAPE))
 
 
 def model(scaled: torch.Tensor, t) -> torch.Tensor:
@@ -227,23 +201,24 @@ def run_case(cls, path, overrides, step_kwargs, steps, name):
     # Karras on a cosine schedule truncates 999.x and 999.y both to 999, then runs off the end).
     if hasattr(s, "set_begin_index"):
         s.set_begin_index(0)
-    Pool.pos = 0
     pred = None
-    for t in timesteps:
-        inp = s.scale_model_input(latents, t)
-        out = s.step(model(inp, t), t, latents, **step_kwargs)
-        latents = out.prev_sample
-        if name == "lcm":
-            pred = out.denoised
-        elif name.startswith("dpmpp"):
-            pred = s.model_outputs[-1]
-        else:
-            pred = getattr(out, "pred_original_sample", None)
+    # the stochastic samplers' modules draw from the pool, from its start for every case
+    with NoiseTape(STOCHASTIC, replay=POOL_DRAWS) as tape:
+        for t in timesteps:
+            inp = s.scale_model_input(latents, t)
+            out = s.step(model(inp, t), t, latents, **step_kwargs)
+            latents = out.prev_sample
+            if name == "lcm":
+                pred = out.denoised
+            elif name.startswith("dpmpp"):
+                pred = s.model_outputs[-1]
+            else:
+                pred = getattr(out, "pred_original_sample", None)
     case = {
         "timesteps": tlist(timesteps),
         "init_noise_sigma": sigma0,
         "final": f32list(latents),
-        "noise_used": Pool.pos,
+        "noise_used": sum(a.size for a in tape.drawn),  # floats taken from the pool
     }
     if pred is not None:
         case["pred_original"] = f32list(pred)
@@ -289,11 +264,11 @@ def main():
         "skipped": skipped,
         "cases": cases,
     }
-    os.makedirs(os.path.dirname(OUT), exist_ok=True)
+    OUT.parent.mkdir(parents=True, exist_ok=True)
     with open(OUT, "w") as f:
         json.dump(doc, f, separators=(",", ":"))
         f.write("\n")
-    print(f"{len(cases)} cases, {len(skipped)} skipped, {os.path.getsize(OUT)} bytes -> {os.path.normpath(OUT)}")
+    print(f"{len(cases)} cases, {len(skipped)} skipped, {OUT.stat().st_size} bytes -> {OUT}")
     for s in skipped:
         print("  skipped", s, file=sys.stderr)
 

@@ -27,27 +27,24 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 TOOLS = Path(__file__).resolve().parent.parent
 if str(TOOLS) not in sys.path:
     sys.path.insert(0, str(TOOLS))
 
-# The CLIP BPE construction and small helpers are shared with the fixture script.
-from make_fixtures import MAX_LEN, clip_bpe, make_slow_tokenizer, onnx_signature, ort_session, write_bpe, write_json  # noqa: E402
+# The CLIP BPE construction and the export steps are shared with the fixture scripts
+# (importing common also sets HF_HUB_OFFLINE etc.).
+from common import (  # noqa: E402
+    MAX_LEN, assemble_pipeline, clip_bpe, describe_signature, log, make_slow_tokenizer, onnx_signature,
+    optimum_export, ort_session, scheduler_from_config, set_name_or_path, write_bpe,
+)
 
 MODEL_NAME = "easel/tiny-shapes"  # written into configs instead of temporary folder names
 PARTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
@@ -58,10 +55,6 @@ SMOKE_PROMPTS = [
     ("a white square on a black background", ""),
     ("a green circle on an orange background", "green"),  # the negative prompt should fight the shape colour
 ]
-
-
-def log(*a):
-    print(*a, flush=True)
 
 
 def build_tokenizer(folder: Path):
@@ -90,9 +83,6 @@ def load_modules(weights: Path):
 def export(weights: Path, out: Path, work: Path | None = None) -> dict:
     """Export WEIGHTS (diffusers format) to OUT (optimum layout). Returns the config optimum
     wrote for the scheduler (before it is replaced by the original)."""
-    import diffusers
-    from diffusers import StableDiffusionPipeline
-
     weights, out = Path(weights).resolve(), Path(out).resolve()
     sched_file = weights / "scheduler" / "scheduler_config.json"
     sched_cfg = json.loads(sched_file.read_text())
@@ -103,40 +93,20 @@ def export(weights: Path, out: Path, work: Path | None = None) -> dict:
     try:
         tokenizer = build_tokenizer(work / "clip-bpe")
         te, unet, vae = load_modules(weights)
-        scheduler = getattr(diffusers, sched_cfg["_class_name"]).from_config(sched_cfg)
-        pipe = StableDiffusionPipeline(
-            vae=vae,
-            text_encoder=te,
-            tokenizer=tokenizer,
-            unet=unet,
-            scheduler=scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
+        pipe = assemble_pipeline(vae, te, tokenizer, unet, scheduler_from_config(sched_cfg))
         ddir = work / "diffusers"
         pipe.save_pretrained(ddir)
         shutil.copyfile(sched_file, ddir / "scheduler" / "scheduler_config.json")
 
         if out.exists():
             shutil.rmtree(out)
-        cmd = [sys.executable, "-m", "optimum.exporters.onnx", "--model", str(ddir), "--task", "text-to-image", str(out)]
-        log("  $ python " + " ".join(cmd[1:]))
         t0 = time.time()
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        if r.returncode != 0:
-            log(r.stdout[-5000:], r.stderr[-5000:])
-            raise SystemExit("optimum export failed")
+        optimum_export(ddir, out, MODEL_NAME)
         log(f"  optimum export took {time.time() - t0:.1f} s")
 
         exported_sched = json.loads((out / "scheduler" / "scheduler_config.json").read_text())
         # Configs record the (temporary) folder they were loaded from; name the model instead.
-        for p in sorted(out.rglob("*.json")):
-            d = json.loads(p.read_text())
-            if isinstance(d, dict) and "_name_or_path" in d:
-                sub = p.parent.relative_to(out).as_posix()
-                d["_name_or_path"] = MODEL_NAME + ("" if sub == "." else f"/{sub}")
-                write_json(p, d)
+        set_name_or_path(out, MODEL_NAME)
         # optimum re-saves the scheduler with every __init__ key filled in; ship the original.
         shutil.copyfile(sched_file, out / "scheduler" / "scheduler_config.json")
         for p in out.rglob("*"):
@@ -214,9 +184,7 @@ def make_slow_tokenizer_for(model_dir: Path):
 def signatures(out: Path) -> dict:
     sigs = {part: onnx_signature(out / part / "model.onnx") for part in PARTS}
     for part, s in sigs.items():
-        ins = ", ".join(f"{i['name']}:{i['dtype']}{i['shape']}" for i in s["inputs"])
-        outs = ", ".join(f"{o['name']}:{o['dtype']}{o['shape']}" for o in s["outputs"])
-        log(f"  {part}: ({ins}) -> ({outs})  opset {','.join(s['opset'])}")
+        log(f"  {part}: {describe_signature(s)}  opset {','.join(s['opset'])}")
     return sigs
 
 

@@ -50,21 +50,19 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # data.py and export.py; tools/common.py
+# common sets HF_HUB_OFFLINE etc.; MAX_LEN is CLIP's context length: every caption is padded to 77 tokens
+from common import MAX_LEN, assemble_pipeline, log, scheduler_from_config, write_json  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 import data  # noqa: E402
 import export  # noqa: E402
-
-MAX_LEN = 77  # CLIP's context length: every caption is padded to 77 tokens
 
 
 # --------------------------------------------------------------------------------------
@@ -125,10 +123,6 @@ SCHEDULER_CONFIG = {
     "timestep_spacing": "leading",
     "trained_betas": None,
 }
-
-
-def log(*a):
-    print(*a, flush=True)
 
 
 def seed_everything(seed: int, device: str):
@@ -497,18 +491,11 @@ def train_unet(latents, ids, empty_ids, probe: CaptionProbe, s: Settings, device
 def save_diffusers(folder: Path, vae, unet, te):
     """A complete StableDiffusionPipeline folder: loadable with from_pretrained, and what
     export.py reads (text_encoder/, unet/, vae/, scheduler/)."""
-    import diffusers
-    from diffusers import StableDiffusionPipeline
-
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = export.build_tokenizer(Path(tmp))
-    pipe = StableDiffusionPipeline(
-        vae=vae.float().cpu(), text_encoder=te.float().cpu(), tokenizer=tokenizer, unet=unet.float().cpu(),
-        scheduler=getattr(diffusers, SCHEDULER_CONFIG["_class_name"]).from_config(SCHEDULER_CONFIG),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
+    pipe = assemble_pipeline(vae.float().cpu(), te.float().cpu(), tokenizer, unet.float().cpu(), scheduler_from_config(SCHEDULER_CONFIG))
     pipe.save_pretrained(folder)
-    export.write_json(folder / "scheduler" / "scheduler_config.json", SCHEDULER_CONFIG)
+    write_json(folder / "scheduler" / "scheduler_config.json", SCHEDULER_CONFIG)
 
 
 # --------------------------------------------------------------------------------------
@@ -631,7 +618,7 @@ def main():
         unet=dict(loss_first_last=(first, last), probes=probes), onnx_vs_torch=diffs, held_out=held,
         versions={m: __import__(m).__version__ for m in ("torch", "diffusers", "transformers", "onnxruntime", "numpy")},
     )
-    export.write_json(out / "report.json", report)
+    write_json(out / "report.json", report)
     log(f"== done in {timings['total_s']:.0f} s: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
 
 
