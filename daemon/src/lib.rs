@@ -4,9 +4,10 @@
 //! The daemon is a house with wings; arrows point down only (see ARCHITECTURE.md):
 //!
 //! ```text
-//! serve/ ──▶ jobs/ ──▶ generation/ ──▶ model/
-//!   │          │                          ▲
-//!   └────────▶ catalog/ ─────────────────┘
+//! serve/ ──▶ jobs/ ──────▶ generation/ ──▶ model/
+//!   │          │               ▲              ▲
+//!   │          ▼               │              │
+//!   └──────▶ catalog/ ─────────┴──────────────┘
 //! ```
 //!
 //! - [`serve`]: the gRPC service, conversions, error codes, the socket — the only wing that

@@ -41,36 +41,60 @@ fn median(values: &mut [f32]) -> f32 {
     values[values.len() / 2]
 }
 
-/// Judges an RGB picture (3 bytes a pixel, row-major).
-pub fn judge(width: usize, height: usize, pixels: &[u8]) -> Judgement {
-    let at = |x: usize, y: usize| -> [f32; 3] {
-        let i = (y * width + x) * 3;
-        [f32::from(pixels[i]), f32::from(pixels[i + 1]), f32::from(pixels[i + 2])]
-    };
-    let border = 3;
-    let mut channels: [Vec<f32>; 3] = Default::default();
-    for y in 0..height {
-        for x in 0..width {
-            if x < border || y < border || x >= width - border || y >= height - border {
-                let p = at(x, y);
+/// An RGB picture, 3 bytes a pixel, row-major.
+struct Picture<'a> {
+    width: usize,
+    height: usize,
+    pixels: &'a [u8],
+}
+
+impl Picture<'_> {
+    fn at(&self, x: usize, y: usize) -> [f32; 3] {
+        let i = (y * self.width + x) * 3;
+        [
+            f32::from(self.pixels[i]),
+            f32::from(self.pixels[i + 1]),
+            f32::from(self.pixels[i + 2]),
+        ]
+    }
+
+    /// The per-channel median of the pixels `keep` accepts; `None` when it accepts none.
+    fn median_colour(&self, keep: impl Fn(usize, usize) -> bool) -> Option<[f32; 3]> {
+        let mut channels: [Vec<f32>; 3] = Default::default();
+        for y in 0..self.height {
+            for x in (0..self.width).filter(|&x| keep(x, y)) {
+                let p = self.at(x, y);
                 for c in 0..3 {
                     channels[c].push(p[c]);
                 }
             }
         }
+        if channels[0].is_empty() {
+            return None;
+        }
+        Some(channels.map(|mut values| median(&mut values)))
     }
-    let background_rgb = [
-        median(&mut channels[0]),
-        median(&mut channels[1]),
-        median(&mut channels[2]),
-    ];
+
+    /// The largest region of pixels `select` accepts (given the pixel's colour).
+    fn largest_region(&self, select: impl Fn([f32; 3]) -> bool) -> Vec<bool> {
+        let selected: Vec<bool> = (0..self.width * self.height)
+            .map(|i| select(self.at(i % self.width, i / self.width)))
+            .collect();
+        largest_component(self.width, self.height, &selected)
+    }
+}
+
+/// Judges an RGB picture (3 bytes a pixel, row-major).
+pub fn judge(width: usize, height: usize, pixels: &[u8]) -> Judgement {
+    let picture = Picture { width, height, pixels };
+    let border = 3;
+    let background_rgb = picture
+        .median_colour(|x, y| x < border || y < border || x >= width - border || y >= height - border)
+        .expect("a picture has a border");
     let background = nearest(background_rgb);
 
     // The shape: the largest connected region clearly away from the background colour.
-    let away: Vec<bool> = (0..width * height)
-        .map(|i| distance(at(i % width, i / width), background_rgb.map(|v| v as u8)) > 60.0)
-        .collect();
-    let region = largest_component(width, height, &away);
+    let region = picture.largest_region(|p| distance(p, background_rgb.map(|v| v as u8)) > 60.0);
     if region.iter().filter(|&&m| m).count() < 16 {
         return Judgement {
             background,
@@ -78,7 +102,22 @@ pub fn judge(width: usize, height: usize, pixels: &[u8]) -> Judgement {
             shape: "none",
         };
     }
-    // Its colour from the inside (away from the edge the VAE blends with the background).
+    let shape_rgb = region_colour(&picture, &region);
+    let colour = nearest(shape_rgb);
+    // The outline: pixels nearer the shape's colour than the background's, largest region.
+    let mask = picture
+        .largest_region(|p| distance(p, shape_rgb.map(|v| v as u8)) < distance(p, background_rgb.map(|v| v as u8)));
+    Judgement {
+        background,
+        colour,
+        shape: classify(width, height, &mask).unwrap_or("none"),
+    }
+}
+
+/// A region's colour, from its inside where it has one (away from the edge the VAE blends
+/// with the background), else from all of it.
+fn region_colour(picture: &Picture<'_>, region: &[bool]) -> [f32; 3] {
+    let (width, height) = (picture.width, picture.height);
     let inner = |x: usize, y: usize| {
         x >= 2
             && y >= 2
@@ -86,37 +125,15 @@ pub fn judge(width: usize, height: usize, pixels: &[u8]) -> Judgement {
             && y + 2 < height
             && (0..5).all(|dy| (0..5).all(|dx| region[(y + dy - 2) * width + x + dx - 2]))
     };
-    let mut colour_channels: [Vec<f32>; 3] = Default::default();
-    for pass in 0..2 {
-        for y in 0..height {
-            for x in 0..width {
-                if region[y * width + x] && (pass == 1 || inner(x, y)) {
-                    let p = at(x, y);
-                    for c in 0..3 {
-                        colour_channels[c].push(p[c]);
-                    }
-                }
-            }
-        }
-        if !colour_channels[0].is_empty() {
-            break;
-        }
-    }
-    let shape_rgb = [
-        median(&mut colour_channels[0]),
-        median(&mut colour_channels[1]),
-        median(&mut colour_channels[2]),
-    ];
-    let colour = nearest(shape_rgb);
-    // The outline: pixels nearer the shape's colour than the background's, largest region.
-    let nearer: Vec<bool> = (0..width * height)
-        .map(|i| {
-            let p = at(i % width, i / width);
-            distance(p, shape_rgb.map(|v| v as u8)) < distance(p, background_rgb.map(|v| v as u8))
-        })
-        .collect();
-    let mask = largest_component(width, height, &nearer);
+    picture
+        .median_colour(|x, y| region[y * width + x] && inner(x, y))
+        .or_else(|| picture.median_colour(|x, y| region[y * width + x]))
+        .expect("a region with pixels")
+}
 
+/// The shape whose ideal (in the mask's bounding box) overlaps the mask best, by intersection
+/// over union; `None` when the mask has no bounding box.
+fn classify(width: usize, height: usize, mask: &[bool]) -> Option<&'static str> {
     // Bounding box from rows and columns with a few foreground pixels (ignores stray specks).
     let rows: Vec<usize> = (0..height)
         .filter(|&y| (0..width).filter(|&x| mask[y * width + x]).count() >= 2)
@@ -124,14 +141,7 @@ pub fn judge(width: usize, height: usize, pixels: &[u8]) -> Judgement {
     let cols: Vec<usize> = (0..width)
         .filter(|&x| (0..height).filter(|&y| mask[y * width + x]).count() >= 2)
         .collect();
-    let (Some(&top), Some(&bottom), Some(&left), Some(&right)) = (rows.first(), rows.last(), cols.first(), cols.last())
-    else {
-        return Judgement {
-            background,
-            colour,
-            shape: "none",
-        };
-    };
+    let (&top, &bottom, &left, &right) = (rows.first()?, rows.last()?, cols.first()?, cols.last()?);
     let (bw, bh) = ((right - left + 1) as f32, (bottom - top + 1) as f32);
     let ideal = |shape: &str, x: usize, y: usize| -> bool {
         let u = (x - left) as f32 + 0.5;
@@ -146,7 +156,7 @@ pub fn judge(width: usize, height: usize, pixels: &[u8]) -> Judgement {
             _ => (u / bw - 0.5).abs() <= 0.5 * (v / bh),
         }
     };
-    let shape = SHAPES
+    SHAPES
         .iter()
         .map(|&shape| {
             let (mut both, mut either) = (0u32, 0u32);
@@ -161,12 +171,6 @@ pub fn judge(width: usize, height: usize, pixels: &[u8]) -> Judgement {
         })
         .max_by(|a, b| a.1.total_cmp(&b.1))
         .map(|(shape, _)| shape)
-        .expect("shapes");
-    Judgement {
-        background,
-        colour,
-        shape,
-    }
 }
 
 /// The largest 4-connected region of `mask`.

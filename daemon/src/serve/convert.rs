@@ -7,6 +7,8 @@ use easel_proto::v1 as pb;
 use tonic::Status;
 
 use crate::catalog::Listed;
+use crate::catalog::hub::PullProgress;
+use crate::catalog::store::ImportProgress;
 use crate::generation::{self, PreviewKind, PreviewSettings};
 use crate::jobs::events::{DaemonEvent, Stamped};
 use crate::jobs::residency::Running;
@@ -153,6 +155,28 @@ pub fn daemon_event_to_proto(stamped: Stamped) -> pb::DaemonEvent {
     pb::DaemonEvent {
         unix_ms: system_ms(stamped.at),
         event: Some(event),
+    }
+}
+
+/// An import's progress as its stream reports it.
+pub fn import_progress_to_proto(progress: ImportProgress) -> pb::ImportEvent {
+    let event = match progress {
+        ImportProgress::Stage(stage) => pb::import_event::Event::Stage(stage.as_str().to_string()),
+        ImportProgress::Bytes { done, total } => pb::import_event::Event::Bytes(pb::ByteProgress { done, total }),
+    };
+    pb::ImportEvent { event: Some(event) }
+}
+
+/// A pull's progress as its stream reports it.
+pub fn pull_progress_to_proto(progress: PullProgress) -> pb::PullEvent {
+    pb::PullEvent {
+        event: Some(pb::pull_event::Event::Progress(pb::PullProgress {
+            files_done: progress.files_done,
+            files_total: progress.files_total,
+            bytes_done: progress.bytes_done,
+            bytes_total: progress.bytes_total,
+            file: progress.file,
+        })),
     }
 }
 

@@ -16,7 +16,8 @@ use tonic::{Request, Response, Status};
 
 use super::DaemonInfo;
 use super::convert::{
-    daemon_event_to_proto, generate_spec, job_event_to_proto, model_info, running_to_proto, show_reply,
+    daemon_event_to_proto, generate_spec, import_progress_to_proto, job_event_to_proto, model_info,
+    pull_progress_to_proto, running_to_proto, show_reply,
 };
 use super::status::{catalog_status, job_status};
 use crate::catalog::Catalog;
@@ -194,13 +195,7 @@ impl pb::easel_server::Easel for EaselService {
         tokio::task::spawn_blocking(move || {
             let progress_tx = tx.clone();
             let mut progress = |p: ImportProgress| {
-                let event = match p {
-                    ImportProgress::Stage(stage) => pb::import_event::Event::Stage(stage.as_str().to_string()),
-                    ImportProgress::Bytes { done, total } => {
-                        pb::import_event::Event::Bytes(pb::ByteProgress { done, total })
-                    }
-                };
-                let _ = progress_tx.send(Ok(pb::ImportEvent { event: Some(event) }));
+                let _ = progress_tx.send(Ok(import_progress_to_proto(p)));
             };
             let name = Some(request.name.as_str()).filter(|n| !n.is_empty());
             let result = catalog.import(
@@ -241,15 +236,7 @@ impl pb::easel_server::Easel for EaselService {
             let _ = tx.send(Ok(pb::PullEvent { event: Some(stage) }));
             let progress_tx = tx.clone();
             let progress = move |p: hub::PullProgress| {
-                let _ = progress_tx.send(Ok(pb::PullEvent {
-                    event: Some(pb::pull_event::Event::Progress(pb::PullProgress {
-                        files_done: p.files_done,
-                        files_total: p.files_total,
-                        bytes_done: p.bytes_done,
-                        bytes_total: p.bytes_total,
-                        file: p.file,
-                    })),
-                }));
+                let _ = progress_tx.send(Ok(pull_progress_to_proto(p)));
             };
             let name = Some(request.name.as_str()).filter(|n| !n.is_empty());
             let is_cancelled = || cancelled.load(Ordering::SeqCst);

@@ -89,3 +89,111 @@ fn hub_status(error: &HubError, message: String) -> Status {
         | HubError::Client(_) => Status::unavailable(message),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use tonic::Code;
+
+    use super::*;
+    use crate::generation::GenerationError;
+
+    #[test]
+    fn each_kind_of_error_gets_the_code_the_table_gives_it() {
+        let unknown = || RegistryError::UnknownName {
+            name: "x".into(),
+            models_dir: PathBuf::from("/m"),
+        };
+        let missing_folder = || ModelError::NotFound {
+            path: PathBuf::from("/nowhere"),
+        };
+        let broken = || ModelError::Incompatible {
+            model: "m".into(),
+            message: "bad".into(),
+        };
+        let jobs = [
+            (JobError::InvalidArgument("steps".into()), Code::InvalidArgument),
+            (JobError::Registry(unknown()), Code::NotFound),
+            (
+                JobError::Registry(RegistryError::Model(missing_folder())),
+                Code::NotFound,
+            ),
+            (
+                JobError::Registry(RegistryError::Model(broken())),
+                Code::FailedPrecondition,
+            ),
+            (JobError::Model(missing_folder()), Code::NotFound),
+            (JobError::Model(broken()), Code::FailedPrecondition),
+            (JobError::LoadFailed("x".into()), Code::FailedPrecondition),
+            (JobError::QueueFull(16), Code::ResourceExhausted),
+            (JobError::OutOfMemory("x".into()), Code::ResourceExhausted),
+            (JobError::Cancelled, Code::Cancelled),
+            (JobError::ShuttingDown, Code::Unavailable),
+            (JobError::Generation(GenerationError::Cancelled), Code::Internal),
+        ];
+        for (error, code) in jobs {
+            assert_eq!(job_status(&error).code(), code, "{error}");
+        }
+        let hub = |error: HubError| CatalogError::Hub(error);
+        let catalog = [
+            (CatalogError::Registry(unknown()), Code::NotFound),
+            (CatalogError::InUse { name: "m".into() }, Code::FailedPrecondition),
+            (CatalogError::InvalidArgument("relative".into()), Code::InvalidArgument),
+            (CatalogError::AlreadyPulling { repo: "a/b".into() }, Code::Aborted),
+            (CatalogError::Task("panicked".into()), Code::Internal),
+            (
+                CatalogError::Store(StoreError::AlreadyInstalled { name: "m".into() }),
+                Code::AlreadyExists,
+            ),
+            (
+                CatalogError::Store(StoreError::NotInstalled {
+                    name: "m".into(),
+                    models_dir: PathBuf::from("/m"),
+                }),
+                Code::NotFound,
+            ),
+            (CatalogError::Store(StoreError::Cancelled), Code::Cancelled),
+            (
+                CatalogError::Store(StoreError::InvalidName { name: "..".into() }),
+                Code::InvalidArgument,
+            ),
+            (hub(HubError::Cancelled), Code::Cancelled),
+            (
+                hub(HubError::Gated {
+                    repo: "a/b".into(),
+                    status: 403,
+                }),
+                Code::PermissionDenied,
+            ),
+            (
+                hub(HubError::SizeMismatch {
+                    path: "unet/model.onnx".into(),
+                    expected: 2,
+                    actual: 1,
+                }),
+                Code::DataLoss,
+            ),
+            (
+                hub(HubError::Interrupted {
+                    path: "unet/model.onnx".into(),
+                    cause: "reset".into(),
+                }),
+                Code::Unavailable,
+            ),
+        ];
+        for (error, code) in catalog {
+            assert_eq!(catalog_status(&error).code(), code, "{error}");
+        }
+    }
+
+    #[test]
+    fn the_message_is_the_whole_cause_chain() {
+        let error = JobError::Registry(RegistryError::Model(ModelError::Incompatible {
+            model: "m".into(),
+            message: "the UNet takes inputs easel cannot feed".into(),
+        }));
+        let status = job_status(&error);
+        assert!(status.message().contains("cannot feed"), "{}", status.message());
+    }
+}

@@ -94,7 +94,8 @@ pub(super) struct Puller<'a> {
 impl Puller<'_> {
     /// Sets the totals once the listing is known, and reports them.
     pub fn start(&self, files: usize, bytes: u64) {
-        self.totals.files_total
+        self.totals
+            .files_total
             .store(u32::try_from(files).unwrap_or(u32::MAX), Ordering::Relaxed);
         self.totals.bytes_total.store(bytes, Ordering::Relaxed);
         self.report("");
