@@ -171,24 +171,9 @@ pub fn describe(runtime: &OrtRuntime, name: &str, root: &Path) -> Result<ModelDe
         }
     };
     let sd2 = folder.tokenizer.pad_id() == SD2_PAD_ID || hidden_size == Some(SD2_HIDDEN_SIZE);
-    let files = list_files(root).map_err(|source| DescribeError::Files {
-        model: model.clone(),
-        path: root.to_path_buf(),
-        source,
-    })?;
-    Ok(ModelDescription {
-        family: family(sdxl, sd2, folder.is_inpainting(), unet_inputs.timestep_cond.is_some()),
-        prediction_type: folder.prediction_type.as_str().to_string(),
-        dtype: unet_inputs.sample.dtype.to_string(),
-        size_bytes: files.iter().map(|(_, size)| size).sum(),
-        default_sampler: crate::generation::sampler::default_for(&folder.scheduler)
-            .name()
-            .to_string(),
-        native_size: folder.native_size(),
-        files,
-        parts,
-        unsupported,
-    })
+    let family = family(sdxl, sd2, folder.is_inpainting(), unet_inputs.timestep_cond.is_some());
+    let dtype = unet_inputs.sample.dtype.to_string();
+    described(&folder, root, family, dtype, parts, unsupported)
 }
 
 /// What `easel models list` shows, read from the configs, the tokenizer and file sizes only —
@@ -216,23 +201,36 @@ pub fn summarize(name: &str, root: &Path) -> Result<ModelDescription, DescribeEr
     let text: TextConfig = read(&root.join("text_encoder/config.json"));
     let sdxl = root.join(TEXT_ENCODER_2).is_file();
     let sd2 = folder.tokenizer.pad_id() == SD2_PAD_ID || text.hidden_size == Some(SD2_HIDDEN_SIZE);
+    let family = family(sdxl, sd2, folder.is_inpainting(), unet.time_cond_proj_dim.is_some());
+    described(&folder, root, family, String::new(), Vec::new(), None)
+}
+
+/// A description: what the caller found out, and what the folder and its files say.
+fn described(
+    folder: &ModelFolder,
+    root: &Path,
+    family: String,
+    dtype: String,
+    parts: Vec<PartIo>,
+    unsupported: Option<String>,
+) -> Result<ModelDescription, DescribeError> {
     let files = list_files(root).map_err(|source| DescribeError::Files {
-        model: name.to_string(),
+        model: folder.name.clone(),
         path: root.to_path_buf(),
         source,
     })?;
     Ok(ModelDescription {
-        family: family(sdxl, sd2, folder.is_inpainting(), unet.time_cond_proj_dim.is_some()),
+        family,
         prediction_type: folder.prediction_type.as_str().to_string(),
-        dtype: String::new(),
+        dtype,
         size_bytes: files.iter().map(|(_, size)| size).sum(),
         default_sampler: crate::generation::sampler::default_for(&folder.scheduler)
             .name()
             .to_string(),
         native_size: folder.native_size(),
         files,
-        parts: Vec::new(),
-        unsupported: None,
+        parts,
+        unsupported,
     })
 }
 
