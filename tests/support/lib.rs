@@ -157,13 +157,12 @@ impl Daemon {
     /// `easel generate PROMPT` on the sd1-tiny fixture, quietly, into `out`, with `extra` flags.
     pub fn generate_tiny(&self, prompt: &str, extra: &[&str], out: &Path) -> Output {
         let model = fixture_model("sd1-tiny");
-        let mut args = vec![
-            "generate",
-            prompt,
-            "--model",
-            model.to_str().expect("UTF-8 path"),
-            "--no-progress",
-        ];
+        self.generate_with(model.to_str().expect("UTF-8 path"), prompt, extra, out)
+    }
+
+    /// `easel generate PROMPT --model MODEL`, quietly, into `out`, with `extra` flags.
+    pub fn generate_with(&self, model: &str, prompt: &str, extra: &[&str], out: &Path) -> Output {
+        let mut args = vec!["generate", prompt, "--model", model, "--no-progress"];
         args.extend_from_slice(extra);
         args.extend_from_slice(&["-o", out.to_str().expect("UTF-8 path")]);
         self.easel(&args)

@@ -73,9 +73,7 @@ fn each_bad_request_fails_clearly_and_the_daemon_stays_up() {
         ),
     ];
     for (flags, expected) in &cases {
-        let mut args = vec!["generate", "a cat", "--model", model, "--no-progress", "-o", out];
-        args.extend(flags.iter().copied());
-        let output = daemon.easel(&args);
+        let output = daemon.generate_with(model, "a cat", flags, Path::new(out));
         let message = stderr(&output);
         assert!(!output.status.success(), "{flags:?} should fail");
         for needle in *expected {
@@ -90,7 +88,7 @@ fn each_bad_request_fails_clearly_and_the_daemon_stays_up() {
         (truncated.display().to_string(), &["unet", "model.onnx"]),
     ];
     for (model, expected) in &model_cases {
-        let output = daemon.easel(&["generate", "a cat", "--model", model, "--no-progress", "-o", out]);
+        let output = daemon.generate_with(model, "a cat", &[], Path::new(out));
         let message = stderr(&output);
         assert!(!output.status.success(), "{model} should fail");
         for needle in *expected {
@@ -100,16 +98,6 @@ fn each_bad_request_fails_clearly_and_the_daemon_stays_up() {
 
     assert!(!Path::new(out).exists(), "no picture from a failed request");
     // Still serving, and still generating.
-    let output = daemon.easel(&[
-        "generate",
-        "a cat",
-        "--model",
-        model,
-        "--steps",
-        "2",
-        "--no-progress",
-        "-o",
-        out,
-    ]);
+    let output = daemon.generate_with(model, "a cat", &["--steps", "2"], Path::new(out));
     assert!(output.status.success(), "{}", stderr(&output));
 }

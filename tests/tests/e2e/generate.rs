@@ -328,19 +328,7 @@ fn weighted_and_long_prompts_are_chunked_and_syntax_errors_name_their_position()
 
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("long.png");
-    let output = daemon.easel(&[
-        "generate",
-        &long,
-        "--model",
-        model,
-        "--negative",
-        "(blurry:1.3)",
-        "--steps",
-        "2",
-        "--no-progress",
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    let output = daemon.generate_with(model, &long, &["--negative", "(blurry:1.3)", "--steps", "2"], &out);
     assert!(
         output.status.success(),
         "a long prompt with a short weighted negative generates: {}",
@@ -352,17 +340,7 @@ fn weighted_and_long_prompts_are_chunked_and_syntax_errors_name_their_position()
         ("a cat)", "unmatched `)` at position 5"),
         ("(a:1.2.3)", "invalid weight `1.2.3` at position 3"),
     ] {
-        let output = daemon.easel(&[
-            "generate",
-            prompt,
-            "--model",
-            model,
-            "--steps",
-            "2",
-            "--no-progress",
-            "-o",
-            out.to_str().unwrap(),
-        ]);
+        let output = daemon.generate_with(model, prompt, &["--steps", "2"], &out);
         assert!(!output.status.success(), "{prompt}");
         assert!(stderr(&output).contains(expected), "{prompt}: {}", stderr(&output));
     }

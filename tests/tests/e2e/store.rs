@@ -146,17 +146,7 @@ fn import_folders_and_archives_then_list_show_generate_and_remove() {
 
     // An installed model generates by name.
     let out = dir.path().join("by-name.png");
-    let output = daemon.easel(&[
-        "generate",
-        "a boat",
-        "--model",
-        "tiny-tar.gz",
-        "--steps",
-        "2",
-        "--no-progress",
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    let output = daemon.generate_with("tiny-tar.gz", "a boat", &["--steps", "2"], &out);
     assert!(output.status.success(), "{}", stderr(&output));
 
     // Same name again: refused unless --replace.
@@ -420,17 +410,7 @@ fn pull_installs_from_a_hub_with_the_callers_endpoint_and_token() {
     }
     assert!(!daemon.home.join("downloads/test--tiny@main").exists());
     let out = daemon.dir.path().join("pulled.png");
-    let output = daemon.easel(&[
-        "generate",
-        "a boat",
-        "--model",
-        "tiny",
-        "--steps",
-        "2",
-        "--no-progress",
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    let output = daemon.generate_with("tiny", "a boat", &["--steps", "2"], &out);
     assert!(output.status.success(), "{}", stderr(&output));
 
     let output = pull(&["test/tiny"], "secret");
