@@ -248,15 +248,17 @@ impl Checked {
                 return invalid("init noise contains NaN or infinite values".into());
             }
         }
-        let t_start = match &picture {
-            None => None,
-            Some(_) => Some(img2img_start(self.steps, self.strength).ok_or_else(|| {
-                GenerationError::InvalidRequest(format!(
-                    "strength {} with {} steps runs no step; raise the strength or the steps",
-                    self.strength, self.steps
-                ))
-            })?),
-        };
+        let t_start = picture
+            .as_ref()
+            .map(|_| {
+                img2img_start(self.steps, self.strength).ok_or_else(|| {
+                    GenerationError::InvalidRequest(format!(
+                        "strength {} with {} steps runs no step; raise the strength or the steps",
+                        self.strength, self.steps
+                    ))
+                })
+            })
+            .transpose()?;
         let init_image = picture.map(|picture| self.init_image(folder, picture.resized(width, height), mask));
         let sampler = self.sampler.unwrap_or_else(|| sampler::default_for(&folder.scheduler));
         // Built here, once, so a config the sampler cannot use fails the request up front.

@@ -184,10 +184,10 @@ pub trait Generator: Backend<Spec = Arc<ModelFolder>> + 'static {
     ) -> Result<BatchOutput, GenerationError>;
 }
 
-/// A job in the queue or running.
+/// A job in the queue or running: its validated request and how to reach its client.
 struct Job {
     id: String,
-    job: ValidJob,
+    valid: ValidJob,
     cancel: Arc<AtomicBool>,
     events: mpsc::UnboundedSender<JobEvent>,
     enqueued: Instant,
@@ -305,13 +305,13 @@ impl<G: Generator> JobQueue<G> {
         let registry = self.registry.clone();
         let limits = self.limits;
         let client = spec.client.clone();
-        let job = tokio::task::spawn_blocking(move || validate::validate(&registry, &limits, spec))
+        let valid = tokio::task::spawn_blocking(move || validate::validate(&registry, &limits, spec))
             .await
             .map_err(|e| JobError::InvalidArgument(format!("validation task failed: {e}")))??;
         let (tx, rx) = mpsc::unbounded_channel();
         let cancel = Arc::new(AtomicBool::new(false));
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
-        let model = job.folder.name.clone();
+        let model = valid.folder.name.clone();
         let position = {
             let mut state = self.shared.state.lock().expect("queue lock");
             if state.shutting_down {
@@ -322,7 +322,7 @@ impl<G: Generator> JobQueue<G> {
             }
             let job = Job {
                 id: id.clone(),
-                job,
+                valid,
                 cancel: cancel.clone(),
                 events: tx,
                 enqueued: Instant::now(),
@@ -378,14 +378,6 @@ impl<G: Generator> JobQueue<G> {
         }
     }
 
-    /// Whether a queued or running job, or a resident model in use, needs the folder at `root`.
-    pub fn model_in_use(&self, root: &Path) -> bool {
-        let state = self.shared.state.lock().expect("queue lock");
-        state.pending.iter().any(|j| j.job.folder.root == root)
-            || state.running.iter().any(|r| r.root == root)
-            || self.residency.in_use(&residency_key(root))
-    }
-
     /// Loads a model now and keeps it for `keep_alive` (None: the default). Blocking: call it
     /// off the async runtime.
     pub fn load_model(&self, reference: &str, keep_alive: Option<KeepAlive>) -> Result<Running, JobError> {
@@ -438,7 +430,10 @@ impl<G: Generator> JobQueue<G> {
 
 impl<G: Generator> ModelUsers for JobQueue<G> {
     fn in_use(&self, root: &Path) -> bool {
-        self.model_in_use(root)
+        let state = self.shared.state.lock().expect("queue lock");
+        state.pending.iter().any(|j| j.valid.folder.root == root)
+            || state.running.iter().any(|r| r.root == root)
+            || self.residency.in_use(&residency_key(root))
     }
 
     fn unload(&self, root: &Path) {
@@ -490,7 +485,7 @@ fn announce_positions(state: &mut QueueState<Job>) {
 fn job_event(job: &Job, state: JobState, message: String) -> DaemonEvent {
     DaemonEvent::Job {
         id: job.id.clone(),
-        model: job.job.folder.name.clone(),
+        model: job.valid.folder.name.clone(),
         state,
         position: 0,
         step: 0,
@@ -504,7 +499,7 @@ impl RunningJob {
         Self {
             id: job.id.clone(),
             cancel: job.cancel.clone(),
-            root: job.job.folder.root.clone(),
+            root: job.valid.folder.root.clone(),
         }
     }
 }

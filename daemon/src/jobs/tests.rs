@@ -374,12 +374,11 @@ async fn shutdown_fails_waiting_jobs_and_stops_the_running_one() {
 async fn a_model_is_in_use_while_a_job_needs_it() {
     let fixture = start(Limits::default());
     let root = PathBuf::from(sd1_tiny());
-    assert!(!fixture.queue.model_in_use(&root));
+    assert!(!fixture.queue.in_use(&root));
     let mut running = fixture.queue.submit(spec("running", "a")).await.unwrap();
     until_started(&mut running).await;
-    assert!(fixture.queue.model_in_use(&root));
-    assert!(ModelUsers::in_use(&fixture.queue, &root));
+    assert!(fixture.queue.in_use(&root));
     fixture.gate.open();
     assert!(matches!(until_end(&mut running).await, JobEvent::Finished { .. }));
-    assert!(!fixture.queue.model_in_use(&root), "a finished job releases its model");
+    assert!(!fixture.queue.in_use(&root), "a finished job releases its model");
 }

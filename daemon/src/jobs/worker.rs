@@ -38,8 +38,7 @@ struct Worker<G: Generator> {
 impl<G: Generator> Worker<G> {
     fn run(self) {
         while let Some(job) = self.next_job() {
-            let span =
-                tracing::info_span!("job", id = %job.id, model = %job.job.folder.name, steps = job.job.prepared.steps);
+            let span = tracing::info_span!("job", id = %job.id, model = %job.valid.folder.name, steps = job.valid.prepared.steps);
             let _entered = span.enter();
             let result = self.run_job(&job);
             match &result {
@@ -106,14 +105,14 @@ impl<G: Generator> Worker<G> {
         if job.cancel.load(Ordering::SeqCst) {
             return Err(JobError::Cancelled);
         }
-        let folder = &job.job.folder;
+        let folder = &job.valid.folder;
         let cancel = job.cancel.clone();
         let is_cancelled = move || cancel.load(Ordering::SeqCst);
         let lease = self.residency.acquire(
             &residency_key(&folder.root),
             &folder.name,
             folder,
-            job.job.keep_alive,
+            job.valid.keep_alive,
             Instant::now(),
             &is_cancelled,
         )?;
@@ -140,7 +139,7 @@ impl<G: Generator> Worker<G> {
         is_cancelled: &dyn Fn() -> bool,
         timings: &mut JobTimings,
     ) -> Result<(), JobError> {
-        let valid = &job.job;
+        let valid = &job.valid;
         let batch_size = valid.batch_size.max(1);
         let mut first = 0;
         let mut summarized = 0;
@@ -197,7 +196,7 @@ impl<G: Generator> Worker<G> {
     fn publish_progress(&self, job: &Job, report: &StepReport) {
         self.shared.events.publish(DaemonEvent::Job {
             id: job.id.clone(),
-            model: job.job.folder.name.clone(),
+            model: job.valid.folder.name.clone(),
             state: JobState::Progress,
             position: 0,
             step: report.step as u32,
