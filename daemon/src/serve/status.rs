@@ -186,14 +186,4 @@ mod tests {
             assert_eq!(catalog_status(&error).code(), code, "{error}");
         }
     }
-
-    #[test]
-    fn the_message_is_the_whole_cause_chain() {
-        let error = JobError::Registry(RegistryError::Model(ModelError::Incompatible {
-            model: "m".into(),
-            message: "the UNet takes inputs easel cannot feed".into(),
-        }));
-        let status = job_status(&error);
-        assert!(status.message().contains("cannot feed"), "{}", status.message());
-    }
 }
