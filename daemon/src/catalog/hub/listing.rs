@@ -47,7 +47,7 @@ pub fn is_needed(path: &str) -> bool {
 }
 
 /// `model.onnx.data`, `model.onnx_data_0`, …: external weights named after their graph.
-pub(super) fn is_external_data_name(name: &str) -> bool {
+fn is_external_data_name(name: &str) -> bool {
     match name.find(".onnx") {
         Some(at) if at > 0 => {
             let rest = &name[at + ".onnx".len()..];
@@ -137,7 +137,7 @@ pub(super) fn select_files(repo: &str, entries: Vec<TreeEntry>) -> Result<Vec<Re
     Ok(files)
 }
 
-pub(super) fn is_safe_relative(path: &str) -> bool {
+fn is_safe_relative(path: &str) -> bool {
     !path.is_empty()
         && !path.contains(['\\', '\0'])
         && path
