@@ -48,6 +48,9 @@ pub enum KeepAlive {
 
 impl KeepAlive {
     pub const DEFAULT: KeepAlive = KeepAlive::For(Duration::from_secs(300));
+    /// The longest finite keep-alive: a hundred years. Longer is refused rather than wrapped
+    /// (an `Instant` this far ahead still fits every platform's clock); `-1` means forever.
+    pub const MAX: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
     /// Parses Ollama-style durations: `5m`, `30s`, `1h30m`, `250ms`, a bare number of seconds,
     /// `0`, or anything negative (`-1`, `-1m`) for forever.
@@ -66,12 +69,20 @@ impl KeepAlive {
                 Ok(KeepAlive::Forever)
             };
         }
+        let too_long = || {
+            format!(
+                "keep-alive `{text}` is longer than the longest allowed (100 years); use -1 to keep the model forever"
+            )
+        };
+        // Checked all the way: a huge number is an error for the user, never a panic.
+        let checked = |seconds: f64| match Duration::try_from_secs_f64(seconds) {
+            Ok(duration) if duration <= Self::MAX => Ok(duration),
+            Ok(_) => Err(too_long()),
+            Err(_) if seconds.is_finite() && seconds > 0.0 => Err(too_long()),
+            Err(_) => Err(bad()),
+        };
         if let Ok(seconds) = text.parse::<f64>() {
-            return if seconds.is_finite() {
-                Ok(KeepAlive::For(Duration::from_secs_f64(seconds)))
-            } else {
-                Err(bad())
-            };
+            return checked(seconds).map(KeepAlive::For);
         }
         let mut total = Duration::ZERO;
         let mut rest = text;
@@ -89,7 +100,10 @@ impl KeepAlive {
                 "h" => value * 3600.0,
                 _ => return Err(bad()),
             };
-            total += Duration::from_secs_f64(seconds);
+            total = total
+                .checked_add(checked(seconds)?)
+                .filter(|total| *total <= Self::MAX)
+                .ok_or_else(too_long)?;
             rest = &rest[unit_len..];
         }
         Ok(KeepAlive::For(total))
@@ -305,7 +319,12 @@ pub fn parse_size(text: &str, total: u64) -> Result<u64, String> {
         "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
         _ => return Err(bad()),
     };
-    Ok((value * factor) as u64)
+    let bytes = value * factor;
+    // `as` would saturate silently; a size past 16 EiB is a typo, and the user should hear so.
+    if bytes >= u64::MAX as f64 {
+        return Err(format!("`{text}` is larger than any memory or disk; use e.g. 8GiB"));
+    }
+    Ok(bytes as u64)
 }
 
 #[cfg(test)]
@@ -357,9 +376,24 @@ mod tests {
         assert_eq!(KeepAlive::parse("0"), Ok(secs(0)));
         assert_eq!(KeepAlive::parse("-1"), Ok(KeepAlive::Forever));
         assert_eq!(KeepAlive::parse("-5m"), Ok(KeepAlive::Forever));
-        for bad in ["", "soon", "5x", "-", "m5"] {
+        for bad in ["", "soon", "5x", "-", "m5", "NaN", "inf", "1e400"] {
             assert!(KeepAlive::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn keep_alive_out_of_range_is_an_error_not_a_panic() {
+        for huge in [
+            "99999999999999999h",
+            "1e30",
+            "876001h",
+            "876000h1s",
+            "18446744073709551616s",
+        ] {
+            let err = KeepAlive::parse(huge).unwrap_err();
+            assert!(err.contains("100 years") && err.contains("-1"), "{huge}: {err}");
+        }
+        assert_eq!(KeepAlive::parse("876000h"), Ok(KeepAlive::For(KeepAlive::MAX)));
     }
 
     #[test]
@@ -371,5 +405,6 @@ mod tests {
         assert_eq!(parse_size("75%", 1000), Ok(750));
         assert!(parse_size("lots", 0).is_err());
         assert!(parse_size("150%", 10).is_err());
+        assert!(parse_size("99999999999999999999 TiB", 0).is_err());
     }
 }

@@ -1,6 +1,6 @@
 //! Model names → model folders, and a cache of opened folders.
 //!
-//! A request names a model either by path (a folder in optimum's layout, run without
+//! A request names a model either by absolute path (a folder in optimum's layout, run without
 //! installing it) or by name: a built-in model (see [`crate::catalog::builtin`]; the default when the
 //! name is empty) or a folder under `$EASEL_HOME/models/`. Opening a folder reads
 //! its configs and builds its tokenizer; that is cached per path so a warm request costs no
@@ -11,12 +11,17 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::builtin::{self, BuiltinError};
-use crate::model::{ModelError, ModelFolder};
+use super::store::validate_name;
+use crate::model::{Fingerprint, ModelError, ModelFolder};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("no model named `{name}` (looked in {models_dir}); pass a model folder with --model DIR or install one")]
     UnknownName { name: String, models_dir: PathBuf },
+    #[error(
+        "model `{reference}` is neither a model name nor an absolute path; pass a name from `easel models list` or the folder's absolute path (the CLI makes --model DIR absolute)"
+    )]
+    RelativePath { reference: String },
     #[error(transparent)]
     Builtin(#[from] BuiltinError),
     #[error(transparent)]
@@ -27,7 +32,8 @@ pub enum RegistryError {
 pub struct Registry {
     home: PathBuf,
     models_dir: PathBuf,
-    opened: Mutex<HashMap<PathBuf, Arc<ModelFolder>>>,
+    /// Opened folders, with what their files looked like when read.
+    opened: Mutex<HashMap<PathBuf, (Fingerprint, Arc<ModelFolder>)>>,
 }
 
 impl Registry {
@@ -39,7 +45,9 @@ impl Registry {
         }
     }
 
-    /// The folder a model reference points at.
+    /// The folder a model reference points at: an absolute path, or a name. A relative path
+    /// is refused: it would resolve against the daemon's working folder, which the client
+    /// neither knows nor controls (`../../etc` would read `/etc`).
     pub fn resolve(&self, reference: &str) -> Result<(String, PathBuf), RegistryError> {
         let reference = if reference.is_empty() {
             builtin::DEFAULT_MODEL
@@ -47,11 +55,16 @@ impl Registry {
             reference
         };
         let as_path = Path::new(reference);
-        if as_path.is_absolute() || reference.starts_with('.') || reference.contains('/') {
+        if as_path.is_absolute() {
             let name = as_path
                 .file_name()
                 .map_or_else(|| reference.to_string(), |n| n.to_string_lossy().into_owned());
             return Ok((name, as_path.to_path_buf()));
+        }
+        if validate_name(reference).is_err() {
+            return Err(RegistryError::RelativePath {
+                reference: reference.to_string(),
+            });
         }
         if builtin::is_builtin(reference) {
             return Ok((reference.to_string(), builtin::ensure_unpacked(&self.home, reference)?));
@@ -66,15 +79,29 @@ impl Registry {
         Ok((reference.to_string(), path))
     }
 
-    /// Opens (or returns the cached) folder for a reference. Does blocking file I/O.
+    /// Opens (or returns the cached) folder for a reference. Does blocking file I/O: a few
+    /// `stat` calls when cached and unchanged, reading the configs when not.
     pub fn open(&self, reference: &str) -> Result<Arc<ModelFolder>, RegistryError> {
         let (name, path) = self.resolve(reference)?;
-        if let Some(folder) = self.opened.lock().expect("registry lock").get(&path) {
+        let fingerprint = Fingerprint::of(&path);
+        if let Some((seen, folder)) = self.opened.lock().expect("registry lock").get(&path)
+            && *seen == fingerprint
+        {
             return Ok(folder.clone());
         }
-        let folder = Arc::new(ModelFolder::open(&name, &path)?);
-        self.opened.lock().expect("registry lock").insert(path, folder.clone());
-        Ok(folder)
+        let opened = ModelFolder::open(&name, &path);
+        let mut cache = self.opened.lock().expect("registry lock");
+        match opened {
+            Ok(folder) => {
+                let folder = Arc::new(folder);
+                cache.insert(path, (fingerprint, folder.clone()));
+                Ok(folder)
+            }
+            Err(error) => {
+                cache.remove(&path);
+                Err(error.into())
+            }
+        }
     }
 
     /// Drops the cached folder at `path` (after it was removed or replaced).
@@ -114,5 +141,59 @@ impl Registry {
             .collect();
         found.sort();
         found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::folder::SCHEDULER_CONFIG as SCHEDULER_CONFIG_PATH;
+
+    #[test]
+    fn only_names_and_absolute_paths_resolve() {
+        let home = tempfile::tempdir().unwrap();
+        let registry = Registry::new(home.path());
+        for relative in ["../../etc", "./model", "models/x", "..", ".hidden", "a/b", "-rf"] {
+            let err = registry.resolve(relative).unwrap_err();
+            assert!(matches!(err, RegistryError::RelativePath { .. }), "{relative}: {err}");
+            assert!(err.to_string().contains("absolute path"), "{err}");
+        }
+        let (name, path) = registry.resolve("/srv/models/my-model").unwrap();
+        assert_eq!(
+            (name.as_str(), path.as_path()),
+            ("my-model", Path::new("/srv/models/my-model"))
+        );
+        let err = registry.resolve("not-installed").unwrap_err();
+        assert!(matches!(err, RegistryError::UnknownName { .. }), "{err}");
+    }
+
+    #[test]
+    fn an_edited_config_is_read_again_not_served_from_the_cache() {
+        let home = tempfile::tempdir().unwrap();
+        let model = home.path().join("copy");
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models/sd1-tiny");
+        for part in ["scheduler", "unet", "vae_decoder", "text_encoder", "tokenizer"] {
+            std::fs::create_dir_all(model.join(part)).unwrap();
+            for entry in std::fs::read_dir(fixture.join(part)).unwrap() {
+                let entry = entry.unwrap();
+                let to = model.join(part).join(entry.file_name());
+                // The big ONNX files are only checked for existence when a folder opens.
+                if entry.file_name().to_string_lossy().ends_with(".onnx") {
+                    std::fs::write(to, b"").unwrap();
+                } else {
+                    std::fs::copy(entry.path(), to).unwrap();
+                }
+            }
+        }
+        let registry = Registry::new(home.path());
+        let reference = model.to_str().unwrap();
+        let first = registry.open(reference).unwrap();
+        assert!(
+            Arc::ptr_eq(&first, &registry.open(reference).unwrap()),
+            "unchanged: cached"
+        );
+        std::fs::write(model.join(SCHEDULER_CONFIG_PATH), "{ not json").unwrap();
+        let err = registry.open(reference).unwrap_err();
+        assert!(err.to_string().contains("scheduler_config.json"), "{err}");
     }
 }

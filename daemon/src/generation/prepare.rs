@@ -353,16 +353,28 @@ impl Checked {
 }
 
 /// The output size: as asked, else (img2img) the picture's own rounded down to the model's
-/// multiple, else the model's native size; a positive multiple of the VAE factor, within
-/// `max_pixels`.
+/// multiple, else the model's native size; a positive multiple of the model's size multiple
+/// ([`ModelFolder::size_multiple`]), within `max_pixels`.
+///
+/// A size the request states is refused when it is not a multiple (the user asked for exactly
+/// that); a size taken from the init image is rounded down, as AUTOMATIC1111 does.
 fn output_size(
     folder: &ModelFolder,
     picture: Option<&RgbImage>,
     request: &Request,
     limits: &Limits,
 ) -> Result<(u32, u32), GenerationError> {
-    let multiple = folder.vae_factor as u32;
+    let multiple = folder.size_multiple as u32;
     let native = folder.native_size();
+    if let Some(p) = picture
+        && ((request.width.is_none() && p.width < multiple) || (request.height.is_none() && p.height < multiple))
+    {
+        return invalid(format!(
+            "the init image is {}x{}; this model needs at least {multiple}x{multiple} (a picture's size is \
+             rounded down to a multiple of {multiple}); send a larger picture or pass --width and --height",
+            p.width, p.height
+        ));
+    }
     let (width, height) = match picture {
         Some(p) => (
             request.width.unwrap_or(p.width / multiple * multiple),
@@ -372,8 +384,14 @@ fn output_size(
     };
     for (what, value) in [("width", width), ("height", height)] {
         if value == 0 || value % multiple != 0 {
+            let below = value / multiple * multiple;
+            let nearest = if below == 0 {
+                format!("{multiple}")
+            } else {
+                format!("{below} or {}", below + multiple)
+            };
             return invalid(format!(
-                "{what} must be a positive multiple of {multiple} for this model (got {value})"
+                "{what} must be a positive multiple of {multiple} for this model (got {value}; try {nearest})"
             ));
         }
     }

@@ -312,6 +312,12 @@ async fn cancelling_ends_a_queued_or_running_job_and_moves_the_line_up() {
     assert_eq!(*fixture.started.lock().unwrap(), ["running", "second"]);
 }
 
+/// A grey PNG of this size.
+fn tiny_png(width: u32, height: u32) -> Vec<u8> {
+    let pixels = vec![128; (width * height * 3) as usize];
+    crate::generation::image::RgbImage { width, height, pixels }.to_png(&[])
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_fail_validation_before_they_queue() {
     let fixture = start(Limits::default());
@@ -324,7 +330,17 @@ async fn bad_requests_fail_validation_before_they_queue() {
         ("steps must be between", invalid(|r| r.picture.steps = Some(0))),
         ("count must be between", invalid(|r| r.count = Some(0))),
         ("keep-alive", invalid(|r| r.keep_alive = Some("soon".into()))),
-        ("multiple of 8", invalid(|r| r.picture.width = Some(60))),
+        ("multiple of 16", invalid(|r| r.picture.width = Some(60))),
+        // A multiple of the VAE factor (8) that the UNet's down-sampling cannot halve evenly.
+        ("multiple of 16", invalid(|r| r.picture.height = Some(72))),
+        (
+            "100 years",
+            invalid(|r| r.keep_alive = Some("99999999999999999h".into())),
+        ),
+        (
+            "at least 16x16",
+            invalid(|r| r.picture.init_image = Some(tiny_png(4, 4))),
+        ),
         ("unknown sampler", invalid(|r| r.picture.sampler = Some("warp".into()))),
         ("unclosed", invalid(|r| r.picture.prompt = "(red".into())),
         ("init image", invalid(|r| r.picture.mask_image = Some(vec![1, 2, 3]))),
@@ -340,6 +356,13 @@ async fn bad_requests_fail_validation_before_they_queue() {
             other => panic!("{expected}: {other:?}"),
         }
     }
+    let mut relative = spec("x", "a");
+    relative.model = "../../etc".into();
+    let error = fixture.queue.submit(relative).await.unwrap_err();
+    assert!(
+        matches!(error, JobError::Registry(RegistryError::RelativePath { .. })),
+        "{error}"
+    );
     let mut unknown = spec("x", "a");
     unknown.model = "no-such-model".into();
     let error = fixture.queue.submit(unknown).await.unwrap_err();

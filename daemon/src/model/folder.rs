@@ -45,6 +45,9 @@ struct TextEncoderConfig {
 #[derive(Deserialize, Default)]
 struct UnetConfig {
     sample_size: Option<usize>,
+    /// One entry per resolution level; every level but the last halves the latent.
+    down_block_types: Option<Vec<String>>,
+    block_out_channels: Option<Vec<usize>>,
     in_channels: Option<usize>,
     out_channels: Option<usize>,
 }
@@ -67,6 +70,10 @@ pub struct ModelFolder {
     pub unet_in_channels: usize,
     /// The UNet's native latent size, when its config says.
     pub sample_size: Option<usize>,
+    /// Picture sides must be a multiple of this: the VAE factor × 2^(the UNet's down-samplings).
+    /// An exported UNet upsamples by exactly 2, so a latent side that does not halve evenly
+    /// down to the last level fails ONNX Runtime's skip-connection `Concat`.
+    pub size_multiple: usize,
     pub tokenizer: ClipTokenizer,
     /// The text encoder's layer-norm epsilon (for clip skip), from its `config.json`.
     pub text_layer_norm_eps: f64,
@@ -79,6 +86,38 @@ pub const VAE_DECODER: &str = "vae_decoder/model.onnx";
 /// Optional: only img2img and inpainting need it, so it is loaded on first use.
 pub const VAE_ENCODER: &str = "vae_encoder/model.onnx";
 pub const SCHEDULER_CONFIG: &str = "scheduler/scheduler_config.json";
+
+/// Every file [`ModelFolder::open`] reads, relative to the model root.
+const READ_ON_OPEN: [&str; 7] = [
+    SCHEDULER_CONFIG,
+    "vae_decoder/config.json",
+    "unet/config.json",
+    "text_encoder/config.json",
+    "tokenizer/vocab.json",
+    "tokenizer/merges.txt",
+    "tokenizer/tokenizer_config.json",
+];
+
+/// What the files a folder was opened from looked like (size and modification time of each,
+/// `None` when absent): a cached [`ModelFolder`] is good while this is unchanged, so an edited
+/// or corrupted config is read again rather than served from memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprint(Vec<Option<(u64, std::time::SystemTime)>>);
+
+impl Fingerprint {
+    /// A few `stat` calls: cheap enough for every request.
+    pub fn of(root: &Path) -> Self {
+        Self(
+            READ_ON_OPEN
+                .iter()
+                .map(|part| {
+                    let meta = std::fs::metadata(root.join(part)).ok()?;
+                    Some((meta.len(), meta.modified().ok()?))
+                })
+                .collect(),
+        )
+    }
+}
 
 impl ModelFolder {
     pub fn open(name: &str, root: &Path) -> Result<Self, ModelError> {
@@ -121,6 +160,15 @@ impl ModelFolder {
             .or(unet.in_channels)
             .unwrap_or(4);
         let unet_in_channels = unet.in_channels.unwrap_or(latent_channels);
+        // diffusers: every down block but the last has a down-sampler. Without a config,
+        // SD 1.x/2.x's four levels.
+        let levels = unet
+            .down_block_types
+            .as_ref()
+            .map(Vec::len)
+            .or(unet.block_out_channels.as_ref().map(Vec::len))
+            .unwrap_or(4);
+        let size_multiple = vae_factor << levels.saturating_sub(1).min(8);
         if unet_in_channels != latent_channels && unet_in_channels != 2 * latent_channels + 1 {
             return Err(ModelError::Incompatible {
                 model,
@@ -145,6 +193,7 @@ impl ModelFolder {
             latent_channels,
             unet_in_channels,
             sample_size: unet.sample_size,
+            size_multiple,
             tokenizer,
             text_layer_norm_eps: text.layer_norm_eps.unwrap_or(1e-5),
         })

@@ -22,7 +22,7 @@ pub mod tokenizer;
 
 use std::path::PathBuf;
 
-pub use folder::{ModelFolder, PredictionType};
+pub use folder::{Fingerprint, ModelFolder, PredictionType};
 pub use loaded::{LoadedModel, UnetInputs, VaeEncoder};
 pub use scheduler_config::SchedulerConfig;
 

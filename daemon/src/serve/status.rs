@@ -34,6 +34,7 @@ pub fn registry_status(error: &RegistryError, message: String) -> Status {
         RegistryError::UnknownName { .. } | RegistryError::Model(ModelError::NotFound { .. }) => {
             Status::not_found(message)
         }
+        RegistryError::RelativePath { .. } => Status::invalid_argument(message),
         RegistryError::Model(_) | RegistryError::Builtin(_) => Status::failed_precondition(message),
     }
 }
@@ -122,6 +123,12 @@ mod tests {
             (
                 JobError::Registry(RegistryError::Model(broken())),
                 Code::FailedPrecondition,
+            ),
+            (
+                JobError::Registry(RegistryError::RelativePath {
+                    reference: "../../etc".into(),
+                }),
+                Code::InvalidArgument,
             ),
             (JobError::Model(missing_folder()), Code::NotFound),
             (JobError::Model(broken()), Code::FailedPrecondition),

@@ -50,8 +50,8 @@ fn each_bad_request_fails_clearly_and_the_daemon_stays_up() {
     let out = out.to_str().unwrap();
 
     let cases: Vec<(Vec<&str>, &[&str])> = vec![
-        (vec!["--width", "60"], &["width", "multiple of 8"]),
-        (vec!["--height", "100"], &["height", "multiple of 8"]),
+        (vec!["--width", "60"], &["width", "multiple of 16", "try 48 or 64"]),
+        (vec!["--height", "100"], &["height", "multiple of 16"]),
         (vec!["--steps", "0"], &["steps"]),
         (vec!["--steps", "100000"], &["steps", "500"]),
         (vec!["--width", "1024", "--height", "1024"], &["pixels", "limit"]),

@@ -145,7 +145,8 @@ impl<M> Resident<M> {
         let from = if self.in_use > 0 { now } else { self.last_used };
         match self.keep_alive {
             KeepAlive::Forever => None,
-            KeepAlive::For(d) => Some(from + d),
+            // Parsing caps durations, but a far deadline must never overflow the clock.
+            KeepAlive::For(d) => from.checked_add(d),
         }
     }
 }
