@@ -48,6 +48,13 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
+    /// The socket belongs to another user, or its folder does not let us in: the daemon serves
+    /// only the user it runs as.
+    #[error(
+        "permission denied: the daemon socket {} {reason}; a daemon serves only the user it runs as, so run easel as that user or start your own daemon (set EASEL_SOCKET to a socket of yours)",
+        socket.display()
+    )]
+    PermissionDenied { socket: PathBuf, reason: String },
     /// The socket exists and accepts, but the gRPC connection failed for another reason.
     #[error("cannot connect to the daemon on {}", socket.display())]
     Connect {
@@ -136,6 +143,7 @@ fn socket_folder(socket: &Path) -> &Path {
 
 /// Connects to the daemon on `socket` (one attempt, no autostart).
 pub async fn connect(socket: &Path) -> Result<EaselClient<Channel>, ClientError> {
+    check_owner(socket, nix::unistd::geteuid().as_raw())?;
     // The URI is a placeholder: the connector below ignores it and dials the socket.
     let endpoint = Endpoint::from_static("http://[::]:50051");
     let path = socket.to_path_buf();
@@ -148,6 +156,10 @@ pub async fn connect(socket: &Path) -> Result<EaselClient<Channel>, ClientError>
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX)),
         Err(source) => match io_error_in(&source) {
+            Some(io) if io.kind() == std::io::ErrorKind::PermissionDenied => Err(ClientError::PermissionDenied {
+                socket: socket.to_path_buf(),
+                reason: format!("cannot be opened ({io})"),
+            }),
             Some(io) if is_not_listening(io) => Err(ClientError::NoDaemon {
                 socket: socket.to_path_buf(),
                 source: std::io::Error::new(io.kind(), io.to_string()),
@@ -345,6 +357,20 @@ fn io_error_in<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a s
     None
 }
 
+/// The daemon closes connections from other users without a word (a peer-uid check); say
+/// why before dialing rather than report a lost connection. Root is no exception: the daemon
+/// refuses it too.
+fn check_owner(socket: &Path, our_uid: u32) -> Result<(), ClientError> {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(socket) {
+        Ok(meta) if meta.uid() != our_uid => Err(ClientError::PermissionDenied {
+            socket: socket.to_path_buf(),
+            reason: format!("belongs to uid {} and easel runs as uid {our_uid}", meta.uid()),
+        }),
+        _ => Ok(()),
+    }
+}
+
 fn is_not_listening(error: &std::io::Error) -> bool {
     use std::io::ErrorKind;
     matches!(error.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused)
@@ -373,6 +399,25 @@ mod tests {
         assert!(socket.exists());
         let error = connect(&socket).await.unwrap_err();
         assert!(error.is_no_daemon(), "{error:?}");
+    }
+
+    #[test]
+    fn another_users_socket_is_permission_denied() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("theirs.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let owner = std::fs::metadata(&socket).unwrap().uid();
+        assert!(check_owner(&socket, owner).is_ok());
+        let error = check_owner(&socket, owner + 1).unwrap_err();
+        let message = error.to_string();
+        assert!(matches!(error, ClientError::PermissionDenied { .. }), "{error:?}");
+        assert!(
+            message.starts_with("permission denied") && message.contains(&format!("uid {owner}")),
+            "{message}"
+        );
+        // A missing socket is for the connection to report (no daemon).
+        assert!(check_owner(&dir.path().join("missing.sock"), owner + 1).is_ok());
     }
 
     #[tokio::test]

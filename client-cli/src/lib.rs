@@ -6,12 +6,14 @@
 //! - [`request`]: [`GenerateOptions`] → `GenerateRequest`, and `--model NAME|DIR` resolution.
 //! - [`events`]: the `--json` line for each `GenerateEvent`.
 //! - [`output`]: where images and previews go, and atomic writes.
+//! - [`input`]: reading the files a request carries, checked (regular, within a size) first.
 //! - [`npy`]: reading `.npy` files (initial noise).
 //!
 //! The protocol types are re-exported as [`pb`].
 
 pub mod connect;
 pub mod events;
+pub mod input;
 pub mod npy;
 pub mod output;
 pub mod request;

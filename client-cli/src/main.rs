@@ -48,6 +48,13 @@ fn describe_status(status: &tonic::Status) -> String {
     if status.message().is_empty() {
         return format!("the daemon answered with {:?} and no message", status.code());
     }
+    if status.code() == tonic::Code::OutOfRange && status.message().contains("message length too large") {
+        return format!(
+            "the request is larger than the daemon accepts ({}); its limit follows from max_pixels \
+             (an init image and a mask at that size): send smaller pictures, or raise max_pixels in the daemon's config",
+            status.message()
+        );
+    }
     status.message().to_string()
 }
 
@@ -61,6 +68,18 @@ mod tests {
         assert_eq!(describe(&error), "no model named `x`; install one");
         let empty = anyhow::Error::from(tonic::Status::internal(""));
         assert!(describe(&empty).contains("Internal"));
+    }
+
+    #[test]
+    fn an_oversized_request_names_the_limit_and_the_fix() {
+        let status = tonic::Status::out_of_range(
+            "Error, decoded message length too large: found 90000000 bytes, the limit is: 71303168 bytes",
+        );
+        let message = describe(&anyhow::Error::from(status));
+        assert!(
+            message.contains("71303168") && message.contains("max_pixels"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -36,12 +36,8 @@ impl Array {
 /// Why an `.npy` file could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum NpyError {
-    #[error("cannot read {}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Read(#[from] crate::input::InputError),
     #[error("{}: {problem}", path.display())]
     InFile { path: PathBuf, problem: Box<NpyError> },
     #[error("not an .npy file (it does not start with the \\x93NUMPY magic); save the array with numpy.save")]
@@ -69,10 +65,7 @@ pub enum NpyError {
 
 /// Reads an `.npy` file into an [`Array`].
 pub fn read(path: &Path) -> Result<Array, NpyError> {
-    let bytes = std::fs::read(path).map_err(|source| NpyError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = crate::input::read_input("--init-noise", path)?;
     parse(&bytes).map_err(|problem| NpyError::InFile {
         path: path.to_path_buf(),
         problem: Box::new(problem),
@@ -437,6 +430,8 @@ mod tests {
             "{message}"
         );
         let missing = read(&dir.path().join("absent.npy")).unwrap_err();
-        assert!(matches!(missing, NpyError::Io { .. }));
+        assert!(matches!(missing, NpyError::Read(_)));
+        let device = read(Path::new("/dev/zero")).unwrap_err().to_string();
+        assert!(device.contains("a device"), "{device}");
     }
 }

@@ -23,6 +23,12 @@ pub struct Limits {
     /// Pixels (width × height × images) one UNet batch may hold: a request for several images
     /// runs them together up to this, then in further batches.
     pub batch_pixels: u64,
+    /// Characters in a prompt (and, separately, in a negative prompt): checked before parsing,
+    /// so tokenizing costs at most this much.
+    pub max_prompt_chars: usize,
+    /// 75-token chunks a prompt may fill: each costs a text-encoder run and 77 embeddings in
+    /// every UNet step.
+    pub max_prompt_chunks: usize,
 }
 
 impl Default for Limits {
@@ -33,6 +39,8 @@ impl Default for Limits {
             max_count: 16,
             max_queue: 16,
             batch_pixels: 4 * 512 * 512,
+            max_prompt_chars: 16_384,
+            max_prompt_chunks: 32,
         }
     }
 }
@@ -138,6 +146,8 @@ pub struct Config {
     pub max_import_bytes: u64,
     /// The most files and folders an import may hold.
     pub max_import_files: u64,
+    /// Disk space imports leave free on the model store's file system.
+    pub import_keep_free: u64,
 }
 
 /// The share of physical memory models may take by default; the rest is for activations
@@ -178,6 +188,8 @@ struct FileConfig {
     max_count: Option<u32>,
     max_queue: Option<usize>,
     batch_pixels: Option<u64>,
+    max_prompt_chars: Option<usize>,
+    max_prompt_chunks: Option<usize>,
     parallel: Option<usize>,
     /// A size (`8GiB`, `75%`, bytes).
     memory_budget: Option<String>,
@@ -185,6 +197,8 @@ struct FileConfig {
     /// A size.
     max_import_bytes: Option<String>,
     max_import_files: Option<u64>,
+    /// A size.
+    import_keep_free: Option<String>,
 }
 
 impl Config {
@@ -212,6 +226,13 @@ impl Config {
         limits.batch_pixels = env_number("EASEL_BATCH_PIXELS")?
             .or(file.batch_pixels)
             .unwrap_or(limits.batch_pixels);
+        limits.max_prompt_chars = env_number("EASEL_MAX_PROMPT_CHARS")?
+            .or(file.max_prompt_chars)
+            .unwrap_or(limits.max_prompt_chars);
+        limits.max_prompt_chunks = env_number("EASEL_MAX_PROMPT_CHUNKS")?
+            .or(file.max_prompt_chunks)
+            .unwrap_or(limits.max_prompt_chunks)
+            .max(1);
         let total = crate::memory::total_memory();
         let memory_budget = match env_text("EASEL_MEMORY_BUDGET").or(file.memory_budget) {
             Some(text) => size_setting("EASEL_MEMORY_BUDGET / memory_budget", &text, total.unwrap_or(0))?,
@@ -220,6 +241,10 @@ impl Config {
         let max_import_bytes = match env_text("EASEL_MAX_IMPORT_BYTES").or(file.max_import_bytes) {
             Some(text) => size_setting("EASEL_MAX_IMPORT_BYTES / max_import_bytes", &text, total.unwrap_or(0))?,
             None => DEFAULT_MAX_IMPORT_BYTES,
+        };
+        let import_keep_free = match env_text("EASEL_IMPORT_KEEP_FREE").or(file.import_keep_free) {
+            Some(text) => size_setting("EASEL_IMPORT_KEEP_FREE / import_keep_free", &text, 0)?,
+            None => crate::catalog::store::DEFAULT_KEEP_FREE,
         };
         let keep_alive = match env_text("EASEL_KEEP_ALIVE").or(file.keep_alive) {
             Some(text) => KeepAlive::parse(&text).map_err(|message| ConfigError::Setting {
@@ -239,6 +264,7 @@ impl Config {
             keep_alive,
             max_import_bytes,
             max_import_files,
+            import_keep_free,
             socket: match (env_socket, file.socket) {
                 (Some(env), _) => PathBuf::from(env),
                 (None, Some(file)) => file,

@@ -57,6 +57,7 @@ impl Daemon {
         let limits = ImportLimits {
             max_bytes: config.max_import_bytes,
             max_files: config.max_import_files,
+            keep_free: config.import_keep_free,
         };
         let store = Store::open(&config.home.join("models"), limits)?;
         let events = EventBus::new();

@@ -6,6 +6,7 @@
 
 #![allow(clippy::all, missing_docs)]
 
+pub mod limits;
 pub mod paths;
 pub mod units;
 

@@ -91,7 +91,8 @@ struct State {
     token: Option<String>,
     page_size: Option<usize>,
     cdn_host: Option<String>,
-    cuts: HashMap<String, u64>,
+    /// Per file, the cuts to apply to its next responses, in order.
+    cuts: HashMap<String, std::collections::VecDeque<u64>>,
     corrupt: HashSet<String>,
     /// Decoded-path fragment → (status, how many more times).
     failures: Vec<(String, u16, u32)>,
@@ -212,9 +213,16 @@ impl HubServer {
 
     /// The next response with the body of repository file `path` (a `resolve` or a `/cdn/`
     /// request, any repository) sends only `after_bytes` bytes of it and closes the connection.
-    /// Once.
+    /// Once (after the cuts already queued for it).
     pub fn cut_next_download(&self, path: &str, after_bytes: u64) {
-        self.shared.state().cuts.insert(path.to_string(), after_bytes);
+        self.cut_downloads(path, after_bytes, 1);
+    }
+
+    /// The next `times` responses with the body of `path` are each cut after `after_bytes`.
+    pub fn cut_downloads(&self, path: &str, after_bytes: u64, times: usize) {
+        let mut state = self.shared.state();
+        let queue = state.cuts.entry(path.to_string()).or_default();
+        queue.extend(std::iter::repeat_n(after_bytes, times));
     }
 
     /// From now on, the body of repository file `path` is served altered (see
@@ -806,7 +814,7 @@ fn file_response(state: &mut State, file: &HubFile, request: &Request) -> Respon
             (206, start, end)
         }
     };
-    let cut = state.cuts.remove(&file.path);
+    let cut = state.cuts.get_mut(&file.path).and_then(|queue| queue.pop_front());
     let mut response = Response {
         status,
         headers: vec![

@@ -6,9 +6,11 @@
 //! folder; missing, the tests fail with a message saying how to get it.
 
 pub mod hub;
+pub mod python;
 pub mod request;
 pub mod shapes;
 
+pub use python::{python_script, test_python};
 pub use request::{GenerateRequestBuilder, generate};
 
 use std::path::{Path, PathBuf};

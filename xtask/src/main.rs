@@ -3,13 +3,17 @@
 //!
 //! - `cargo xtask demo`: build, fetch the pinned ONNX Runtime, start a daemon on a private
 //!   socket, generate one picture, print its path, stop the daemon.
-//! - `cargo xtask test`: everything CI runs: fetch ONNX Runtime, fmt check, clippy, the whole
+//! - `cargo xtask test`: everything CI runs: fetch ONNX Runtime, make the Python environment
+//!   the real-client tests use (`tests/python/requirements.txt`), fmt check, clippy, the whole
 //!   test suite (unit, parity and end-to-end).
 //! - `cargo xtask fetch-ort [--install]`: download the pinned `onnxruntime` wheel with pip,
-//!   verify its sha256, unpack the library into `target/onnxruntime/` (and with `--install`
+//!   verify its sha256, unpack the library into `<target>/onnxruntime/` (and with `--install`
 //!   into `$EASEL_HOME/runtime/`, where the daemon finds it).
 //! - `cargo xtask samples`: regenerate `docs/tiny-shapes-samples.png`, the README's grid of
 //!   pictures drawn by easel with the built-in model.
+//!
+//! `<target>` is cargo's target folder as `cargo metadata` reports it, so `CARGO_TARGET_DIR`
+//! and `build.target-dir` are respected.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -74,6 +78,25 @@ fn run() -> Result<()> {
     }
 }
 
+/// Cargo's target folder for this workspace (`CARGO_TARGET_DIR`, `build.target-dir` or
+/// `./target`), as `cargo metadata` reports it.
+fn target_dir(root: &Path) -> Result<PathBuf> {
+    let output = cargo()
+        .current_dir(root)
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("could not run cargo metadata")?;
+    if !output.status.success() {
+        bail!("cargo metadata failed ({})", output.status);
+    }
+    let metadata: serde_json::Value = serde_json::from_slice(&output.stdout).context("reading cargo metadata")?;
+    let target = metadata["target_directory"]
+        .as_str()
+        .context("cargo metadata reports no target_directory")?;
+    Ok(PathBuf::from(target))
+}
+
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -107,7 +130,8 @@ fn status(mut command: Command, what: &str) -> Result<()> {
 
 /// Makes sure `target/onnxruntime/libonnxruntime.so.X` exists, fetching the wheel if needed.
 fn fetch_ort(root: &Path) -> Result<PathBuf> {
-    let out_dir = root.join("target/onnxruntime");
+    let target = target_dir(root)?;
+    let out_dir = target.join("onnxruntime");
     let library = out_dir.join(format!("libonnxruntime.so.{ORT_VERSION}"));
     if library.is_file() {
         return Ok(library);
@@ -117,22 +141,11 @@ fn fetch_ort(root: &Path) -> Result<PathBuf> {
             "the pinned wheel is for Linux x86_64; on this platform install ONNX Runtime {ORT_VERSION} yourself and set ORT_DYLIB_PATH to its library"
         );
     }
-    let cache = root.join("target/ort-wheel");
+    let cache = target.join("ort-wheel");
     std::fs::create_dir_all(&cache)?;
     let wheel = cache.join(ORT_WHEEL);
     if !wheel.is_file() || sha256_of(&wheel)? != ORT_WHEEL_SHA256 {
-        let python = ["python3", "python"]
-            .into_iter()
-            .find(|p| {
-                Command::new(p)
-                    .arg("--version")
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success())
-            })
-            .context("Python 3 with pip is needed to fetch the ONNX Runtime wheel; install python3 and pip")?;
-        let mut pip = Command::new(python);
+        let mut pip = Command::new(system_python()?);
         pip.args([
             "-m",
             "pip",
@@ -176,6 +189,45 @@ fn fetch_ort(root: &Path) -> Result<PathBuf> {
     Ok(library)
 }
 
+/// The system's Python 3.
+fn system_python() -> Result<&'static str> {
+    ["python3", "python"]
+        .into_iter()
+        .find(|p| {
+            Command::new(p)
+                .arg("--version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .context("Python 3 with pip is needed (for the ONNX Runtime wheel and the real-client tests); install python3 and pip")
+}
+
+/// The virtual environment the real-client tests run (stock grpcio today): `<target>/py-test`,
+/// with `tests/python/requirements.txt` installed; reinstalled when that file changes.
+/// Returns its Python.
+fn test_python(root: &Path) -> Result<PathBuf> {
+    let venv = target_dir(root)?.join("py-test");
+    let python = venv.join("bin/python");
+    let requirements = root.join("tests/python/requirements.txt");
+    let wanted = std::fs::read(&requirements).with_context(|| format!("reading {}", requirements.display()))?;
+    let stamp = venv.join("installed-requirements.txt");
+    if python.is_file() && std::fs::read(&stamp).is_ok_and(|installed| installed == wanted) {
+        return Ok(python);
+    }
+    let mut create = Command::new(system_python()?);
+    create.args(["-m", "venv", "--clear"]).arg(&venv);
+    status(create, "python3 -m venv (for the real-client tests)")?;
+    let mut install = Command::new(&python);
+    install
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
+        .arg(&requirements);
+    status(install, "pip install -r tests/python/requirements.txt")?;
+    std::fs::write(&stamp, wanted)?;
+    Ok(python)
+}
+
 fn sha256_of(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     Ok(Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
@@ -183,6 +235,7 @@ fn sha256_of(path: &Path) -> Result<String> {
 
 fn test(root: &Path) -> Result<()> {
     let library = fetch_ort(root)?;
+    let python = test_python(root)?;
     let mut fmt = cargo();
     fmt.current_dir(root).args(["fmt", "--all", "--check"]);
     status(fmt, "cargo fmt --check")?;
@@ -199,11 +252,12 @@ fn test(root: &Path) -> Result<()> {
     tests
         .current_dir(root)
         .args(["test", "--workspace"])
-        .env("ORT_DYLIB_PATH", &library);
+        .env("ORT_DYLIB_PATH", &library)
+        .env("EASEL_TEST_PYTHON", &python);
     status(tests, "cargo test --workspace")
 }
 
-/// A release daemon on a private socket under `target/`, stopped when dropped.
+/// A release daemon on a private socket under `<target>/`, stopped when dropped.
 struct DemoDaemon {
     child: std::process::Child,
     bin: PathBuf,
@@ -218,8 +272,9 @@ impl DemoDaemon {
             .current_dir(root)
             .args(["build", "--release", "-p", "easeld", "-p", "easel"]);
         status(build, "cargo build --release")?;
-        let bin = root.join("target/release");
-        let work = root.join("target").join(name);
+        let target = target_dir(root)?;
+        let bin = target.join("release");
+        let work = target.join(name);
         std::fs::create_dir_all(&work)?;
         let socket = work.join("easeld.sock");
         let envs = vec![
@@ -268,7 +323,7 @@ impl DemoDaemon {
 
 fn demo(root: &Path) -> Result<()> {
     let daemon = DemoDaemon::start(root, "demo")?;
-    let output = root.join("target/demo/demo.png");
+    let output = target_dir(root)?.join("demo/demo.png");
     let mut generate = daemon.easel();
     // No --model: the built-in tiny-shapes model is the default.
     generate
@@ -290,7 +345,7 @@ fn demo(root: &Path) -> Result<()> {
 
 fn samples(root: &Path) -> Result<()> {
     let daemon = DemoDaemon::start(root, "samples")?;
-    let work = root.join("target/samples");
+    let work = target_dir(root)?.join("samples");
     let mut tiles = Vec::new();
     let mut result = Ok(());
     for (i, prompt) in SAMPLE_PROMPTS.iter().enumerate() {

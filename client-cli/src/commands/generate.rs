@@ -158,16 +158,10 @@ impl GenerateArgs {
     }
 }
 
-/// A picture file's bytes; a missing or empty file is an error that names the option.
+/// A picture file's bytes; a missing, empty, special or oversized file is an error that names
+/// the option.
 fn read_picture(option: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {option} {}", path.display()))?;
-    if bytes.is_empty() {
-        anyhow::bail!(
-            "{option} {} is empty (0 bytes); pass a PNG or JPEG picture",
-            path.display()
-        );
-    }
-    Ok(bytes)
+    Ok(easel_client::input::read_input(option, path)?)
 }
 
 pub async fn run(global: &Global, args: GenerateArgs) -> anyhow::Result<()> {

@@ -119,21 +119,104 @@ impl RgbImage {
 
 /// Decodes a PNG or JPEG into RGB (alpha dropped, as PIL's `convert("RGB")` does). `what`
 /// names the picture in errors ("init image", "mask").
-pub fn decode_rgb(bytes: &[u8], what: &str) -> Result<RgbImage, String> {
+pub fn decode_rgb(bytes: &[u8], what: &str, max_pixels: u64) -> Result<RgbImage, String> {
+    use std::io::Cursor;
     if bytes.is_empty() {
         return Err(format!("the {what} is empty (0 bytes)"));
     }
-    let decoded =
-        image::load_from_memory(bytes).map_err(|e| format!("cannot read the {what} ({e}); send a PNG or JPEG file"))?;
-    if decoded.width() == 0 || decoded.height() == 0 {
+    let unreadable = |e: &dyn std::fmt::Display| format!("cannot read the {what} ({e}); send a PNG or JPEG file");
+    let reader = || {
+        image::ImageReader::new(Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| unreadable(&e))
+    };
+    let format = reader()?.format();
+    // The header first: a picture's size is known before a byte of it is decoded.
+    let (width, height) = reader()?.into_dimensions().map_err(|e| unreadable(&e))?;
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels == 0 {
         return Err(format!("the {what} has no pixels"));
     }
-    let rgb = decoded.into_rgb8();
+    let most = max_pixels.saturating_mul(MAX_INPUT_PIXELS_FACTOR);
+    if pixels > most {
+        return Err(format!(
+            "the {what} is {width}x{height} ({pixels} pixels); easel reads pictures of up to {most} pixels \
+             ({MAX_INPUT_PIXELS_FACTOR} × max_pixels): scale it down first"
+        ));
+    }
+    if format == Some(image::ImageFormat::Jpeg) && !jpeg_is_complete(bytes) {
+        return Err(format!(
+            "the {what} is a JPEG file cut short (it has no end-of-image marker); send the whole file"
+        ));
+    }
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(width);
+    limits.max_image_height = Some(height);
+    // 16-bit RGBA at most, plus the decoders' own buffers.
+    limits.max_alloc = Some(pixels * 16 + (64 << 20));
+    let mut decoder = reader()?;
+    decoder.limits(limits);
+    let rgb = decoder.decode().map_err(|e| unreadable(&e))?.into_rgb8();
     Ok(RgbImage {
         width: rgb.width(),
         height: rgb.height(),
         pixels: rgb.into_raw(),
     })
+}
+
+/// How many times `max_pixels` an init image or mask may have: a photo larger than the output
+/// is scaled to it, but past this the decoding alone would cost more memory than the request.
+pub const MAX_INPUT_PIXELS_FACTOR: u64 = 4;
+
+/// Whether a JPEG runs to its end-of-image marker. Decoders fill the missing part of a file cut
+/// short with grey rather than fail, so this walks the segments: headers by their lengths
+/// (an EXIF thumbnail inside APP1 is skipped whole), scan data to the next marker that is
+/// neither a stuffed `FF 00` nor a restart marker. Linear in the file's size.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    if !bytes.starts_with(&[0xFF, 0xD8]) {
+        return false;
+    }
+    let len = bytes.len();
+    let mut i = 2;
+    loop {
+        if i >= len || bytes[i] != 0xFF {
+            return false;
+        }
+        while i < len && bytes[i] == 0xFF {
+            i += 1;
+        }
+        let Some(&marker) = bytes.get(i) else { return false };
+        i += 1;
+        match marker {
+            0xD9 => return true,
+            0x01 | 0xD0..=0xD7 => continue,
+            _ => {
+                let Some(length) = bytes.get(i..i + 2) else {
+                    return false;
+                };
+                let length = usize::from(u16::from_be_bytes([length[0], length[1]]));
+                if length < 2 {
+                    return false;
+                }
+                i += length;
+                if i > len {
+                    return false;
+                }
+                if marker == 0xDA {
+                    // Entropy-coded data runs to the next real marker.
+                    loop {
+                        if i + 1 >= len {
+                            return false;
+                        }
+                        if bytes[i] == 0xFF && bytes[i + 1] != 0x00 && !(0xD0..=0xD7).contains(&bytes[i + 1]) {
+                            break;
+                        }
+                        i += 1;
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -147,6 +230,56 @@ mod tests {
         let img = RgbImage::from_nchw_signed(&t).unwrap();
         assert_eq!((img.width, img.height), (2, 1));
         assert_eq!(img.pixels, vec![0, 255, 0, 128, 255, 191]);
+    }
+
+    fn gradient(width: u32, height: u32) -> image::RgbImage {
+        image::RgbImage::from_fn(width, height, |x, y| image::Rgb([(x * 4) as u8, (y * 4) as u8, 128]))
+    }
+
+    fn jpeg(width: u32, height: u32) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        gradient(width, height)
+            .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Jpeg)
+            .unwrap();
+        bytes
+    }
+
+    #[test]
+    fn a_jpeg_cut_short_is_refused_not_filled_with_grey() {
+        let whole = jpeg(256, 192);
+        let decoded = decode_rgb(&whole, "init image", 1 << 20).unwrap();
+        assert_eq!((decoded.width, decoded.height), (256, 192));
+        // Trailing bytes after the end marker are tolerated, as every viewer does.
+        let mut padded = whole.clone();
+        padded.extend_from_slice(b"trailing");
+        assert!(decode_rgb(&padded, "init image", 1 << 20).is_ok());
+        for cut in [whole.len() - 2, whole.len() / 2, 200] {
+            let error = decode_rgb(&whole[..cut], "init image", 1 << 20).unwrap_err();
+            assert!(
+                error.contains("cut short") || error.contains("cannot read"),
+                "{cut}: {error}"
+            );
+        }
+        let half = decode_rgb(&whole[..whole.len() / 2], "init image", 1 << 20).unwrap_err();
+        assert!(half.contains("cut short"), "{half}");
+    }
+
+    #[test]
+    fn a_picture_far_over_max_pixels_is_refused_before_decoding() {
+        let mut png = Vec::new();
+        gradient(64, 64)
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        assert!(decode_rgb(&png, "mask", 1024).is_ok(), "4096 pixels is 4 × 1024");
+        let error = decode_rgb(&png, "mask", 1023).unwrap_err();
+        assert!(error.contains("64x64") && error.contains("scale it down"), "{error}");
+        let truncated = decode_rgb(&png[..png.len() / 2], "mask", 1 << 20).unwrap_err();
+        assert!(truncated.contains("cannot read the mask"), "{truncated}");
+        assert!(
+            decode_rgb(b"not a picture", "mask", 1 << 20)
+                .unwrap_err()
+                .contains("PNG or JPEG")
+        );
     }
 
     #[test]

@@ -164,7 +164,9 @@ impl Request {
             None => None,
             Some(name) => Some(parse_sampler(name)?),
         };
-        let parse_prompt = |what: &str, text: &str| {
+        let parse_prompt = |what: &'static str, text: &str| {
+            text::check_chars(what, text, limits.max_prompt_chars)
+                .map_err(|e| GenerationError::InvalidRequest(e.to_string()))?;
             text::prompt::parse(text).map_err(|e| GenerationError::InvalidRequest(format!("{what}: {e}")))
         };
         let prompt = parse_prompt("prompt", &self.prompt)?;
@@ -229,7 +231,7 @@ impl Checked {
     /// Holds the request against `folder` (reading nothing but what the folder already holds)
     /// and against the size limit.
     pub fn prepare(self, folder: &ModelFolder, limits: &Limits) -> Result<Prepared, GenerationError> {
-        let (picture, mask) = self.decode_pictures(folder)?;
+        let (picture, mask) = self.decode_pictures(folder, limits)?;
         let (width, height) = output_size(folder, picture.as_ref(), &self.request, limits)?;
         let latent_shape = vec![
             1,
@@ -269,11 +271,16 @@ impl Checked {
             }
         })?;
         let first_step = t_start.map_or(0, |t_start| t_start * scheduler.order());
-        let tokenize = |pieces: &[Piece]| text::tokenize(&folder.tokenizer, pieces);
+        let tokenize = |what: &'static str, pieces: &[Piece]| {
+            let chunks = text::tokenize(&folder.tokenizer, pieces)?;
+            text::check_chunks(what, &chunks, limits.max_prompt_chunks)
+                .map_err(|e| GenerationError::InvalidRequest(e.to_string()))?;
+            Ok::<_, GenerationError>(chunks)
+        };
         Ok(Prepared {
             model: folder.name.clone(),
-            prompt_chunks: tokenize(&self.prompt)?,
-            negative_chunks: tokenize(&self.negative_prompt)?,
+            prompt_chunks: tokenize("prompt", &self.prompt)?,
+            negative_chunks: tokenize("negative prompt", &self.negative_prompt)?,
             prompt: self.request.prompt,
             negative_prompt: self.request.negative_prompt,
             width,
@@ -293,8 +300,14 @@ impl Checked {
 
     /// The init image and mask, decoded; a mask must match the picture's size, and an
     /// inpainting model needs both.
-    fn decode_pictures(&self, folder: &ModelFolder) -> Result<(Option<RgbImage>, Option<RgbImage>), GenerationError> {
-        let decode = |bytes: &[u8], what: &str| decode_rgb(bytes, what).map_err(GenerationError::InvalidRequest);
+    fn decode_pictures(
+        &self,
+        folder: &ModelFolder,
+        limits: &Limits,
+    ) -> Result<(Option<RgbImage>, Option<RgbImage>), GenerationError> {
+        let decode = |bytes: &[u8], what: &str| {
+            decode_rgb(bytes, what, limits.max_pixels).map_err(GenerationError::InvalidRequest)
+        };
         let picture = self
             .request
             .init_image

@@ -291,6 +291,10 @@ impl<G: Generator> JobQueue<G> {
         &self.registry
     }
 
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
     pub fn events(&self) -> &EventBus {
         &self.shared.events
     }

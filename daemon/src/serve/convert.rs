@@ -260,15 +260,24 @@ pub fn tensor_from_proto(tensor: pb::Tensor) -> Result<HostTensor<f32>, Status> 
             })
         })
         .collect::<Result<_, _>>()?;
-    let count: usize = shape.iter().product();
-    let (width, dtype) = match pb::Dtype::try_from(tensor.dtype).unwrap_or(pb::Dtype::Unspecified) {
-        pb::Dtype::F32 | pb::Dtype::Unspecified => (4, "f32"),
-        pb::Dtype::F16 => (2, "f16"),
+    let (width, dtype) = match pb::Dtype::try_from(tensor.dtype) {
+        Ok(pb::Dtype::F32 | pb::Dtype::Unspecified) => (4, "f32"),
+        Ok(pb::Dtype::F16) => (2, "f16"),
+        Err(_) => {
+            return Err(Status::invalid_argument(format!(
+                "tensor dtype {} is not one easel knows; send DTYPE_F32 (1) or DTYPE_F16 (2)",
+                tensor.dtype
+            )));
+        }
     };
-    if tensor.data.len() != count * width {
+    // Checked: a shape like [2^31, 2^31, 2^31, 4] must not wrap around to a small size.
+    let bytes = shape
+        .iter()
+        .try_fold(width, |acc: usize, &d| acc.checked_mul(d))
+        .ok_or_else(|| Status::invalid_argument(format!("tensor shape {shape:?} is too large to exist")))?;
+    if tensor.data.len() != bytes {
         return Err(Status::invalid_argument(format!(
-            "{dtype} tensor of shape {shape:?} needs {} bytes, got {}",
-            count * width,
+            "{dtype} tensor of shape {shape:?} needs {bytes} bytes, got {}",
             tensor.data.len()
         )));
     }
@@ -366,5 +375,24 @@ mod tests {
             tensor_from_proto(negative).unwrap_err().code(),
             tonic::Code::InvalidArgument
         );
+    }
+
+    #[test]
+    fn an_unknown_dtype_or_an_overflowing_shape_is_refused() {
+        let unknown = pb::Tensor {
+            shape: vec![1],
+            dtype: 99,
+            data: vec![0; 4],
+        };
+        let status = tensor_from_proto(unknown).unwrap_err();
+        assert!(status.message().contains("dtype 99"), "{}", status.message());
+        let huge = pb::Tensor {
+            shape: vec![1 << 31, 1 << 31, 1 << 31, 4],
+            dtype: pb::Dtype::F32 as i32,
+            data: vec![],
+        };
+        let status = tensor_from_proto(huge).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().contains("too large"), "{}", status.message());
     }
 }

@@ -42,6 +42,10 @@ pub async fn run(
 ) -> Result<(), tonic::transport::Error> {
     let requested = Arc::new(Notify::new());
     let jobs = daemon.jobs.clone();
+    let limits = *jobs.limits();
+    // gRPC's 4 MiB default is too small for an img2img request at the largest allowed size;
+    // accept exactly what `max_pixels` can need.
+    let max_request = easel_proto::limits::max_request_bytes(limits.max_pixels, limits.max_prompt_chars);
     let service = EaselService::new(daemon.jobs, daemon.catalog, info, requested.clone());
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<EaselServer<EaselService>>().await;
@@ -61,7 +65,7 @@ pub async fn run(
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(EaselServer::new(service))
+        .add_service(EaselServer::new(service).max_decoding_message_size(max_request))
         .serve_with_incoming_shutdown(socket::OwnerOnly::new(listener), stop)
         .await
 }

@@ -122,31 +122,39 @@ impl pb::easel_server::Easel for EaselService {
 
     async fn tokenize(&self, request: Request<pb::TokenizeRequest>) -> Result<Response<pb::TokenizeReply>, Status> {
         let request = request.into_inner();
+        let limits = *self.jobs.limits();
+        let invalid = |e: &dyn std::fmt::Display| Status::invalid_argument(e.to_string());
+        text::check_chars("prompt", &request.prompt, limits.max_prompt_chars).map_err(|e| invalid(&e))?;
         let registry = self.jobs.registry().clone();
-        let folder = off_runtime(
-            move || registry.open(&request.model).map_err(JobError::Registry),
-            job_status,
+        // Opening the folder reads files and tokenizing costs time: both off the runtime.
+        let reply = off_runtime(
+            move || {
+                let folder = registry
+                    .open(&request.model)
+                    .map_err(|e| job_status(&JobError::Registry(e)))?;
+                let tokenizer = &folder.tokenizer;
+                let tokens = tokenizer.encode(&request.prompt).map_err(|e| invalid(&e))?;
+                let pieces = text::prompt::parse(&request.prompt).map_err(|e| invalid(&e))?;
+                let chunks = text::tokenize(tokenizer, &pieces).map_err(|e| invalid(&e))?;
+                text::check_chunks("prompt", &chunks, limits.max_prompt_chunks).map_err(|e| invalid(&e))?;
+                Ok(pb::TokenizeReply {
+                    ids: tokens.ids,
+                    tokens: tokens.symbols,
+                    truncated: tokens.truncated,
+                    chunks: chunks
+                        .into_iter()
+                        .map(|(ids, weights)| pb::TokenChunk {
+                            tokens: tokenizer.symbols(&ids),
+                            ids,
+                            weights,
+                        })
+                        .collect(),
+                })
+            },
+            |status: &Status| status.clone(),
         )
         .await?;
-        let tokenizer = &folder.tokenizer;
-        let invalid = |e: &dyn std::fmt::Display| Status::invalid_argument(e.to_string());
-        let tokens = tokenizer.encode(&request.prompt).map_err(|e| invalid(&e))?;
-        let pieces = text::prompt::parse(&request.prompt).map_err(|e| invalid(&e))?;
-        let chunks = text::tokenize(tokenizer, &pieces)
-            .map_err(|e| invalid(&e))?
-            .into_iter()
-            .map(|(ids, weights)| pb::TokenChunk {
-                tokens: tokenizer.symbols(&ids),
-                ids,
-                weights,
-            })
-            .collect();
-        Ok(Response::new(pb::TokenizeReply {
-            ids: tokens.ids,
-            tokens: tokens.symbols,
-            truncated: tokens.truncated,
-            chunks,
-        }))
+        Ok(Response::new(reply))
     }
 
     async fn list_models(&self, _: Request<pb::ListModelsRequest>) -> Result<Response<pb::ListModelsReply>, Status> {

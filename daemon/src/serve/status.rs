@@ -7,6 +7,7 @@ use crate::catalog::CatalogError;
 use crate::catalog::hub::HubError;
 use crate::catalog::registry::RegistryError;
 use crate::catalog::store::StoreError;
+use crate::catalog::store::archive::ArchiveError;
 use crate::error_chain;
 use crate::jobs::JobError;
 use crate::model::ModelError;
@@ -55,6 +56,7 @@ pub fn catalog_status(error: &CatalogError) -> Status {
 
 fn store_status(error: &StoreError, message: String) -> Status {
     match error {
+        StoreError::Archive(ArchiveError::NoSpace { .. }) => Status::resource_exhausted(message),
         StoreError::AlreadyInstalled { .. } => Status::already_exists(message),
         StoreError::NotInstalled { .. } => Status::not_found(message),
         StoreError::Invalid { .. } => Status::failed_precondition(message),
@@ -185,6 +187,7 @@ mod tests {
                 hub(HubError::Interrupted {
                     path: "unet/model.onnx".into(),
                     cause: "reset".into(),
+                    retries: 5,
                 }),
                 Code::Unavailable,
             ),

@@ -115,6 +115,28 @@ fn another_user_is_refused_even_with_open_modes() {
         .output()
         .unwrap();
     assert!(!output.status.success(), "uid 65534 got an answer: {}", stdout(&output));
+    let message = stderr(&output);
+    assert!(
+        message.contains("permission denied") && message.contains("belongs to uid 0"),
+        "the CLI says why, not that the connection was lost: {message}"
+    );
+    // A client that does not look first (any gRPC library) is closed on by the daemon itself.
+    // The daemon may close before the preface is even sent: a reset or a broken pipe is a no too.
+    let probe = "import socket, sys\n\
+                 s = socket.socket(socket.AF_UNIX)\n\
+                 s.connect(sys.argv[1])\n\
+                 s.settimeout(20)\n\
+                 try:\n    s.sendall(b'PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n')\n    data = s.recv(100)\n\
+                 except (BrokenPipeError, ConnectionResetError):\n    data = b''\n\
+                 print('closed' if data == b'' else 'answered')\n";
+    let output = Command::new("python3")
+        .args(["-c", probe])
+        .arg(&daemon.socket)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&output).trim(), "closed", "{}", stderr(&output));
     assert!(
         daemon.log_text().contains("refused a connection from another user"),
         "{}",

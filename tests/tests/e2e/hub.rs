@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use easel_e2e::hub::{HubServer, LoggedRequest, corrupt_bytes, git_blob_sha1, sha256_hex};
 use easel_e2e::*;
-use easeld::catalog::hub::{self, Hub, HubError, PullProgress, PulledFiles};
+use easeld::catalog::hub::{self, Hub, HubError, PullProgress, PulledFiles, Retry};
 
 const REPO: &str = "test/sd1-tiny";
 
@@ -61,9 +61,19 @@ fn serve() -> (HubServer, tempfile::TempDir) {
     (server, folder)
 }
 
+/// The test server as the hub, resuming cut downloads after short pauses.
 fn hub_at(server: &HubServer, token: &str) -> Hub {
-    Hub::resolve_from(&server.url(), token, None, None)
+    Hub {
+        retry: FAST_RETRY,
+        ..Hub::resolve_from(&server.url(), token, None, None)
+    }
 }
+
+const FAST_RETRY: Retry = Retry {
+    retries: 3,
+    first_delay: Duration::from_millis(10),
+    max_delay: Duration::from_millis(40),
+};
 
 /// A pull and every progress report it made.
 async fn pull_with(
@@ -292,20 +302,52 @@ async fn a_private_repository_needs_the_token_and_the_cdn_never_sees_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_interrupted_pull_resumes_with_a_range_request() {
+async fn a_download_cut_short_resumes_by_itself_within_the_pull() {
+    let (server, _folder) = serve();
+    // Cut twice: the pull resumes from 100 000, then from 200 000, and finishes.
+    server.cut_downloads("unet/model.onnx", 100_000, 2);
+    let (_dir, dest) = dest_dir();
+    let hub = hub_at(&server, "");
+
+    let (result, reports) = pull(&hub, REPO, "main", &dest).await;
+    result.unwrap();
+    assert_pulled_exactly_the_fixture(&dest);
+    let log = server.requests();
+    let ranges: Vec<Option<&str>> = requests_for(&log, "unet/model.onnx")
+        .iter()
+        .filter(|r| r.path.starts_with("/cdn/"))
+        .map(|r| r.range.as_deref())
+        .collect();
+    assert_eq!(
+        ranges,
+        [None, Some("bytes=100000-"), Some("bytes=200000-")],
+        "each retry goes on from the byte where the last one stopped"
+    );
+    let last = reports.last().unwrap();
+    assert_eq!(last.bytes_done, last.bytes_total, "resumed bytes are not counted twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_retries_are_spent_the_pull_fails_and_a_new_pull_resumes() {
     const CUT: u64 = 100_000;
     let (server, _folder) = serve();
+    // The first response is cut after 100 000 bytes, every retry (3) before a byte arrives.
     server.cut_next_download("unet/model.onnx", CUT);
+    server.cut_downloads("unet/model.onnx", 0, FAST_RETRY.retries as usize);
     let (_dir, dest) = dest_dir();
     let hub = hub_at(&server, "");
 
     let (result, _) = pull(&hub, REPO, "main", &dest).await;
     let error = result.unwrap_err();
     assert!(
-        matches!(error, HubError::Interrupted { ref path, .. } if path == "unet/model.onnx"),
+        matches!(error, HubError::Interrupted { ref path, retries: 3, .. } if path == "unet/model.onnx"),
         "{error:?}"
     );
-    assert!(error.to_string().contains("pull again to resume"), "{error}");
+    let message = error.to_string();
+    assert!(
+        message.contains("3 retries") && message.contains("pull again to resume"),
+        "{message}"
+    );
     let part = dest.join(".partial/unet/model.onnx.part");
     assert_eq!(std::fs::metadata(&part).unwrap().len(), CUT, "what arrived is kept");
     assert!(
@@ -344,14 +386,10 @@ async fn an_interrupted_pull_resumes_with_a_range_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_without_range_support_restarts_the_file() {
     let (server, _folder) = serve();
+    server.ignore_ranges();
     server.cut_next_download("unet/model.onnx", 50_000);
     let (_dir, dest) = dest_dir();
     let hub = hub_at(&server, "");
-    let (result, _) = pull(&hub, REPO, "main", &dest).await;
-    assert!(matches!(result, Err(HubError::Interrupted { .. })), "{result:?}");
-
-    server.ignore_ranges();
-    server.clear_requests();
     let (result, reports) = pull(&hub, REPO, "main", &dest).await;
     result.unwrap();
     assert_pulled_exactly_the_fixture(&dest);
@@ -375,6 +413,7 @@ async fn a_file_that_changed_on_the_hub_since_the_interruption_starts_over() {
     let folder = repo_folder();
     server.add_repo(REPO, "main", folder.path());
     server.cut_next_download("unet/model.onnx", 100_000);
+    server.cut_downloads("unet/model.onnx", 0, FAST_RETRY.retries as usize);
     let (_dir, dest) = dest_dir();
     let hub = hub_at(&server, "");
     let (result, _) = pull(&hub, REPO, "main", &dest).await;

@@ -128,3 +128,43 @@ fn bad_img2img_inpainting_and_clip_skip_input_fails_clearly() {
     assert!(!out.exists());
     assert!(daemon.easel(&["status"]).status.success(), "the daemon is still up");
 }
+
+/// A 1200×1200 picture of noise is a PNG over gRPC's default 4 MiB message limit, yet well
+/// within `max_pixels`: the daemon accepts what its limits allow.
+#[test]
+fn an_init_image_over_four_mib_within_max_pixels_is_accepted() {
+    let daemon = Daemon::start();
+    let dir = tempfile::tempdir().unwrap();
+    let side = 1200;
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let pixels: Vec<u8> = (0..side * side * 3)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect();
+    let init = dir.path().join("noise.png");
+    write_png(&init, side as u32, side as u32, &pixels);
+    let size = std::fs::metadata(&init).unwrap().len();
+    assert!(
+        size > 4 << 20,
+        "the picture must exceed 4 MiB to test the limit: {size}"
+    );
+    let out = dir.path().join("out.png");
+    let output = run(
+        &daemon,
+        &[
+            "--init-image",
+            init.to_str().unwrap(),
+            "--width",
+            "64",
+            "--height",
+            "64",
+        ],
+        &out,
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(read_png(&std::fs::read(&out).unwrap()).0, 64);
+}

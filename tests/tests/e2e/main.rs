@@ -7,6 +7,7 @@ mod cancel;
 mod daemon;
 mod events;
 mod generate;
+mod grpcio;
 mod hub;
 mod img2img;
 mod inpaint;

@@ -54,6 +54,15 @@ struct Attempt {
     counted: u64,
 }
 
+/// Failures worth resuming from: the connection, not the hub's answer (a 404 or a corrupt
+/// file would only fail again; a 5xx is already asked again once, by `get`).
+fn is_transient(error: &HubError) -> bool {
+    matches!(
+        error,
+        HubError::Interrupted { .. } | HubError::Unreachable { .. } | HubError::Request { .. }
+    )
+}
+
 /// The HTTP client of one pull. A hub on this machine (a mirror, the tests' server) is never
 /// reached through a proxy.
 pub(super) fn client(endpoint: &Url) -> Result<reqwest::Client, HubError> {
@@ -343,24 +352,37 @@ impl Puller<'_> {
             })?;
         }
 
-        let mut attempt = Attempt::default();
-        let result = self.download(file, &part, &target, &mut attempt).await;
-        // A resumed file that fails verification may have changed on the hub since the part
-        // was written (a branch moved on): the bad part is gone, so try once from zero.
-        let retry = attempt.resumed
-            && matches!(
-                result,
-                Err(HubError::HashMismatch { .. } | HubError::SizeMismatch { .. })
-            );
-        if !retry {
-            return result;
+        let (mut retries, mut started_over) = (0, false);
+        loop {
+            let mut attempt = Attempt::default();
+            let error = match self.download(file, &part, &target, &mut attempt).await {
+                Ok(()) => return Ok(()),
+                Err(error) => error,
+            };
+            // A resumed file that fails verification may have changed on the hub since the
+            // part was written (a branch moved on): the bad part is gone, so try once from zero.
+            let verification = matches!(error, HubError::HashMismatch { .. } | HubError::SizeMismatch { .. });
+            if attempt.resumed && verification && !started_over {
+                tracing::info!(
+                    path = file.path,
+                    "a resumed download failed verification; starting it over"
+                );
+                started_over = true;
+            } else if is_transient(&error) && retries < self.hub.retry.retries {
+                retries += 1;
+                let delay = self.hub.retry.delay(retries);
+                tracing::info!(path = file.path, retry = retries, ?delay, cause = %error, "download cut short; resuming");
+                self.totals.bytes_done.fetch_sub(attempt.counted, Ordering::Relaxed);
+                self.unless_stopped(tokio::time::sleep(delay)).await?;
+                continue;
+            } else {
+                return Err(match error {
+                    HubError::Interrupted { path, cause, .. } => HubError::Interrupted { path, cause, retries },
+                    other => other,
+                });
+            }
+            self.totals.bytes_done.fetch_sub(attempt.counted, Ordering::Relaxed);
         }
-        tracing::info!(
-            path = file.path,
-            "a resumed download failed verification; starting it over"
-        );
-        self.totals.bytes_done.fetch_sub(attempt.counted, Ordering::Relaxed);
-        self.download(file, &part, &target, &mut Attempt::default()).await
     }
 
     /// One try at a file: resumes its `.part` if there is one, then verifies and moves it.
@@ -487,6 +509,7 @@ impl Puller<'_> {
                     break Err(HubError::Interrupted {
                         path: file.path.clone(),
                         cause: root_cause(&err),
+                        retries: 0,
                     });
                 }
                 Ok(Some(Ok(chunk))) => chunk,

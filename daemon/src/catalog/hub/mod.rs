@@ -80,6 +80,41 @@ pub struct Hub {
     /// Base URL without a trailing '/', e.g. `https://huggingface.co` or a mirror.
     pub endpoint: String,
     pub token: Option<String>,
+    /// How a download cut short is resumed within the same pull.
+    pub retry: Retry,
+}
+
+/// Resuming a download that was cut short (a reset connection, a stalled read, a hub that
+/// went away), as `huggingface_hub` and Ollama do: from the byte where it stopped, after a
+/// pause that doubles each time, until the retries are spent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    /// Further tries per file after the first.
+    pub retries: u32,
+    /// The pause before the first retry; each next one doubles, up to `max_delay`.
+    pub first_delay: std::time::Duration,
+    pub max_delay: std::time::Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self {
+            retries: 5,
+            first_delay: std::time::Duration::from_secs(1),
+            max_delay: std::time::Duration::from_secs(16),
+        }
+    }
+}
+
+impl Retry {
+    /// The pause before retry number `retry` (1-based).
+    pub fn delay(&self, retry: u32) -> std::time::Duration {
+        let doubled = self
+            .first_delay
+            .checked_mul(1 << retry.saturating_sub(1).min(20))
+            .unwrap_or(self.max_delay);
+        doubled.min(self.max_delay)
+    }
 }
 
 // By hand, so that logging a `Hub` never prints the token.
@@ -136,6 +171,7 @@ impl Hub {
         Self {
             endpoint,
             token: pick(request_token, env_token),
+            retry: Retry::default(),
         }
     }
 }
@@ -247,8 +283,11 @@ pub enum HubError {
     BadListing { repo: String, reason: String },
     #[error("the request for {url} failed ({cause})")]
     Request { url: String, cause: String },
-    #[error("downloading {path} was interrupted ({cause}); pull again to resume where it stopped")]
-    Interrupted { path: String, cause: String },
+    #[error(
+        "downloading {path} was interrupted ({cause}){}; pull again to resume where it stopped",
+        if *retries > 0 { format!(", and {retries} retries did not get further") } else { String::new() }
+    )]
+    Interrupted { path: String, cause: String, retries: u32 },
     #[error("{path}: the hub lists {expected} bytes but sent {actual}; the download was deleted, pull again")]
     SizeMismatch { path: String, expected: u64, actual: u64 },
     #[error(

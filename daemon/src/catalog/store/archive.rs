@@ -95,6 +95,22 @@ pub enum ArchiveError {
     Clash { entry: String, reason: &'static str },
     #[error("{path} is a {kind}; a model folder holds only files, folders and links to them, import a copy without it")]
     FolderSpecialFile { path: PathBuf, kind: &'static str },
+    #[error(
+        "{path} is a link to the folder {target}, outside the model folder; import a copy of the model with the folder itself in place of the link"
+    )]
+    FolderLinkEscapes { path: PathBuf, target: PathBuf },
+    #[error(
+        "not enough free disk for the import: {} free on the model store's disk ({store}){}, and easel keeps {} free (import_keep_free); free some space, or lower import_keep_free",
+        human_bytes(*available),
+        needed.map(|n| format!(", the model needs {}", human_bytes(n))).unwrap_or_default(),
+        human_bytes(*keep_free)
+    )]
+    NoSpace {
+        store: PathBuf,
+        available: u64,
+        needed: Option<u64>,
+        keep_free: u64,
+    },
     #[error("{path} is a link that leads back to a folder above it; import a copy of the model without the loop")]
     FolderLoop { path: PathBuf },
     #[error("{what} (max_import_bytes); raise the limit if you trust it")]
@@ -259,6 +275,12 @@ fn extract_zip<R: Read + Seek>(archive: &Path, source: R, sink: &mut Sink<'_>) -
     if zip.len() as u64 > sink.limits.max_files {
         return Err(sink.too_many_entries());
     }
+    // Likewise the sizes it declares: a zip that says it will not fit is refused before a byte
+    // is written (one that lies is caught while writing).
+    let declared = (0..zip.len())
+        .filter_map(|i| zip.by_index_raw(i).ok().map(|entry| entry.size()))
+        .fold(0u64, u64::saturating_add);
+    sink.ensure_room(Some(declared))?;
     for index in 0..zip.len() {
         sink.check_cancelled()?;
         let mut entry = zip.by_index(index).map_err(corrupt)?;
@@ -458,7 +480,11 @@ pub fn copy_folder(
 ) -> Result<(), ArchiveError> {
     let mut plan = Vec::new();
     let mut ancestors = Vec::new();
-    plan_copy(source, Path::new(""), limits, &mut plan, &mut ancestors)?;
+    let root = fs::canonicalize(source).map_err(|e| ArchiveError::Read {
+        path: source.to_path_buf(),
+        source: e,
+    })?;
+    plan_copy(&root, source, Path::new(""), limits, &mut plan, &mut ancestors)?;
     let total = plan
         .iter()
         .map(|item| match item {
@@ -474,6 +500,7 @@ pub fn copy_folder(
         cancelled,
         ProgressSource::Written { total },
     );
+    sink.ensure_room(Some(total))?;
     for item in &plan {
         sink.check_cancelled()?;
         match item {
@@ -503,8 +530,11 @@ enum Planned {
 }
 
 /// Lists what to copy, depth first and sorted by name. `ancestors` holds the (device, inode) of
-/// the folders above, to catch links that loop.
+/// the folders above, to catch links that loop. Links to files are followed wherever they lead
+/// (a Hugging Face cache links each file to its blob); a link to a folder must stay inside
+/// `root` (the canonical source), or a link to `$EASEL_HOME/models` would copy the whole store.
 fn plan_copy(
+    root: &Path,
     dir: &Path,
     relative: &Path,
     limits: ImportLimits,
@@ -537,10 +567,19 @@ fn plan_copy(
         })?;
         let file_type = metadata.file_type();
         if file_type.is_dir() {
+            if child.file_type().is_ok_and(|t| t.is_symlink()) {
+                let target = fs::canonicalize(&path).map_err(|source| ArchiveError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                if !target.starts_with(root) {
+                    return Err(ArchiveError::FolderLinkEscapes { path, target });
+                }
+            }
             plan.push(Planned::Dir {
                 relative: child_relative.clone(),
             });
-            plan_copy(&path, &child_relative, limits, plan, ancestors)?;
+            plan_copy(root, &path, &child_relative, limits, plan, ancestors)?;
         } else if file_type.is_file() {
             plan.push(Planned::File {
                 relative: child_relative,
@@ -620,7 +659,21 @@ struct Sink<'a> {
     progress_source: ProgressSource,
     last_reported: u64,
     buffer: Vec<u8>,
+    /// `bytes_written` at which the free disk space is looked at next.
+    next_space_check: u64,
 }
+
+/// The free space on `path`'s disk; tests replace it (per thread) to fill a disk on demand.
+fn available_bytes(path: &Path) -> io::Result<u64> {
+    #[cfg(test)]
+    if let Some(free) = tests::FAKE_FREE_SPACE.with(|fake| fake.borrow_mut().as_mut().map(|next| next())) {
+        return Ok(free);
+    }
+    super::available_bytes(path)
+}
+
+/// How often (in bytes written) an import looks at the free disk space.
+const SPACE_CHECK_EVERY: u64 = 8 << 20;
 
 impl<'a> Sink<'a> {
     fn new(
@@ -643,6 +696,7 @@ impl<'a> Sink<'a> {
             progress_source,
             last_reported: 0,
             buffer: vec![0; CHUNK],
+            next_space_check: 0,
         };
         sink.report(true);
         sink
@@ -654,6 +708,24 @@ impl<'a> Sink<'a> {
         } else {
             Ok(())
         }
+    }
+
+    /// Refuses the import unless `needed` more bytes (when known) fit on the disk with
+    /// `keep_free` to spare. A disk whose free space cannot be read is not held against it.
+    fn ensure_room(&self, needed: Option<u64>) -> Result<(), ArchiveError> {
+        let Ok(available) = available_bytes(&self.root) else {
+            return Ok(());
+        };
+        let keep_free = self.limits.keep_free;
+        if available < keep_free.saturating_add(needed.unwrap_or(0)) {
+            return Err(ArchiveError::NoSpace {
+                store: self.root.parent().unwrap_or(&self.root).to_path_buf(),
+                available,
+                needed,
+                keep_free,
+            });
+        }
+        Ok(())
     }
 
     fn too_many_entries(&self) -> ArchiveError {
@@ -803,6 +875,11 @@ impl<'a> Sink<'a> {
                 return Err(ArchiveError::TooLarge {
                     what: self.subject.too_large(self.limits.max_bytes),
                 });
+            }
+            // Sizes an archive declares can lie: the disk itself is watched while writing.
+            if self.bytes_written >= self.next_space_check {
+                self.ensure_room(None)?;
+                self.next_space_check = self.bytes_written + SPACE_CHECK_EVERY;
             }
             out.write_all(&self.buffer[..read]).map_err(write_error)?;
             self.bytes_written += read as u64;
@@ -1342,6 +1419,7 @@ pub(crate) mod tests {
         let limits = ImportLimits {
             max_bytes: 1024 * 1024,
             max_files: 100,
+            ..ImportLimits::default()
         };
         let bomb = zip_bytes(&[Item::File("unet/model.onnx", &zeros)]);
         assert!(bomb.len() < 1024 * 1024, "the bomb is small: {}", bomb.len());
@@ -1371,6 +1449,7 @@ pub(crate) mod tests {
         let limits = ImportLimits {
             max_bytes: 1 << 20,
             max_files: 10,
+            ..ImportLimits::default()
         };
         for (file_name, _, bytes) in all_formats(&items) {
             let err = extract_bytes(file_name, &bytes, limits).result.unwrap_err();
@@ -1424,11 +1503,93 @@ pub(crate) mod tests {
         let limits = ImportLimits {
             max_bytes: 8,
             max_files: 100,
+            ..ImportLimits::default()
         };
         let fresh = dir.path().join("fresh");
         fs::create_dir(&fresh).unwrap();
         let err = copy_folder(&source, &fresh, limits, &mut |_| {}, &|| false).unwrap_err();
         assert!(err.to_string().contains("the folder holds more than 8 B"), "{err}");
+    }
+
+    #[test]
+    fn a_link_to_a_folder_outside_is_refused_one_inside_is_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("source");
+        let store = dir.path().join("models");
+        fs::create_dir_all(source.join("parts/unet")).unwrap();
+        fs::create_dir_all(store.join("other-model")).unwrap();
+        fs::write(source.join("model_index.json"), b"{}").unwrap();
+        fs::write(source.join("parts/unet/model.onnx"), b"weights").unwrap();
+        std::os::unix::fs::symlink(source.join("parts/unet"), source.join("unet")).unwrap();
+        let dest = dir.path().join("dest");
+        fs::create_dir(&dest).unwrap();
+        copy_folder(&source, &dest, ImportLimits::default(), &mut |_| {}, &|| false).unwrap();
+        assert_eq!(fs::read(dest.join("unet/model.onnx")).unwrap(), b"weights");
+
+        // A link to the model store (or anywhere outside) would copy whatever is there.
+        std::os::unix::fs::symlink(&store, source.join("vae_decoder")).unwrap();
+        let fresh = dir.path().join("fresh");
+        fs::create_dir(&fresh).unwrap();
+        let err = copy_folder(&source, &fresh, ImportLimits::default(), &mut |_| {}, &|| false).unwrap_err();
+        assert!(matches!(err, ArchiveError::FolderLinkEscapes { .. }), "{err}");
+        assert!(err.to_string().contains("outside the model folder"), "{err}");
+        assert!(!fresh.join("vae_decoder").exists(), "refused before copying");
+    }
+
+    thread_local! {
+        /// When set, what `available_bytes` answers on this thread, call by call.
+        pub(super) static FAKE_FREE_SPACE: std::cell::RefCell<Option<Box<dyn FnMut() -> u64>>> =
+            std::cell::RefCell::new(None);
+    }
+
+    /// Runs `work` with a disk whose free space starts at `free` and shrinks by what the import
+    /// writes (as the Sink's checks see it: `written()` bytes so far).
+    fn with_free_space<T>(answers: impl FnMut() -> u64 + 'static, work: impl FnOnce() -> T) -> T {
+        FAKE_FREE_SPACE.with(|fake| *fake.borrow_mut() = Some(Box::new(answers)));
+        let result = work();
+        FAKE_FREE_SPACE.with(|fake| *fake.borrow_mut() = None);
+        result
+    }
+
+    #[test]
+    fn an_import_that_would_fill_the_disk_is_refused_before_and_while_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("source");
+        fs::create_dir_all(&source).unwrap();
+        fs::write(source.join("model_index.json"), b"{}").unwrap();
+        let dest = dir.path().join("dest");
+        fs::create_dir(&dest).unwrap();
+        let limits = ImportLimits {
+            keep_free: 1000,
+            ..ImportLimits::default()
+        };
+        // 1001 bytes free, 1000 kept: the folder's two bytes do not fit.
+        let err = with_free_space(|| 1001, || copy_folder(&source, &dest, limits, &mut |_| {}, &|| false)).unwrap_err();
+        assert!(matches!(err, ArchiveError::NoSpace { needed: Some(2), .. }), "{err}");
+        assert!(err.to_string().contains("import_keep_free"), "{err}");
+        assert!(!dest.join("model_index.json").exists(), "refused before writing");
+        with_free_space(|| 1002, || copy_folder(&source, &dest, limits, &mut |_| {}, &|| false)).unwrap();
+
+        // A tar.gz declares no total: 40 MiB of zeros (a few KiB packed) fits at first, and is
+        // stopped while writing when the disk has filled up (the second look finds it full).
+        let zeros = vec![0u8; 40 << 20];
+        let packed = gzip(&tar_bytes(&[Item::File("unet/model.onnx", &zeros)]));
+        assert!(packed.len() < 1 << 20);
+        let mut looks = 0;
+        let run = with_free_space(
+            move || {
+                looks += 1;
+                if looks == 1 { 1 << 30 } else { 999 }
+            },
+            || extract_bytes("m.tar.gz", &packed, limits),
+        );
+        let err = run.result.unwrap_err();
+        assert!(matches!(err, ArchiveError::NoSpace { needed: None, .. }), "{err}");
+        let written = fs::metadata(run.dest.join("unet/model.onnx")).unwrap().len();
+        assert!(
+            written <= SPACE_CHECK_EVERY + CHUNK as u64,
+            "stopped at the second look: {written}"
+        );
     }
 
     #[test]

@@ -46,6 +46,9 @@ pub struct ImportLimits {
     pub max_bytes: u64,
     /// Entries (files, folders and links).
     pub max_files: u64,
+    /// Bytes an import leaves free on the store's disk: it is refused before it starts when
+    /// its known size does not fit, and stopped while writing when the disk fills up.
+    pub keep_free: u64,
 }
 
 impl Default for ImportLimits {
@@ -53,6 +56,7 @@ impl Default for ImportLimits {
         Self {
             max_bytes: 64 * 1024 * 1024 * 1024,
             max_files: 10_000,
+            keep_free: DEFAULT_KEEP_FREE,
         }
     }
 }
@@ -132,6 +136,17 @@ impl From<ArchiveError> for StoreError {
 fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreError {
     let path = path.to_path_buf();
     move |source| StoreError::Io { action, path, source }
+}
+
+/// What an import leaves free on the store's disk by default.
+pub const DEFAULT_KEEP_FREE: u64 = 1 << 30;
+
+/// Bytes free for an unprivileged user on the file system holding `path`.
+// `fsblkcnt_t` and the fragment size are narrower than u64 on some platforms.
+#[allow(clippy::useless_conversion)]
+pub fn available_bytes(path: &Path) -> io::Result<u64> {
+    let stats = nix::sys::statvfs::statvfs(path).map_err(io::Error::from)?;
+    Ok(u64::from(stats.blocks_available()).saturating_mul(u64::from(stats.fragment_size())))
 }
 
 /// An installed model.
@@ -903,6 +918,7 @@ mod tests {
         let limits = ImportLimits {
             max_bytes: 1024 * 1024,
             max_files: 100,
+            ..ImportLimits::default()
         };
         let store = Store::open(&dir.path().join("models"), limits).unwrap();
         let zeros = vec![0u8; 50 * 1024 * 1024];

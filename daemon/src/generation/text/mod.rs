@@ -24,6 +24,54 @@ pub fn tokenize(tokenizer: &ClipTokenizer, pieces: &[Piece]) -> Result<Vec<Chunk
     prompt::chunk(pieces, tokenizer.max_length() - 2, |text| tokenizer.token_ids(text))
 }
 
+/// A prompt longer than the limits allow.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PromptTooLong {
+    #[error(
+        "the {what} is {chars} characters, more than the limit of {max} (shorten it, or raise max_prompt_chars in the config)"
+    )]
+    Characters {
+        what: &'static str,
+        chars: usize,
+        max: usize,
+    },
+    #[error(
+        "the {what} fills {chunks} chunks of 75 tokens, more than the limit of {max} (shorten it, or raise max_prompt_chunks in the config)"
+    )]
+    Chunks {
+        what: &'static str,
+        chunks: usize,
+        max: usize,
+    },
+}
+
+/// Checks a prompt's length in characters before anything parses it. Counting stops at the
+/// limit, so a huge prompt costs no more than a long one.
+pub fn check_chars(what: &'static str, text: &str, max: usize) -> Result<(), PromptTooLong> {
+    // A char is at most 4 bytes: a short text in bytes is short in characters too.
+    if text.len() <= max || text.chars().take(max + 1).count() <= max {
+        return Ok(());
+    }
+    Err(PromptTooLong::Characters {
+        what,
+        chars: text.chars().count(),
+        max,
+    })
+}
+
+/// Checks how many 75-token chunks a tokenized prompt fills.
+pub fn check_chunks(what: &'static str, chunks: &[Chunk], max: usize) -> Result<(), PromptTooLong> {
+    if chunks.len() <= max {
+        Ok(())
+    } else {
+        Err(PromptTooLong::Chunks {
+            what,
+            chunks: chunks.len(),
+            max,
+        })
+    }
+}
+
 /// A prompt's chunks → their weighted embeddings, each `[1, 77, D]`, from the layer `clip_skip`
 /// names.
 pub fn encode_chunks(
@@ -127,4 +175,30 @@ pub fn concat_sequence(chunks: &[HostTensor<f32>]) -> HostTensor<f32> {
     let mut shape = chunks[0].shape.clone();
     shape[1] = chunks.iter().map(|c| c.shape[1]).sum();
     HostTensor::new(shape, chunks.iter().flat_map(|c| c.data.iter().copied()).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompt_length_counts_characters_not_bytes() {
+        assert_eq!(check_chars("prompt", "abc", 3), Ok(()));
+        // Four 3-byte characters: 12 bytes, 4 characters.
+        assert_eq!(check_chars("prompt", "日本語日", 4), Ok(()));
+        let err = check_chars("negative prompt", "日本語日本", 4).unwrap_err();
+        assert_eq!(
+            err,
+            PromptTooLong::Characters {
+                what: "negative prompt",
+                chars: 5,
+                max: 4
+            }
+        );
+        assert!(err.to_string().contains("max_prompt_chars"), "{err}");
+        let chunks: Vec<Chunk> = vec![(vec![1], vec![1.0]); 3];
+        assert_eq!(check_chunks("prompt", &chunks, 3), Ok(()));
+        let err = check_chunks("prompt", &chunks, 2).unwrap_err();
+        assert!(err.to_string().contains("3 chunks") && err.to_string().contains("max_prompt_chunks"));
+    }
 }
