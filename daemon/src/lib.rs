@@ -19,7 +19,7 @@
 //! - [`model`]: one model's files, sessions and tokenizer, and the ONNX Runtime library.
 //! - [`catalog`]: which models exist — registry, built-in model, store, hub pulls.
 //! - Foundations every wing may use: [`config`] (settings and their types), [`memory`] (the
-//!   kernel's memory figures).
+//!   kernel's memory figures), [`outbox`] (a client's bounded queue of events).
 
 pub mod catalog;
 pub mod config;
@@ -27,6 +27,7 @@ pub mod generation;
 pub mod jobs;
 pub mod memory;
 pub mod model;
+pub mod outbox;
 pub mod serve;
 
 use std::sync::Arc;

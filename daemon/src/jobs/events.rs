@@ -2,15 +2,16 @@
 //! queued, started, progressing (a summary), finished, cancelled or failed; models loading,
 //! loaded, unloaded, evicted, installed or removed; imports and pulls as they go.
 //!
-//! The bus is a broadcast channel: publishing never blocks (worker threads publish too), and a
-//! watcher that falls behind loses the oldest events rather than slowing the daemon down.
+//! Each watcher has its own bounded [`outbox`]: publishing never blocks (worker threads publish
+//! too), and a watcher that falls behind loses the oldest progress — never a job's or model's
+//! change of state — rather than slowing the daemon down or growing without bound.
 
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
-
-use tokio::sync::broadcast;
 
 use super::residency::{ResidencyEvent, UnloadReason};
 use crate::catalog::{CatalogEvent, ImportNotice};
+use crate::outbox;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DaemonEvent {
@@ -90,36 +91,46 @@ pub struct Stamped {
     pub event: DaemonEvent,
 }
 
-/// Where events go; cheap to clone.
-#[derive(Debug, Clone)]
-pub struct EventBus {
-    sender: broadcast::Sender<Stamped>,
+/// Progress (a job's step, an import's bytes) is superseded by the next; states are not.
+impl outbox::Droppable for Stamped {
+    fn droppable(&self) -> bool {
+        match &self.event {
+            DaemonEvent::Job { state, .. } => matches!(state, JobState::Progress | JobState::Queued),
+            DaemonEvent::Model { .. } => false,
+            DaemonEvent::Import(notice) => matches!(notice.state.as_str(), "extracting" | "downloading"),
+        }
+    }
 }
 
-impl Default for EventBus {
-    fn default() -> Self {
-        Self::new()
-    }
+/// Events one watcher has not read yet before its oldest progress gives way.
+pub const WATCHER_CAPACITY: usize = 1024;
+
+/// Where events go; cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct EventBus {
+    watchers: Arc<Mutex<Vec<outbox::Sender<Stamped>>>>,
 }
 
 impl EventBus {
-    /// Holds the last 1024 events for slow watchers.
     pub fn new() -> Self {
-        Self {
-            sender: broadcast::channel(1024).0,
-        }
+        Self::default()
     }
 
-    /// Sends to every watcher (none is fine). Never blocks.
+    /// Sends to every watcher (none is fine); forgets watchers that went away. Never blocks.
     pub fn publish(&self, event: DaemonEvent) {
-        let _ = self.sender.send(Stamped {
+        let stamped = Stamped {
             at: SystemTime::now(),
             event,
-        });
+        };
+        let mut watchers = self.watchers.lock().expect("event bus lock");
+        watchers.retain(|watcher| watcher.send(stamped.clone()).is_ok());
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Stamped> {
-        self.sender.subscribe()
+    /// A new watcher: it sees what is published from now on.
+    pub fn subscribe(&self) -> outbox::Receiver<Stamped> {
+        let (sender, receiver) = outbox::channel(WATCHER_CAPACITY);
+        self.watchers.lock().expect("event bus lock").push(sender);
+        receiver
     }
 }
 
@@ -186,7 +197,44 @@ mod tests {
             message: String::new(),
         };
         bus.publish(event.clone());
-        assert_eq!(watcher.try_recv().unwrap().event, event);
-        assert!(watcher.try_recv().is_err(), "nothing from before subscribing");
+        assert_eq!(watcher.len(), 1, "nothing from before subscribing");
+        let received = futures::executor::block_on(watcher.recv()).unwrap();
+        assert_eq!(received.event, event);
+    }
+
+    #[test]
+    fn a_watcher_that_never_reads_keeps_every_state_change_and_bounded_progress() {
+        let bus = EventBus::new();
+        let mut watcher = bus.subscribe();
+        let job = |state, step| DaemonEvent::Job {
+            id: "j".into(),
+            model: "m".into(),
+            state,
+            position: 0,
+            step,
+            total: 100_000,
+            message: String::new(),
+        };
+        bus.publish(job(JobState::Started, 0));
+        for step in 0..100_000 {
+            bus.publish(job(JobState::Progress, step));
+        }
+        bus.publish(job(JobState::Finished, 0));
+        assert!(watcher.len() <= WATCHER_CAPACITY + 1, "bounded: {}", watcher.len());
+        let mut states = Vec::new();
+        while !watcher.is_empty() {
+            let stamped = futures::executor::block_on(watcher.recv()).unwrap();
+            if let DaemonEvent::Job { state, .. } = stamped.event {
+                states.push(state);
+            }
+        }
+        assert_eq!(states.first(), Some(&JobState::Started));
+        assert_eq!(states.last(), Some(&JobState::Finished));
+        drop(watcher);
+        bus.publish(job(JobState::Started, 0));
+        assert!(
+            bus.watchers.lock().unwrap().is_empty(),
+            "a watcher that left is forgotten"
+        );
     }
 }

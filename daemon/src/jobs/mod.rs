@@ -40,8 +40,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
-
 use crate::catalog::ModelUsers;
 use crate::catalog::registry::{Registry, RegistryError};
 use crate::config::{KeepAlive, Limits};
@@ -49,6 +47,7 @@ use crate::generation::sampler::NoiseSource;
 use crate::generation::{self, BatchOutput, GenerationError, Prepared, StepReport};
 use crate::model::onnx::HostTensor;
 use crate::model::{ModelError, ModelFolder};
+use crate::outbox;
 use events::{DaemonEvent, EventBus, JobState};
 use queue::{QueueState, RunningJob};
 pub use residency::ort::OrtBackend;
@@ -150,6 +149,13 @@ pub enum JobEvent {
     Failed(JobError),
 }
 
+/// Progress and queue positions are superseded by the next ones; the rest is the answer.
+impl outbox::Droppable for JobEvent {
+    fn droppable(&self) -> bool {
+        matches!(self, JobEvent::Progress { .. } | JobEvent::Queued { .. })
+    }
+}
+
 #[derive(Debug, Default, Clone, Copy)]
 pub struct JobTimings {
     pub queue: Duration,
@@ -189,7 +195,7 @@ struct Job {
     id: String,
     valid: ValidJob,
     cancel: Arc<AtomicBool>,
-    events: mpsc::UnboundedSender<JobEvent>,
+    events: outbox::Sender<JobEvent>,
     enqueued: Instant,
     /// The position last announced to the client.
     position: u32,
@@ -206,7 +212,8 @@ struct Shared {
 #[derive(Debug)]
 pub struct JobHandle {
     pub id: String,
-    pub events: mpsc::UnboundedReceiver<JobEvent>,
+    /// Bounded: a client that stops reading loses old progress, never an image or the end.
+    pub events: outbox::Receiver<JobEvent>,
     /// Setting this cancels the job at its next step (the service does so when the client goes).
     pub cancel: Arc<AtomicBool>,
 }
@@ -312,7 +319,7 @@ impl<G: Generator> JobQueue<G> {
         let valid = tokio::task::spawn_blocking(move || validate::validate(&registry, &limits, spec))
             .await
             .map_err(|e| JobError::InvalidArgument(format!("validation task failed: {e}")))??;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = outbox::channel(outbox::DEFAULT_CAPACITY);
         let cancel = Arc::new(AtomicBool::new(false));
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
         let model = valid.folder.name.clone();

@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use easel_proto::v1 as pb;
 use futures::{Stream, StreamExt};
 use tokio::sync::Notify;
-use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::DaemonInfo;
@@ -26,6 +25,7 @@ use crate::catalog::store::ImportProgress;
 use crate::config::KeepAlive;
 use crate::generation::text;
 use crate::jobs::{JobError, JobQueue};
+use crate::outbox::{self, Droppable};
 
 #[derive(Debug, Clone)]
 pub struct EaselService {
@@ -36,6 +36,29 @@ pub struct EaselService {
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Byte counts of an import or a pull are superseded by the next ones.
+impl Droppable for Result<pb::ImportEvent, Status> {
+    fn droppable(&self) -> bool {
+        matches!(
+            self,
+            Ok(pb::ImportEvent {
+                event: Some(pb::import_event::Event::Bytes(_))
+            })
+        )
+    }
+}
+
+impl Droppable for Result<pb::PullEvent, Status> {
+    fn droppable(&self) -> bool {
+        matches!(
+            self,
+            Ok(pb::PullEvent {
+                event: Some(pb::pull_event::Event::Progress(_))
+            })
+        )
+    }
+}
 
 /// Runs blocking work (file I/O, ONNX sessions) on the blocking pool; its error becomes a
 /// status through `to_status`.
@@ -107,7 +130,10 @@ impl pb::easel_server::Easel for EaselService {
         let handle = self.jobs.submit(spec).await.map_err(|e| job_status(&e))?;
         tracing::info!(job = %handle.id, "job queued");
         let job_id = handle.id.clone();
-        let events = UnboundedReceiverStream::new(handle.events).map(move |event| job_event_to_proto(&job_id, event));
+        let events = handle
+            .events
+            .into_stream()
+            .map(move |event| job_event_to_proto(&job_id, event));
         Ok(Response::new(cancel_on_drop(events, handle.cancel)))
     }
 
@@ -196,14 +222,13 @@ impl pb::easel_server::Easel for EaselService {
         request: Request<pb::ImportModelRequest>,
     ) -> Result<Response<Self::ImportModelStream>, Status> {
         let request = request.into_inner();
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, rx) = outbox::channel(outbox::DEFAULT_CAPACITY);
         let cancel = Arc::new(AtomicBool::new(false));
         let catalog = self.catalog.clone();
         let cancelled = cancel.clone();
         tokio::task::spawn_blocking(move || {
-            let progress_tx = tx.clone();
             let mut progress = |p: ImportProgress| {
-                let _ = progress_tx.send(Ok(import_progress_to_proto(p)));
+                let _ = tx.send(Ok(import_progress_to_proto(p)));
             };
             let name = Some(request.name.as_str()).filter(|n| !n.is_empty());
             let result = catalog.import(
@@ -218,7 +243,7 @@ impl pb::easel_server::Easel for EaselService {
             });
             let _ = tx.send(done.map_err(|e| catalog_status(&e)));
         });
-        Ok(Response::new(cancel_on_drop(UnboundedReceiverStream::new(rx), cancel)))
+        Ok(Response::new(cancel_on_drop(rx.into_stream(), cancel)))
     }
 
     async fn pull_model(
@@ -235,7 +260,8 @@ impl pb::easel_server::Easel for EaselService {
             request.revision.clone()
         };
         let hub = Hub::resolve(&request.endpoint, &request.token);
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, rx) = outbox::channel(outbox::DEFAULT_CAPACITY);
+        let tx = Arc::new(tx);
         let cancel = Arc::new(AtomicBool::new(false));
         let catalog = self.catalog.clone();
         let cancelled = cancel.clone();
@@ -256,7 +282,7 @@ impl pb::easel_server::Easel for EaselService {
             });
             let _ = tx.send(done.map_err(|e| catalog_status(&e)));
         });
-        Ok(Response::new(cancel_on_drop(UnboundedReceiverStream::new(rx), cancel)))
+        Ok(Response::new(cancel_on_drop(rx.into_stream(), cancel)))
     }
 
     async fn remove_model(
@@ -307,11 +333,13 @@ impl pb::easel_server::Easel for EaselService {
     }
 
     async fn watch_events(&self, _: Request<pb::WatchRequest>) -> Result<Response<Self::WatchEventsStream>, Status> {
-        let receiver = self.jobs.events().subscribe();
-        let stream = tokio_stream::wrappers::BroadcastStream::new(receiver).filter_map(|item| async move {
-            // A watcher that fell behind skips what it missed rather than failing.
-            item.ok().map(|stamped| Ok(daemon_event_to_proto(stamped)))
-        });
+        // A watcher that falls behind loses old progress, never a change of state.
+        let stream = self
+            .jobs
+            .events()
+            .subscribe()
+            .into_stream()
+            .map(|stamped| Ok(daemon_event_to_proto(stamped)));
         Ok(Response::new(Box::pin(stream)))
     }
 

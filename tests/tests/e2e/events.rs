@@ -221,3 +221,74 @@ fn a_count_runs_in_batches_and_reports_every_image() {
         );
     }
 }
+
+/// A client that does not read its stream while the job runs: the daemon keeps only the latest
+/// progress for it (not one event per step, each with a latent), yet the image and the end
+/// always arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_gets_its_image_and_the_end_but_not_every_step() {
+    const STEPS: u32 = 300;
+    let daemon = Daemon::start();
+    let mut watcher = daemon
+        .client()
+        .await
+        .watch_events(pb::WatchRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    // HTTP/2's smallest windows: once 64 KiB is in flight the daemon must hold the rest itself.
+    let socket = daemon.socket.clone();
+    let channel = tonic::transport::Endpoint::from_static("http://[::]:50051")
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let socket = socket.clone();
+            async move {
+                tokio::net::UnixStream::connect(socket)
+                    .await
+                    .map(hyper_util::rt::TokioIo::new)
+            }
+        }))
+        .await
+        .unwrap();
+    let mut client = easel_proto::v1::easel_client::EaselClient::new(channel);
+    // 256²: each event carries a 16 KiB latent and a preview, so a few fill the window.
+    let request = GenerateRequestBuilder::new("a slow boat")
+        .fixture("sd1-tiny")
+        .size(256, 256)
+        .steps(STEPS)
+        .sampler("euler")
+        .preview(pb::PreviewOptions {
+            stream_latents: true,
+            every_n_steps: 1,
+            image: pb::PreviewImage::Approx as i32,
+        })
+        .build();
+    let mut stream = client.generate(request).await.unwrap().into_inner();
+    // Wait, unread, until the daemon says the job finished.
+    loop {
+        let event = watcher.next().await.expect("the watch stream stays open").unwrap();
+        if let Some(pb::daemon_event::Event::Job(job)) = event.event
+            && job.state == "finished"
+        {
+            break;
+        }
+    }
+    let mut progress = 0;
+    let mut kinds = Vec::new();
+    while let Some(event) = stream.next().await {
+        match event.unwrap().event.unwrap() {
+            pb::generate_event::Event::Progress(_) => progress += 1,
+            other => kinds.push(match other {
+                pb::generate_event::Event::Image(_) => "image",
+                pb::generate_event::Event::Finished(_) => "finished",
+                _ => "other",
+            }),
+        }
+    }
+    assert!(kinds.ends_with(&["image", "finished"]), "{kinds:?}");
+    assert!(
+        progress < STEPS,
+        "old progress was dropped for a client that did not read: {progress} of {STEPS} arrived"
+    );
+}
