@@ -434,4 +434,52 @@ mod tests {
         let device = read(Path::new("/dev/zero")).unwrap_err().to_string();
         assert!(device.contains("a device"), "{device}");
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Any bytes: an array or an error, never a panic.
+            #[test]
+            fn any_bytes_parse_or_fail_cleanly(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+                let _ = parse(&bytes);
+            }
+
+            /// A well-formed header with any shape and dtype, and a body of any length: the array
+            /// is read exactly when the body holds every element, and its values come back.
+            #[test]
+            fn headers_and_bodies_agree_or_fail_cleanly(
+                version in 1u8..=3,
+                shape in proptest::collection::vec(0usize..6, 0..4),
+                dtype in prop_oneof![Just("<f2"), Just("<f4"), Just("<f8"), Just(">f4"), Just("<i4")],
+                extra in -3i64..3,
+            ) {
+                let dims = shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ");
+                let comma = if shape.len() == 1 { "," } else { "" };
+                let header = format!("{{'descr': '{dtype}', 'fortran_order': False, 'shape': ({dims}{comma}), }}");
+                let width = match dtype { "<f2" => 2, "<f8" => 8, _ => 4 };
+                let count: usize = shape.iter().product();
+                let len = (count as i64 * width + extra).max(0) as usize;
+                let body: Vec<u8> = (0..len).map(|i| (i % 7) as u8 * 0x10).collect();
+                let result = parse(&npy(version, &header, &body));
+                let readable = matches!(dtype, "<f2" | "<f4" | "<f8");
+                if readable && len == count * width as usize {
+                    let array = result.unwrap();
+                    prop_assert_eq!(array.shape, shape);
+                    prop_assert_eq!(array.data.len(), count);
+                } else {
+                    prop_assert!(result.is_err());
+                }
+            }
+
+            /// Shapes whose element count overflows are an error, not a wrap-around.
+            #[test]
+            fn huge_shapes_are_refused(dims in proptest::collection::vec(1usize << 20.., 3..6)) {
+                let dims_text = dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ");
+                let header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({dims_text}), }}");
+                prop_assert!(parse(&npy(1, &header, &[0; 16])).is_err());
+            }
+        }
+    }
 }

@@ -433,4 +433,42 @@ mod tests {
         assert!(parse_size("150%", 10).is_err());
         assert!(parse_size("99999999999999999999 TiB", 0).is_err());
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Any text: a duration within the limit, forever, or an error — never a panic.
+            #[test]
+            fn any_keep_alive_parses_or_fails_cleanly(text in any::<String>()) {
+                if let Ok(KeepAlive::For(duration)) = KeepAlive::parse(&text) {
+                    prop_assert!(duration <= KeepAlive::MAX);
+                }
+            }
+
+            #[test]
+            fn keep_alive_numbers_and_units_in_any_size(text in "-?[0-9]{0,30}(\\.[0-9]{0,5})?(ms|s|m|h|x)?([0-9]{1,25}(ms|s|m|h))*") {
+                let _ = KeepAlive::parse(&text);
+            }
+
+            /// What is written as hours, minutes and seconds comes back as that many seconds.
+            #[test]
+            fn hours_minutes_seconds_round_trip(h in 0u64..1000, m in 0u64..600, s in 0u64..600) {
+                let parsed = KeepAlive::parse(&format!("{h}h{m}m{s}s")).unwrap();
+                prop_assert_eq!(parsed, KeepAlive::For(Duration::from_secs(h * 3600 + m * 60 + s)));
+            }
+
+            #[test]
+            fn any_size_parses_or_fails_cleanly(text in any::<String>(), total in any::<u64>()) {
+                let _ = parse_size(&text, total);
+            }
+
+            #[test]
+            fn sizes_with_units_scale_exactly(n in 0u64..1_000_000) {
+                prop_assert_eq!(parse_size(&format!("{n}MiB"), 0), Ok(n << 20));
+                prop_assert_eq!(parse_size(&format!("{n} KiB"), 0), Ok(n << 10));
+            }
+        }
+    }
 }

@@ -282,6 +282,47 @@ mod tests {
         );
     }
 
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn encoded(format: image::ImageFormat) -> Vec<u8> {
+            let mut bytes = Vec::new();
+            gradient(48, 32)
+                .write_to(&mut std::io::Cursor::new(&mut bytes), format)
+                .unwrap();
+            bytes
+        }
+
+        proptest! {
+            /// Any bytes as an init image or mask: a picture or an error, never a panic.
+            #[test]
+            fn any_bytes_decode_or_fail_cleanly(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+                let _ = decode_rgb(&bytes, "mask", 1 << 20);
+            }
+
+            /// Real PNGs and JPEGs with bytes changed and tails cut: what decodes has the size
+            /// its header says and within the limit; nothing panics.
+            #[test]
+            fn damaged_pictures_decode_or_fail_cleanly(
+                jpeg in any::<bool>(),
+                flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..8),
+                keep in 0.0f64..=1.0,
+            ) {
+                let mut bytes = encoded(if jpeg { image::ImageFormat::Jpeg } else { image::ImageFormat::Png });
+                for (at, value) in flips {
+                    let i = at.index(bytes.len());
+                    bytes[i] = value;
+                }
+                bytes.truncate((bytes.len() as f64 * keep) as usize);
+                if let Ok(picture) = decode_rgb(&bytes, "init image", 4096) {
+                    prop_assert!(u64::from(picture.width) * u64::from(picture.height) <= 4 * 4096);
+                    prop_assert_eq!(picture.pixels.len(), (picture.width * picture.height * 3) as usize);
+                }
+            }
+        }
+    }
+
     #[test]
     fn png_round_trips_with_text() {
         let img = RgbImage {

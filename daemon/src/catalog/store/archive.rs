@@ -1592,6 +1592,96 @@ pub(crate) mod tests {
         );
     }
 
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Kind {
+            File(Vec<u8>),
+            Dir,
+            Symlink(String),
+            HardLink(String),
+        }
+
+        /// Paths built to hit the corners: `..`, `.`, empty segments, absolute ones.
+        fn path() -> impl Strategy<Value = String> {
+            (
+                any::<bool>(),
+                proptest::collection::vec(prop_oneof!["a", "b", "unet", "..", ".", ""], 1..5),
+            )
+                .prop_map(|(absolute, parts)| format!("{}{}", if absolute { "/" } else { "" }, parts.join("/")))
+        }
+
+        fn entry() -> impl Strategy<Value = (String, Kind)> {
+            let kind = prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..64).prop_map(Kind::File),
+                Just(Kind::Dir),
+                path().prop_map(Kind::Symlink),
+                path().prop_map(Kind::HardLink),
+            ];
+            (path(), kind)
+        }
+
+        /// Every path under `dir`, links not followed.
+        fn walk(dir: &Path, found: &mut Vec<PathBuf>) {
+            for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                found.push(path.clone());
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    walk(&path, found);
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(128))]
+
+            /// Random trees (with `..`, absolute names, links anywhere, damaged tails), as tar
+            /// and tar.gz: extraction ends in a folder or an error, never a panic, and nothing
+            /// is written outside the destination or linked out of it.
+            #[test]
+            fn random_archives_stay_inside_their_folder(
+                entries in proptest::collection::vec(entry(), 0..12),
+                gzipped in any::<bool>(),
+                keep in 0.5f64..=1.0,
+            ) {
+                let items: Vec<Item<'_>> = entries
+                    .iter()
+                    .filter(|(name, _)| name.len() < 100)
+                    .map(|(name, kind)| match kind {
+                        Kind::File(data) => Item::File(name, data),
+                        Kind::Dir => Item::Dir(name),
+                        Kind::Symlink(target) => Item::Symlink(name, target),
+                        Kind::HardLink(target) => Item::HardLink(name, target),
+                    })
+                    .collect();
+                let mut bytes = tar_bytes(&items);
+                bytes.truncate((bytes.len() as f64 * keep) as usize);
+                let (file_name, bytes) = if gzipped { ("m.tar.gz", gzip(&bytes)) } else { ("m.tar", bytes) };
+                let run = extract_bytes(file_name, &bytes, ImportLimits::default());
+                let out = run.dest.parent().unwrap();
+                let beside: Vec<_> = fs::read_dir(out).unwrap().flatten().map(|e| e.file_name()).collect();
+                prop_assert_eq!(beside, vec![std::ffi::OsString::from("dest")], "nothing lands beside the destination");
+                let root = fs::canonicalize(&run.dest).unwrap();
+                let mut found = Vec::new();
+                walk(&run.dest, &mut found);
+                for path in found {
+                    let meta = fs::symlink_metadata(&path).unwrap();
+                    if meta.file_type().is_symlink() {
+                        let target = fs::read_link(&path).unwrap();
+                        prop_assert!(target.is_relative(), "{} → {}", path.display(), target.display());
+                        if let Ok(resolved) = fs::canonicalize(&path) {
+                            prop_assert!(resolved.starts_with(&root), "{} → {}", path.display(), resolved.display());
+                        }
+                    } else {
+                        prop_assert!(meta.is_file() || meta.is_dir(), "{}", path.display());
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn folder_loops_and_fifos_are_refused() {
         let dir = tempfile::tempdir().unwrap();

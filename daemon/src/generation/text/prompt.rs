@@ -27,6 +27,8 @@ pub enum PromptError {
     Unmatched { bracket: char, position: usize },
     #[error("invalid weight `{text}` at position {position} in the prompt; write a number, as in `(word:1.2)`")]
     InvalidWeight { text: String, position: usize },
+    #[error("the weights in the prompt multiply to infinity for `{text}`; use fewer brackets or smaller weights")]
+    InfiniteWeight { text: String },
 }
 
 const BRACKET_FACTOR: f64 = 1.1;
@@ -103,6 +105,16 @@ pub fn parse(prompt: &str) -> Result<Vec<Piece>, PromptError> {
         .min_by_key(|&(_, p)| p);
     if let Some((bracket, position)) = first_unclosed {
         return Err(PromptError::Unclosed { bracket, position });
+    }
+    // `(x:1e300)` or ten thousand nested brackets would scale an embedding to inf (then NaN).
+    for piece in &pieces {
+        if let Piece::Text { text, weight } = piece
+            && !weight.is_finite()
+        {
+            return Err(PromptError::InfiniteWeight {
+                text: text.chars().take(40).collect(),
+            });
+        }
     }
     Ok(merge(pieces))
 }
@@ -369,6 +381,64 @@ mod tests {
             chunk(&parse("").unwrap(), 75, tokenize).unwrap(),
             vec![(vec![], vec![])]
         );
+    }
+
+    #[test]
+    fn weights_that_multiply_to_infinity_are_refused() {
+        let deep = format!("{}x{}", "(".repeat(8000), ")".repeat(8000));
+        assert!(matches!(parse(&deep), Err(PromptError::InfiniteWeight { .. })));
+        let huge = format!("(x:{})", "9".repeat(400));
+        assert!(
+            matches!(parse(&huge), Err(PromptError::InfiniteWeight { .. })),
+            "{:?}",
+            parse(&huge)
+        );
+    }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Any text: a typed error or pieces with finite weights, never a panic.
+            #[test]
+            fn any_prompt_parses_or_fails_cleanly(prompt in any::<String>()) {
+                if let Ok(pieces) = parse(&prompt) {
+                    for piece in &pieces {
+                        if let Piece::Text { weight, .. } = piece {
+                            prop_assert!(weight.is_finite());
+                        }
+                    }
+                }
+            }
+
+            /// Prompts made of the syntax itself, where the parser's corners are.
+            #[test]
+            fn syntax_soup_parses_or_fails_cleanly(prompt in "[()\\[\\]:\\\\a 0-9.+-]{0,80}|(BREAK |\\(|\\)|:1.5\\)|a |\\[)*") {
+                let _ = parse(&prompt);
+            }
+
+            /// Chunks never exceed their size, and no token is lost or duplicated.
+            #[test]
+            fn chunks_keep_every_token(prompt in "[a-z ()\\[\\]]{0,400}", size in 1usize..80) {
+                if let Ok(pieces) = parse(&prompt) {
+                    let tokenize = |t: &str| -> Result<Vec<i64>, ()> { Ok(t.bytes().map(i64::from).collect()) };
+                    let chunks = chunk(&pieces, size, tokenize).unwrap();
+                    prop_assert!(!chunks.is_empty());
+                    let mut tokens = 0;
+                    for (ids, weights) in &chunks {
+                        prop_assert!(ids.len() <= size);
+                        prop_assert_eq!(ids.len(), weights.len());
+                        tokens += ids.len();
+                    }
+                    let expected: usize = pieces.iter().map(|p| match p {
+                        Piece::Text { text, .. } => text.len(),
+                        Piece::Break => 0,
+                    }).sum();
+                    prop_assert_eq!(tokens, expected);
+                }
+            }
+        }
     }
 
     #[test]
