@@ -203,6 +203,29 @@ impl Daemon {
             .expect("connect to the daemon")
     }
 
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("daemon is running").id()
+    }
+
+    /// Kills the daemon with SIGKILL (no shutdown, no cleanup) and waits until it is gone.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("daemon is running");
+        child.kill().expect("SIGKILL easeld");
+        child.wait().expect("wait for easeld");
+    }
+
+    /// The daemon's resident memory (VmRSS) in bytes.
+    pub fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("/proc status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc status");
+        kib * 1024
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("daemon is running");

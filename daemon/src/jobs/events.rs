@@ -106,9 +106,18 @@ impl outbox::Droppable for Stamped {
 pub const WATCHER_CAPACITY: usize = 1024;
 
 /// Where events go; cheap to clone.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct EventBus {
-    watchers: Arc<Mutex<Vec<outbox::Sender<Stamped>>>>,
+    /// `None` once closed: the daemon is stopping and every watch has ended.
+    watchers: Arc<Mutex<Option<Vec<outbox::Sender<Stamped>>>>>,
+}
+
+impl Default for EventBus {
+    fn default() -> Self {
+        Self {
+            watchers: Arc::new(Mutex::new(Some(Vec::new()))),
+        }
+    }
 }
 
 impl EventBus {
@@ -122,15 +131,25 @@ impl EventBus {
             at: SystemTime::now(),
             event,
         };
-        let mut watchers = self.watchers.lock().expect("event bus lock");
-        watchers.retain(|watcher| watcher.send(stamped.clone()).is_ok());
+        if let Some(watchers) = self.watchers.lock().expect("event bus lock").as_mut() {
+            watchers.retain(|watcher| watcher.send(stamped.clone()).is_ok());
+        }
     }
 
-    /// A new watcher: it sees what is published from now on.
+    /// A new watcher: it sees what is published from now on, until the bus closes.
     pub fn subscribe(&self) -> outbox::Receiver<Stamped> {
         let (sender, receiver) = outbox::channel(WATCHER_CAPACITY);
-        self.watchers.lock().expect("event bus lock").push(sender);
+        if let Some(watchers) = self.watchers.lock().expect("event bus lock").as_mut() {
+            watchers.push(sender);
+        }
+        // Closed: the sender is dropped here and the watch ends at once.
         receiver
+    }
+
+    /// Ends every watch after the events it holds (the daemon is stopping: a watcher that
+    /// never hangs up, such as a tray app, must not hold the shutdown).
+    pub fn close(&self) {
+        self.watchers.lock().expect("event bus lock").take();
     }
 }
 
@@ -233,8 +252,33 @@ mod tests {
         drop(watcher);
         bus.publish(job(JobState::Started, 0));
         assert!(
-            bus.watchers.lock().unwrap().is_empty(),
+            bus.watchers.lock().unwrap().as_ref().unwrap().is_empty(),
             "a watcher that left is forgotten"
+        );
+    }
+
+    #[test]
+    fn closing_ends_every_watch_after_what_it_holds() {
+        let bus = EventBus::new();
+        let mut watcher = bus.subscribe();
+        let loaded = DaemonEvent::Model {
+            model: "m".into(),
+            state: ModelState::Loaded,
+            memory: 1,
+            reason: String::new(),
+        };
+        bus.publish(loaded.clone());
+        bus.close();
+        let next = futures::executor::block_on(watcher.recv());
+        assert_eq!(next.map(|s| s.event), Some(loaded));
+        assert!(
+            futures::executor::block_on(watcher.recv()).is_none(),
+            "then the watch ends"
+        );
+        let mut late = bus.subscribe();
+        assert!(
+            futures::executor::block_on(late.recv()).is_none(),
+            "a watch after closing ends at once"
         );
     }
 }

@@ -46,6 +46,10 @@ impl<G: Generator> Worker<G> {
                 Err(error) => tracing::info!(%error, "job ended without finishing"),
             }
             self.finish(&job, result);
+            drop(job);
+            // A job's pictures, latents and ONNX Runtime's scratch buffers are freed by now;
+            // hand the pages back so the daemon's footprint returns to its resident models.
+            crate::memory::release_freed_memory();
         }
     }
 

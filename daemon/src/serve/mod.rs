@@ -54,6 +54,8 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .expect("the embedded descriptor sets are valid");
+    let stopping = Arc::new(Notify::new());
+    let stopped = stopping.clone();
     let stop = async move {
         tokio::select! {
             _ = shutdown => tracing::info!("shutting down (signal)"),
@@ -61,11 +63,28 @@ pub async fn run(
         }
         health_reporter.set_not_serving::<EaselServer<EaselService>>().await;
         jobs.shutdown().await;
+        // Watches end now; calls still open (an import, a pull) get a grace period below.
+        jobs.events().close();
+        stopping.notify_one();
     };
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
         .add_service(EaselServer::new(service).max_decoding_message_size(max_request))
-        .serve_with_incoming_shutdown(socket::OwnerOnly::new(listener), stop)
-        .await
+        .serve_with_incoming_shutdown(socket::OwnerOnly::new(listener), stop);
+    // Once stopping, open calls have SHUTDOWN_GRACE to finish; then the daemon exits anyway
+    // (their clients see the connection close), so a stalled call cannot keep it running.
+    tokio::select! {
+        served = server => served,
+        () = async {
+            stopped.notified().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!(grace_s = SHUTDOWN_GRACE.as_secs(), "calls still open after the grace period; stopping anyway");
+            Ok(())
+        }
+    }
 }
+
+/// How long open calls may run on once the daemon is stopping.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);

@@ -333,3 +333,21 @@ fn daemon_start_and_serve_run_the_daemon() {
     assert!(serve.wait().unwrap().success(), "serve stops cleanly on SIGTERM");
     assert!(!daemon.socket.exists());
 }
+
+/// A watcher that never hangs up (a tray app) does not hold the daemon up when it is told to
+/// stop: its watch ends, and the daemon exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_watch_ends_when_the_daemon_stops() {
+    let mut daemon = Daemon::start();
+    let mut client = daemon.client().await;
+    let mut watch = client.watch_events(pb::WatchRequest {}).await.unwrap().into_inner();
+    // `terminate` fails the test if the daemon is still running 30 s after SIGTERM.
+    let status = tokio::task::block_in_place(|| daemon.terminate());
+    assert!(status.success(), "{status}");
+    // The watch ends (cleanly, or with the connection) rather than hanging.
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Some(Ok(_)) = watch.next().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the watch stream is still open");
+}

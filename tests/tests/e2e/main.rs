@@ -11,6 +11,7 @@ mod grpcio;
 mod hub;
 mod img2img;
 mod inpaint;
+mod load;
 mod quality;
 mod residency;
 mod store;
