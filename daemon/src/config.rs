@@ -29,6 +29,10 @@ pub struct Limits {
     /// 75-token chunks a prompt may fill: each costs a text-encoder run and 77 embeddings in
     /// every UNet step.
     pub max_prompt_chunks: usize,
+    /// Pictures of more pixels than this are decoded by the VAE in overlapping tiles (as
+    /// diffusers' `enable_vae_tiling`): the decoder's attention grows with the square of the
+    /// picture, tiles keep it to the tile's.
+    pub vae_tile_above: u64,
 }
 
 impl Default for Limits {
@@ -41,6 +45,7 @@ impl Default for Limits {
             batch_pixels: 4 * 512 * 512,
             max_prompt_chars: 16_384,
             max_prompt_chunks: 32,
+            vae_tile_above: 1024 * 1024,
         }
     }
 }
@@ -190,6 +195,7 @@ struct FileConfig {
     batch_pixels: Option<u64>,
     max_prompt_chars: Option<usize>,
     max_prompt_chunks: Option<usize>,
+    vae_tile_above: Option<u64>,
     parallel: Option<usize>,
     /// A size (`8GiB`, `75%`, bytes).
     memory_budget: Option<String>,
@@ -233,6 +239,9 @@ impl Config {
             .or(file.max_prompt_chunks)
             .unwrap_or(limits.max_prompt_chunks)
             .max(1);
+        limits.vae_tile_above = env_number("EASEL_VAE_TILE_ABOVE")?
+            .or(file.vae_tile_above)
+            .unwrap_or(limits.vae_tile_above);
         let total = crate::memory::total_memory();
         let memory_budget = match env_text("EASEL_MEMORY_BUDGET").or(file.memory_budget) {
             Some(text) => size_setting("EASEL_MEMORY_BUDGET / memory_budget", &text, total.unwrap_or(0))?,

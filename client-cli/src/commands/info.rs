@@ -66,6 +66,7 @@ fn status_json(status: &pb::StatusReply) -> serde_json::Value {
         "loaded_models": status.loaded_models,
         "memory_used_bytes": status.memory_used_bytes,
         "memory_budget_bytes": status.memory_budget_bytes,
+        "working_memory_bytes": status.working_memory_bytes,
     })
 }
 
@@ -86,9 +87,10 @@ fn status_lines(status: &pb::StatusReply) -> Vec<String> {
         ),
         format!("models       {models}"),
         format!(
-            "memory       {} of a {} budget",
+            "memory       {} of a {} budget ({} of it working memory of running jobs)",
             human_bytes(status.memory_used_bytes),
-            human_bytes(status.memory_budget_bytes)
+            human_bytes(status.memory_budget_bytes),
+            human_bytes(status.working_memory_bytes)
         ),
     ]
 }
@@ -395,6 +397,7 @@ mod tests {
             socket: "/run/easel.sock".into(),
             memory_used_bytes: 0,
             memory_budget_bytes: 8 << 30,
+            working_memory_bytes: 0,
         };
         let value = status_json(&status);
         assert_eq!(value["pid"], 42);
@@ -402,6 +405,9 @@ mod tests {
         let lines = status_lines(&status);
         assert_eq!(lines[0], "easeld 0.1.0 (pid 42)");
         assert_eq!(lines[5], "models       none loaded");
-        assert_eq!(lines[6], "memory       0 B of a 8.0 GiB budget");
+        assert_eq!(
+            lines[6],
+            "memory       0 B of a 8.0 GiB budget (0 B of it working memory of running jobs)"
+        );
     }
 }

@@ -31,6 +31,7 @@ fn ps_json(reply: &pb::ListRunningReply) -> serde_json::Value {
                 "name": m.name,
                 "path": m.path,
                 "memory_bytes": m.memory_bytes,
+                "working_memory_bytes": m.working_memory_bytes,
                 "device": m.device,
                 "in_use": m.in_use,
                 "expires_unix_ms": (m.expires_unix_ms != 0).then_some(m.expires_unix_ms),
@@ -48,12 +49,17 @@ fn ps_table(reply: &pb::ListRunningReply, now: SystemTime) -> Vec<String> {
             vec![
                 m.name.clone(),
                 human_bytes(m.memory_bytes),
+                if m.working_memory_bytes > 0 {
+                    human_bytes(m.working_memory_bytes)
+                } else {
+                    "-".into()
+                },
                 m.device.clone(),
                 until(m, now),
             ]
         })
         .collect();
-    let mut lines = table(&["NAME", "MEMORY", "DEVICE", "UNTIL"], rows);
+    let mut lines = table(&["NAME", "MEMORY", "WORKING", "DEVICE", "UNTIL"], rows);
     lines.push(format!(
         "{} of the {} memory budget in use",
         human_bytes(reply.used_bytes),
@@ -194,6 +200,7 @@ mod tests {
             expires_unix_ms,
             in_use,
             path: format!("/m/{name}"),
+            working_memory_bytes: if in_use > 0 { 256 << 20 } else { 0 },
         }
     }
 
@@ -210,10 +217,10 @@ mod tests {
             used_bytes: 9 << 29,
         };
         let lines = ps_table(&reply, now);
-        assert_eq!(lines[0], "NAME  MEMORY   DEVICE  UNTIL");
-        assert_eq!(lines[1], "busy  1.5 GiB  cpu     in use (1 job)");
-        assert_eq!(lines[2], "kept  1.5 GiB  cpu     forever");
-        assert_eq!(lines[3], "idle  1.5 GiB  cpu     4 minutes from now");
+        assert_eq!(lines[0], "NAME  MEMORY   WORKING  DEVICE  UNTIL");
+        assert_eq!(lines[1], "busy  1.5 GiB  256 MiB  cpu     in use (1 job)");
+        assert_eq!(lines[2], "kept  1.5 GiB  -        cpu     forever");
+        assert_eq!(lines[3], "idle  1.5 GiB  -        cpu     4 minutes from now");
         assert_eq!(lines[4], "4.5 GiB of the 8.0 GiB memory budget in use");
         assert_eq!(ps_json(&reply)["models"][1]["expires_unix_ms"], serde_json::Value::Null);
     }

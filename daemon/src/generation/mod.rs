@@ -5,7 +5,9 @@
 //!   the schedule) is made there, once; its [`Prepared`] is what the rest consumes.
 //! - [`pipeline`]: the denoising loop for a batch of images (one UNet call per step).
 //! - [`latents`]: where each image starts (noise, or the init picture's latent) and what
-//!   inpainting feeds and blends at every step; [`vae`]: pictures to latents and back.
+//!   inpainting feeds and blends at every step; [`vae`]: pictures to latents and back (whole
+//!   or in tiles).
+//! - [`memory`]: a request's working memory, modelled from the graphs' shapes.
 //! - [`text`]: prompt weighting, 75-token chunks, clip skip, the text encoder.
 //! - [`inpaint`]: masks as diffusers prepares them, and the final composite.
 //! - [`image`]: RGB pictures, PNG, previews; [`metadata`]: what a PNG says about its making.
@@ -16,6 +18,7 @@
 pub mod image;
 pub mod inpaint;
 pub mod latents;
+pub mod memory;
 pub mod metadata;
 pub mod pipeline;
 pub mod prepare;

@@ -124,7 +124,8 @@ pub fn run_batch(
         let mut model_input = latents.clone();
         scheduler.scale_model_input(&mut model_input, index);
         let (unet_input, input_shape) = init.unet_input(model_input, &images, &batch_shape);
-        let noise_pred = predict_noise(model, unet_input, &input_shape, t, &conditioning)?;
+        let last = index + 1 == timesteps.len();
+        let noise_pred = predict_noise(model, unet_input, &input_shape, t, &conditioning, last)?;
         let StepOutput {
             prev_sample,
             pred_original_sample,
@@ -143,7 +144,7 @@ pub fn run_batch(
     let decode_started = Instant::now();
     let images = latents
         .chunks(plane)
-        .map(|latent| vae::decode(model, latent, shape))
+        .map(|latent| vae::decode(model, latent, shape, prepared.vae_tiled))
         .collect::<Result<Vec<_>, _>>()?;
     timings.decode = decode_started.elapsed();
     Ok(BatchOutput { images, timings })
@@ -213,7 +214,7 @@ fn report_step(
             preview = match prepared.preview.image {
                 PreviewKind::None => None,
                 PreviewKind::Approx => approx_preview(predicted, shape),
-                PreviewKind::Full => Some(vae::decode(model, predicted, shape)?),
+                PreviewKind::Full => Some(vae::decode(model, predicted, shape, prepared.vae_tiled)?),
             };
         }
         on_step(
@@ -253,6 +254,7 @@ fn predict_noise(
     shape: &[usize],
     timestep: f64,
     conditioning: &Conditioning,
+    last_of_job: bool,
 ) -> Result<Vec<f32>, GenerationError> {
     let mut batch_shape = shape.to_vec();
     let sample = if conditioning.guidance.is_some() {
@@ -286,7 +288,12 @@ fn predict_noise(
             Input::Float(HostTensor::new(vec![rows, embedding.len() / rows], embedding.to_vec())),
         ));
     }
-    let mut outputs = model.unet.run(feed)?;
+    // Steps reuse the arena's buffers; after the last one they go back to the system.
+    let mut outputs = if last_of_job {
+        model.unet.run_releasing(feed)?
+    } else {
+        model.unet.run(feed)?
+    };
     let out = outputs.swap_remove(0).data;
     Ok(match conditioning.guidance {
         None => out,

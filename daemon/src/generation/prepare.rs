@@ -105,6 +105,8 @@ pub struct Prepared {
     /// AUTOMATIC1111's clip skip: 1 = the text encoder's last layer, 2 = the one before, …
     pub clip_skip: usize,
     pub preview: PreviewSettings,
+    /// Decode in overlapping tiles (the picture is over `vae_tile_above` pixels).
+    pub vae_tiled: bool,
 }
 
 /// img2img's (and inpainting's) starting picture, at the output size.
@@ -295,6 +297,7 @@ impl Checked {
             init_image,
             clip_skip: self.clip_skip,
             preview: self.request.preview,
+            vae_tiled: u64::from(width) * u64::from(height) > limits.vae_tile_above,
         })
     }
 

@@ -99,7 +99,9 @@ pub enum JobError {
 impl From<ResidencyError> for JobError {
     fn from(error: ResidencyError) -> Self {
         match error {
-            ResidencyError::TooLarge { .. } => JobError::OutOfMemory(error.to_string()),
+            ResidencyError::TooLarge { .. } | ResidencyError::WorkingTooLarge { .. } => {
+                JobError::OutOfMemory(error.to_string())
+            }
             ResidencyError::Load { .. } => JobError::LoadFailed(error.to_string()),
             ResidencyError::Cancelled => JobError::Cancelled,
         }
@@ -282,7 +284,7 @@ impl<G: Generator> JobQueue<G> {
             },
         ));
         let workers = (0..settings.parallel.max(1))
-            .map(|i| worker::spawn(i, shared.clone(), residency.clone()))
+            .map(|i| worker::spawn(i, shared.clone(), residency.clone(), settings.parallel <= 1))
             .collect();
         Self {
             shared,
@@ -319,6 +321,13 @@ impl<G: Generator> JobQueue<G> {
         let valid = tokio::task::spawn_blocking(move || validate::validate(&registry, &limits, spec))
             .await
             .map_err(|e| JobError::InvalidArgument(format!("validation task failed: {e}")))??;
+        // Working memory: modelled, scaled by what this model's jobs measured; a request that
+        // could never fit beside its model is refused now rather than failing when it runs.
+        let mut valid = valid;
+        let key = residency_key(&valid.folder.root);
+        valid.working = self.residency.working_estimate(&key, valid.modelled_working.peak());
+        self.residency
+            .check_fits(&key, &valid.folder.name, &valid.folder, valid.working)?;
         let (tx, rx) = outbox::channel(outbox::DEFAULT_CAPACITY);
         let cancel = Arc::new(AtomicBool::new(false));
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use crate::catalog::registry::Registry;
 use crate::config::{KeepAlive, Limits};
 use crate::generation::Prepared;
+use crate::generation::memory::{self, WorkingMemory};
 use crate::model::ModelFolder;
 
 use super::{GenerateSpec, JobError};
@@ -24,6 +25,11 @@ pub struct ValidJob {
     pub batch_size: u32,
     /// `None`: the daemon's default.
     pub keep_alive: Option<KeepAlive>,
+    /// The working memory modelled from the graphs (`generation::memory`).
+    pub modelled_working: WorkingMemory,
+    /// What the job holds in the memory budget while it runs: the modelled peak scaled by what
+    /// this model's jobs measured (set by the queue, which knows the measurements).
+    pub working: u64,
 }
 
 /// Checks a request against its model and the limits; fills in defaults.
@@ -42,8 +48,12 @@ pub fn validate(registry: &Registry, limits: &Limits, spec: GenerateSpec) -> Res
     let checked = spec.picture.check(limits)?;
     let folder = registry.open(&spec.model)?;
     let prepared = checked.prepare(&folder, limits)?;
+    let batch_size = batch_size(limits, prepared.width, prepared.height, count);
+    let modelled_working = memory::estimate(&folder, &prepared, batch_size);
     Ok(ValidJob {
-        batch_size: batch_size(limits, prepared.width, prepared.height, count),
+        batch_size,
+        modelled_working,
+        working: modelled_working.peak(),
         folder,
         prepared,
         seed: spec.seed.unwrap_or_else(rand::random),

@@ -10,6 +10,7 @@ use crate::generation::StepReport;
 use crate::generation::image::RgbImage;
 use crate::generation::metadata;
 use crate::generation::sampler::{NoiseSource, SeededNoise};
+use crate::memory;
 
 use super::events::{DaemonEvent, JobState};
 use super::residency::Residency;
@@ -18,12 +19,19 @@ use super::{
 };
 
 /// Starts worker `index`.
+/// `measures_alone`: this is the only worker, so the process's peak memory during a job is
+/// that job's, and worth recording.
 pub(super) fn spawn<G: Generator>(
     index: usize,
     shared: Arc<Shared>,
     residency: Arc<Residency<G>>,
+    measures_alone: bool,
 ) -> std::thread::JoinHandle<()> {
-    let worker = Worker { shared, residency };
+    let worker = Worker {
+        shared,
+        residency,
+        measures_alone,
+    };
     std::thread::Builder::new()
         .name(format!("easeld-worker-{index}"))
         .spawn(move || worker.run())
@@ -33,6 +41,7 @@ pub(super) fn spawn<G: Generator>(
 struct Worker<G: Generator> {
     shared: Arc<Shared>,
     residency: Arc<Residency<G>>,
+    measures_alone: bool,
 }
 
 impl<G: Generator> Worker<G> {
@@ -112,15 +121,19 @@ impl<G: Generator> Worker<G> {
         let folder = &job.valid.folder;
         let cancel = job.cancel.clone();
         let is_cancelled = move || cancel.load(Ordering::SeqCst);
-        let lease = self.residency.acquire(
-            &residency_key(&folder.root),
+        let key = residency_key(&folder.root);
+        let lease = self.residency.acquire_for_job(
+            &key,
             &folder.name,
             folder,
             job.valid.keep_alive,
+            job.valid.working,
             Instant::now(),
             &is_cancelled,
         )?;
         timings.load = started.elapsed();
+        // Measured from here (the model is loaded): the peak above this is the job's own.
+        let measure = self.measures_alone.then(memory::PeakMeter::start).flatten();
         let _ = job.events.send(JobEvent::Started { load: timings.load });
         self.shared
             .events
@@ -130,6 +143,12 @@ impl<G: Generator> Worker<G> {
             self.generate(job, &mut model, &is_cancelled, &mut timings)
         };
         self.residency.release(lease, Instant::now());
+        if let (Some(meter), Ok(())) = (measure, &result) {
+            let measured = meter.growth();
+            let modelled = job.valid.modelled_working.peak();
+            tracing::debug!(modelled, measured, "working memory");
+            self.residency.record_working(&key, modelled, measured);
+        }
         result?;
         timings.total = started.elapsed() + timings.queue;
         Ok(timings)

@@ -33,6 +33,8 @@ impl PredictionType {
 #[derive(Deserialize, Default)]
 struct VaeConfig {
     scaling_factor: Option<f64>,
+    sample_size: Option<usize>,
+    mid_block_add_attention: Option<bool>,
     block_out_channels: Option<Vec<usize>>,
     latent_channels: Option<usize>,
 }
@@ -48,8 +50,68 @@ struct UnetConfig {
     /// One entry per resolution level; every level but the last halves the latent.
     down_block_types: Option<Vec<String>>,
     block_out_channels: Option<Vec<usize>>,
+    mid_block_type: Option<String>,
+    /// diffusers' misnomer: the number of attention heads, one for all levels or one per level.
+    attention_head_dim: Option<serde_json::Value>,
+    num_attention_heads: Option<serde_json::Value>,
     in_channels: Option<usize>,
     out_channels: Option<usize>,
+}
+
+/// The shapes of a model's graphs that decide how much memory a request needs beyond the
+/// weights: the UNet's levels (channels, and attention heads where a level attends) and the
+/// VAE's channels. Defaults are SD 1.5's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Architecture {
+    /// Per UNet level, from the latent's own resolution down: channels and, for a level with
+    /// attention, its number of heads.
+    pub unet_levels: Vec<(usize, Option<usize>)>,
+    /// Heads of the UNet's middle block, when it attends.
+    pub unet_mid_heads: Option<usize>,
+    /// The VAE's channels per level, from full resolution down.
+    pub vae_channels: Vec<usize>,
+    /// Whether the VAE's middle block attends (over every latent cell at once).
+    pub vae_attention: bool,
+}
+
+impl Architecture {
+    fn from_configs(unet: &UnetConfig, vae: &VaeConfig) -> Self {
+        let channels = unet
+            .block_out_channels
+            .clone()
+            .unwrap_or_else(|| vec![320, 640, 1280, 1280]);
+        let kinds = unet.down_block_types.clone().unwrap_or_else(|| {
+            let mut kinds = vec!["CrossAttnDownBlock2D".to_string(); channels.len().saturating_sub(1)];
+            kinds.push("DownBlock2D".into());
+            kinds
+        });
+        let heads_field = unet.num_attention_heads.as_ref().or(unet.attention_head_dim.as_ref());
+        let heads_at = |level: usize| -> usize {
+            match heads_field {
+                Some(serde_json::Value::Number(n)) => n.as_u64().unwrap_or(8) as usize,
+                Some(serde_json::Value::Array(list)) => list.get(level).and_then(|v| v.as_u64()).unwrap_or(8) as usize,
+                _ => 8,
+            }
+        };
+        let unet_levels = channels
+            .iter()
+            .enumerate()
+            .map(|(level, &c)| {
+                let attends = kinds.get(level).is_some_and(|k| k.contains("Attn"));
+                (c, attends.then(|| heads_at(level)))
+            })
+            .collect();
+        let mid_attends = unet.mid_block_type.as_deref().is_none_or(|t| t.contains("Attn"));
+        Self {
+            unet_levels,
+            unet_mid_heads: mid_attends.then(|| heads_at(channels.len().saturating_sub(1))),
+            vae_channels: vae
+                .block_out_channels
+                .clone()
+                .unwrap_or_else(|| vec![128, 256, 512, 512]),
+            vae_attention: vae.mid_block_add_attention.unwrap_or(true),
+        }
+    }
 }
 
 /// Everything about a model that is known without loading its weights.
@@ -64,12 +126,17 @@ pub struct ModelFolder {
     pub scaling_factor: f32,
     /// Pixels per latent cell along each side: 2^(len(block_out_channels) - 1).
     pub vae_factor: usize,
+    /// The VAE's `sample_size` (pixels): the tile size of a tiled decode, as diffusers'
+    /// `tile_sample_min_size`.
+    pub vae_sample_size: usize,
     pub latent_channels: usize,
     /// Channels the UNet's `sample` takes: `latent_channels`, or `2 · latent_channels + 1` for
     /// an inpainting UNet (latents ‖ mask ‖ masked-picture latents).
     pub unet_in_channels: usize,
     /// The UNet's native latent size, when its config says.
     pub sample_size: Option<usize>,
+    /// What the working-memory estimate needs to know of the graphs' shapes.
+    pub architecture: Architecture,
     /// Picture sides must be a multiple of this: the VAE factor × 2^(the UNet's down-samplings).
     /// An exported UNet upsamples by exactly 2, so a latent side that does not halve evenly
     /// down to the last level fails ONNX Runtime's skip-connection `Concat`.
@@ -190,10 +257,12 @@ impl ModelFolder {
             prediction_type,
             scaling_factor: vae.scaling_factor.unwrap_or(0.18215) as f32,
             vae_factor,
+            vae_sample_size: vae.sample_size.unwrap_or(512).max(vae_factor),
             latent_channels,
             unet_in_channels,
             sample_size: unet.sample_size,
             size_multiple,
+            architecture: Architecture::from_configs(&unet, &vae),
             tokenizer,
             text_layer_norm_eps: text.layer_norm_eps.unwrap_or(1e-5),
         })

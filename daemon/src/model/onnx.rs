@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use half::f16;
-use ort::session::Session;
+use ort::session::{RunOptions, Session};
 use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
 
 use super::runtime::OrtRuntime;
@@ -186,7 +186,24 @@ impl OnnxModel {
     }
 
     /// Runs the graph on named inputs and returns every output as f32, in the graph's order.
+    /// The session's memory arena keeps what the run needed, ready for the next run.
     pub fn run(&mut self, inputs: Vec<(&IoSpec, Input)>) -> Result<Vec<HostTensor<f32>>, OnnxError> {
+        self.run_with(inputs, ArenaAfterRun::Keep)
+    }
+
+    /// [`OnnxModel::run`], then hands the arena's unused memory back (ONNX Runtime's
+    /// `memory.enable_memory_arena_shrinkage`): for the last run of a job and for graphs that
+    /// run once per job (text encoder, VAE), whose buffers would otherwise stay allocated at
+    /// their peak for as long as the model is resident (gigabytes for a large VAE decode).
+    pub fn run_releasing(&mut self, inputs: Vec<(&IoSpec, Input)>) -> Result<Vec<HostTensor<f32>>, OnnxError> {
+        self.run_with(inputs, ArenaAfterRun::Release)
+    }
+
+    fn run_with(
+        &mut self,
+        inputs: Vec<(&IoSpec, Input)>,
+        arena: ArenaAfterRun,
+    ) -> Result<Vec<HostTensor<f32>>, OnnxError> {
         let mut values: Vec<(String, DynValue)> = Vec::with_capacity(inputs.len());
         for (spec, input) in inputs {
             let value = to_value(spec, input).map_err(|source| OnnxError::Run {
@@ -200,13 +217,26 @@ impl OnnxModel {
             model: label.clone(),
             source,
         };
-        let outputs = self.session.run(values).map_err(run_error)?;
+        let mut options = RunOptions::new().map_err(run_error)?;
+        if arena == ArenaAfterRun::Release {
+            options
+                .set("memory.enable_memory_arena_shrinkage", "cpu:0")
+                .map_err(run_error)?;
+        }
+        let outputs = self.session.run_with_options(values, &options).map_err(run_error)?;
         let mut result = Vec::with_capacity(outputs.len());
         for (_, value) in outputs.iter() {
             result.push(to_host_f32(&value).map_err(run_error)?);
         }
         Ok(result)
     }
+}
+
+/// What a session's memory arena does with its free memory after a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ArenaAfterRun {
+    Keep,
+    Release,
 }
 
 fn io_spec(model: &str, name: &str, dtype: &ValueType) -> Result<IoSpec, OnnxError> {

@@ -246,6 +246,7 @@ pub fn running_to_proto(running: &Running, device: &str) -> pb::RunningModel {
         expires_unix_ms: running.expires.map_or(0, instant_ms),
         in_use: running.in_use,
         path: running.key.clone(),
+        working_memory_bytes: running.working,
     }
 }
 

@@ -206,6 +206,7 @@ impl pb::easel_server::Easel for EaselService {
             socket: self.info.socket.clone(),
             memory_used_bytes: residency.used(),
             memory_budget_bytes: residency.budget(),
+            working_memory_bytes: residency.working(),
         }))
     }
 

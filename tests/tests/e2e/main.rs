@@ -12,6 +12,7 @@ mod hub;
 mod img2img;
 mod inpaint;
 mod load;
+mod memory;
 mod quality;
 mod residency;
 mod store;

@@ -121,7 +121,7 @@ fn encode_chunk(
     token_weights[1..1 + weights.len()].copy_from_slice(weights);
     let input = Input::Int(HostTensor::new(vec![1, ids.len()], ids));
     let spec = model.text_input_ids.clone();
-    let outputs = model.text_encoder.run(vec![(&spec, input)])?;
+    let outputs = model.text_encoder.run_releasing(vec![(&spec, input)])?;
     let mut embedding = select_layer(model, outputs, clip_skip)?;
     prompt::apply_weights(&mut embedding.data, &token_weights);
     Ok(embedding)

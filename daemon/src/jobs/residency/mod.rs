@@ -47,6 +47,18 @@ pub enum ResidencyError {
         human_bytes(*budget)
     )]
     TooLarge { model: String, needed: u64, budget: u64 },
+    #[error(
+        "this request needs about {} of working memory while it runs, and model `{model}` {} more; the memory budget is {}: use a smaller size or fewer images at once, or raise memory_budget (EASEL_MEMORY_BUDGET)",
+        human_bytes(*working),
+        human_bytes(*weights),
+        human_bytes(*budget)
+    )]
+    WorkingTooLarge {
+        model: String,
+        working: u64,
+        weights: u64,
+        budget: u64,
+    },
     #[error("loading model `{model}` failed: {message}")]
     Load { model: String, message: String },
     #[error("cancelled while waiting for memory")]
@@ -116,6 +128,8 @@ pub struct Running {
     pub key: String,
     pub name: String,
     pub memory: u64,
+    /// Working memory of the jobs running on it now (estimated).
+    pub working: u64,
     pub in_use: u32,
     /// `None`: never expires (keep-alive forever). While in use: counted from now.
     pub expires: Option<Instant>,
@@ -126,6 +140,8 @@ pub struct Running {
 pub struct Lease<M> {
     pub key: String,
     pub model: Arc<Mutex<M>>,
+    /// The working memory this lease holds in the budget.
+    pub working: u64,
 }
 
 struct Resident<M> {
@@ -133,6 +149,8 @@ struct Resident<M> {
     name: String,
     model: Arc<Mutex<M>>,
     memory: u64,
+    /// Working memory of the jobs using it now.
+    working: u64,
     in_use: u32,
     last_used: Instant,
     keep_alive: KeepAlive,
@@ -157,6 +175,9 @@ struct State<M> {
     measured: HashMap<String, u64>,
     /// A load is in progress (loads run one at a time, so each is measured alone).
     loading: bool,
+    /// Per model key: the largest ratio of measured to modelled working memory its jobs showed
+    /// (the model of `generation::memory` is right in shape, this makes it right in size).
+    calibration: HashMap<String, f64>,
 }
 
 pub struct Residency<B: Backend> {
@@ -192,6 +213,7 @@ impl<B: Backend> Residency<B> {
                 models: Vec::new(),
                 measured: HashMap::new(),
                 loading: false,
+                calibration: HashMap::new(),
             }),
             changed: Condvar::new(),
             on_event: Box::new(on_event),
@@ -222,16 +244,51 @@ impl<B: Backend> Residency<B> {
         now: Instant,
         cancelled: &dyn Fn() -> bool,
     ) -> Result<Lease<B::Model>, ResidencyError> {
+        self.acquire_for_job(key, name, spec, keep_alive, 0, now, cancelled)
+    }
+
+    /// [`Residency::acquire`] for a job that needs `working` bytes beyond the weights while it
+    /// runs: they count in the budget until the lease is released, so idle models make room
+    /// for them and other jobs wait for them as for weights.
+    #[allow(clippy::too_many_arguments)]
+    pub fn acquire_for_job(
+        &self,
+        key: &str,
+        name: &str,
+        spec: &B::Spec,
+        keep_alive: Option<KeepAlive>,
+        working: u64,
+        now: Instant,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Lease<B::Model>, ResidencyError> {
         let keep_alive = keep_alive.unwrap_or(self.default_keep_alive);
         let mut state = self.lock();
         loop {
-            if let Some(resident) = state.models.iter_mut().find(|m| m.key == key) {
-                resident.in_use += 1;
+            if let Some(index) = state.models.iter().position(|m| m.key == key) {
+                // Pinned first, so making room for the working memory never evicts it.
+                state.models[index].in_use += 1;
+                self.evict_until_fits(&mut state, working);
+                let others_busy = state.models.iter().any(|m| m.key != key && m.in_use > 0)
+                    || state.models.iter().any(|m| m.key == key && m.working > 0);
+                if used(&state) + working > self.budget && others_busy {
+                    // Jobs running now hold the memory: wait for one to end.
+                    if let Some(resident) = state.models.iter_mut().find(|m| m.key == key) {
+                        resident.in_use -= 1;
+                    }
+                    if cancelled() {
+                        return Err(ResidencyError::Cancelled);
+                    }
+                    state = self.wait(state);
+                    continue;
+                }
+                let resident = state.models.iter_mut().find(|m| m.key == key).expect("pinned");
+                resident.working += working;
                 resident.keep_alive = keep_alive;
                 resident.unload_when_idle = false;
                 return Ok(Lease {
                     key: key.to_string(),
                     model: resident.model.clone(),
+                    working,
                 });
             }
             if cancelled() {
@@ -253,8 +310,8 @@ impl<B: Backend> Residency<B> {
                     budget: self.budget,
                 });
             }
-            self.evict_until_fits(&mut state, needed);
-            if used(&state) + needed > self.budget {
+            self.evict_until_fits(&mut state, needed + working);
+            if used(&state) + needed + working > self.budget && state.models.iter().any(|m| m.in_use > 0) {
                 // Everything left is in use: wait for a release (or a cancel).
                 state = self.wait(state);
                 continue;
@@ -281,6 +338,7 @@ impl<B: Backend> Residency<B> {
                 name: name.to_string(),
                 model: model.clone(),
                 memory,
+                working,
                 in_use: 1,
                 last_used: now,
                 keep_alive,
@@ -297,6 +355,7 @@ impl<B: Backend> Residency<B> {
             return Ok(Lease {
                 key: key.to_string(),
                 model,
+                working,
             });
         }
     }
@@ -316,6 +375,7 @@ impl<B: Backend> Residency<B> {
         if let Some(index) = state.models.iter().position(|m| m.key == lease.key) {
             let resident = &mut state.models[index];
             resident.in_use = resident.in_use.saturating_sub(1);
+            resident.working = resident.working.saturating_sub(lease.working);
             resident.last_used = now;
             let idle_now = resident.keep_alive == KeepAlive::For(Duration::ZERO) || resident.unload_when_idle;
             if resident.in_use == 0 && idle_now {
@@ -436,6 +496,55 @@ impl<B: Backend> Residency<B> {
         used(&self.lock())
     }
 
+    /// Working memory of the jobs running now.
+    pub fn working(&self) -> u64 {
+        self.lock().models.iter().map(|m| m.working).sum()
+    }
+
+    /// `modelled` working memory for a job on `key`, scaled by what its jobs measured; twice
+    /// the model until a job of this model was measured (ONNX Runtime's arena can hold about
+    /// that much more than the tensors themselves).
+    pub fn working_estimate(&self, key: &str, modelled: u64) -> u64 {
+        let factor = self
+            .lock()
+            .calibration
+            .get(key)
+            .copied()
+            .unwrap_or(UNMEASURED_WORKING_FACTOR);
+        (modelled as f64 * factor) as u64
+    }
+
+    /// Records what a job on `key` used (`measured`) against what was modelled for it.
+    pub fn record_working(&self, key: &str, modelled: u64, measured: u64) {
+        if modelled == 0 || measured == 0 {
+            return;
+        }
+        let ratio = (measured as f64 / modelled as f64).clamp(0.05, 20.0);
+        let mut state = self.lock();
+        let factor = state.calibration.entry(key.to_string()).or_insert(ratio);
+        *factor = factor.max(ratio);
+    }
+
+    /// Refuses a job whose working memory and model together exceed the whole budget: it
+    /// could never run, so it is better refused before it queues.
+    pub fn check_fits(&self, key: &str, name: &str, spec: &B::Spec, working: u64) -> Result<(), ResidencyError> {
+        let weights = self
+            .lock()
+            .measured
+            .get(key)
+            .copied()
+            .unwrap_or_else(|| self.backend.estimate(spec));
+        if weights.saturating_add(working) > self.budget {
+            return Err(ResidencyError::WorkingTooLarge {
+                model: name.to_string(),
+                working,
+                weights,
+                budget: self.budget,
+            });
+        }
+        Ok(())
+    }
+
     /// Evicts idle models, least recently used first, until `needed` more bytes fit.
     fn evict_until_fits(&self, state: &mut State<B::Model>, needed: u64) {
         let mut evicted = Vec::new();
@@ -472,8 +581,12 @@ impl<B: Backend> Residency<B> {
     }
 }
 
+/// The working-memory factor of a model none of whose jobs was measured yet.
+pub const UNMEASURED_WORKING_FACTOR: f64 = 2.0;
+
+/// Weights of every resident model plus the working memory of the jobs running.
 fn used<M>(state: &State<M>) -> u64 {
-    state.models.iter().map(|m| m.memory).sum()
+    state.models.iter().map(|m| m.memory + m.working).sum()
 }
 
 fn running<M>(m: &Resident<M>, now: Instant) -> Running {
@@ -481,6 +594,7 @@ fn running<M>(m: &Resident<M>, now: Instant) -> Running {
         key: m.key.clone(),
         name: m.name.clone(),
         memory: m.memory,
+        working: m.working,
         in_use: m.in_use,
         expires: m.expires(now),
     }
@@ -717,6 +831,47 @@ mod tests {
             .unwrap();
         assert_eq!(resident(&r, t), ["a"]);
         r.release(a, t);
+    }
+
+    #[test]
+    fn working_memory_counts_in_the_budget_while_the_job_runs() {
+        let (r, events) = residency(100, KeepAlive::Forever);
+        let t = Instant::now();
+        let idle = acquire(&r, "idle", 30, t);
+        r.release(idle, t);
+        // 40 of weights and 50 of working memory: the idle model must go to make room.
+        let job = r
+            .acquire_for_job("a", "a", &40, None, 50, t + Duration::from_secs(1), &|| false)
+            .unwrap();
+        assert_eq!(unloads(&events), [("idle".to_string(), UnloadReason::Evicted)]);
+        assert_eq!((r.used(), r.working()), (90, 50));
+        assert_eq!(r.list(t)[0].working, 50);
+        r.release(job, t + Duration::from_secs(2));
+        assert_eq!((r.used(), r.working()), (40, 0), "the working memory is given back");
+        let error = r.check_fits("a", "a", &40, 61).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                ResidencyError::WorkingTooLarge {
+                    working: 61,
+                    weights: 40,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        assert!(r.check_fits("a", "a", &40, 60).is_ok());
+    }
+
+    #[test]
+    fn the_working_estimate_follows_what_jobs_measured() {
+        let (r, _) = residency(100, KeepAlive::Forever);
+        assert_eq!(r.working_estimate("a", 1000), 2000, "unmeasured: twice the model");
+        r.record_working("a", 1000, 1500);
+        assert_eq!(r.working_estimate("a", 1000), 1500);
+        r.record_working("a", 1000, 500);
+        assert_eq!(r.working_estimate("a", 1000), 1500, "the largest ratio seen");
+        assert_eq!(r.working_estimate("b", 10), 20, "per model");
     }
 
     #[test]
