@@ -217,10 +217,10 @@ mod tests {
             used_bytes: 9 << 29,
         };
         let lines = ps_table(&reply, now);
-        assert_eq!(lines[0], "NAME  MEMORY   WORKING  DEVICE  UNTIL");
-        assert_eq!(lines[1], "busy  1.5 GiB  256 MiB  cpu     in use (1 job)");
-        assert_eq!(lines[2], "kept  1.5 GiB  -        cpu     forever");
-        assert_eq!(lines[3], "idle  1.5 GiB  -        cpu     4 minutes from now");
+        assert_eq!(lines[0], "NAME  MEMORY   WORKING    DEVICE  UNTIL");
+        assert_eq!(lines[1], "busy  1.5 GiB  256.0 MiB  cpu     in use (1 job)");
+        assert_eq!(lines[2], "kept  1.5 GiB  -          cpu     forever");
+        assert_eq!(lines[3], "idle  1.5 GiB  -          cpu     4 minutes from now");
         assert_eq!(lines[4], "4.5 GiB of the 8.0 GiB memory budget in use");
         assert_eq!(ps_json(&reply)["models"][1]["expires_unix_ms"], serde_json::Value::Null);
     }
