@@ -48,7 +48,11 @@ fn describe_status(status: &tonic::Status) -> String {
     if status.message().is_empty() {
         return format!("the daemon answered with {:?} and no message", status.code());
     }
-    if status.code() == tonic::Code::OutOfRange && status.message().contains("message length too large") {
+    // The daemon explains its own limit; a message straight from tonic (an older daemon) does not.
+    if status.code() == tonic::Code::OutOfRange
+        && status.message().contains("message length too large")
+        && !status.message().contains("max_pixels")
+    {
         return format!(
             "the request is larger than the daemon accepts ({}); its limit follows from max_pixels \
              (an init image and a mask at that size): send smaller pictures, or raise max_pixels in the daemon's config",

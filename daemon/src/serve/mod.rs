@@ -68,6 +68,7 @@ pub async fn run(
         stopping.notify_one();
     };
     let server = tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(explain_message_limit))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(EaselServer::new(service).max_decoding_message_size(max_request))
@@ -84,6 +85,25 @@ pub async fn run(
             Ok(())
         }
     }
+}
+
+/// tonic refuses an oversized request with "decoded message length too large: found N bytes,
+/// the limit is: M bytes"; this says which limit that is and what to do about it.
+fn explain_message_limit<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let headers = response.headers_mut();
+    if let Some(status) = tonic::Status::from_header_map(headers)
+        && status.code() == tonic::Code::OutOfRange
+        && status.message().contains("message length too large")
+    {
+        let explained = tonic::Status::out_of_range(format!(
+            "the request is larger than this daemon accepts ({}); the limit follows from max_pixels \
+             (an init image and a mask of that many pixels, noise and prompts): send smaller pictures, \
+             or raise max_pixels in the daemon's config",
+            status.message()
+        ));
+        let _ = explained.add_header(headers);
+    }
+    response
 }
 
 /// How long open calls may run on once the daemon is stopping.

@@ -66,6 +66,7 @@ fn store_status(error: &StoreError, message: String) -> Status {
         | StoreError::DerivedName { .. }
         | StoreError::BuiltinName { .. }
         | StoreError::SourceMissing { .. }
+        | StoreError::SpecialSource { .. }
         | StoreError::NotAModel { .. }
         | StoreError::Archive(_) => Status::invalid_argument(message),
     }

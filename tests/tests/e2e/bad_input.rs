@@ -623,6 +623,12 @@ async fn each_bad_grpc_request_gets_its_code_and_the_daemon_still_generates() {
             "unet",
         ),
         (
+            "request over the message limit",
+            with(&|r| r.init_image = vec![7; 10 << 20]),
+            tonic::Code::OutOfRange,
+            "raise max_pixels",
+        ),
+        (
             "good noise on a picture of another size",
             with(&|r| {
                 r.init_noise = Some(good_noise());
@@ -760,6 +766,23 @@ async fn each_bad_grpc_request_gets_its_code_and_the_daemon_still_generates() {
                 Box::pin(async move { import(c().await, "/nonexistent/model.zip").await }),
                 InvalidArgument,
                 "does not exist",
+            ),
+            (
+                "import a device",
+                Box::pin(async move { import(c().await, "/dev/zero").await }),
+                InvalidArgument,
+                "is a device",
+            ),
+            (
+                "import a pipe",
+                Box::pin({
+                    let fifo = dir.path().join("pipe");
+                    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+                    let fifo = fifo.display().to_string();
+                    async move { import(c().await, &fifo).await }
+                }),
+                InvalidArgument,
+                "is a pipe",
             ),
             (
                 "pull a malformed reference",

@@ -106,6 +106,10 @@ pub enum StoreError {
     #[error("{path} does not exist; pass a model folder, or a .zip, .tar, .tar.gz or .tar.zst of one")]
     SourceMissing { path: PathBuf },
     #[error(
+        "{path} is a {kind}, not a model folder or an archive; pass the folder optimum exported, or a .zip, .tar, .tar.gz or .tar.zst of it"
+    )]
+    SpecialSource { path: PathBuf, kind: &'static str },
+    #[error(
         "{source_path} is not a model folder: no {MODEL_INDEX} at its top level or in a single top-level folder; pass the folder optimum exported (or an archive of it)"
     )]
     NotAModel { source_path: PathBuf },
@@ -261,6 +265,22 @@ impl Store {
             },
             _ => io_error("read", source)(e),
         })?;
+        // A device or a pipe would be read forever, or block the import in `open`.
+        if !metadata.is_dir() && !metadata.is_file() {
+            use std::os::unix::fs::FileTypeExt;
+            let kind = metadata.file_type();
+            let kind = if kind.is_fifo() {
+                "pipe"
+            } else if kind.is_socket() {
+                "socket"
+            } else {
+                "device"
+            };
+            return Err(StoreError::SpecialSource {
+                path: source.to_path_buf(),
+                kind,
+            });
+        }
         let name = match name {
             Some(name) => {
                 validate_name(name)?;
