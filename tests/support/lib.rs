@@ -189,8 +189,16 @@ impl Daemon {
 
     /// A raw channel on the daemon's socket, for the standard services (health, reflection).
     pub async fn channel(&self) -> Channel {
+        self.channel_with(|endpoint| endpoint).await
+    }
+
+    /// A raw channel with the endpoint's settings changed by `configure` (e.g. HTTP/2 windows).
+    pub async fn channel_with(
+        &self,
+        configure: impl FnOnce(tonic::transport::Endpoint) -> tonic::transport::Endpoint,
+    ) -> Channel {
         let path = self.socket.clone();
-        tonic::transport::Endpoint::from_static("http://[::]:50051")
+        configure(tonic::transport::Endpoint::from_static("http://[::]:50051"))
             .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
                 let path = path.clone();
                 async move {

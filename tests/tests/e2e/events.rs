@@ -237,20 +237,13 @@ async fn a_client_that_stops_reading_gets_its_image_and_the_end_but_not_every_st
         .unwrap()
         .into_inner();
     // HTTP/2's smallest windows: once 64 KiB is in flight the daemon must hold the rest itself.
-    let socket = daemon.socket.clone();
-    let channel = tonic::transport::Endpoint::from_static("http://[::]:50051")
-        .initial_stream_window_size(65_535)
-        .initial_connection_window_size(65_535)
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let socket = socket.clone();
-            async move {
-                tokio::net::UnixStream::connect(socket)
-                    .await
-                    .map(hyper_util::rt::TokioIo::new)
-            }
-        }))
-        .await
-        .unwrap();
+    let channel = daemon
+        .channel_with(|endpoint| {
+            endpoint
+                .initial_stream_window_size(65_535)
+                .initial_connection_window_size(65_535)
+        })
+        .await;
     let mut client = easel_proto::v1::easel_client::EaselClient::new(channel);
     // 256²: each event carries a 16 KiB latent and a preview, so a few fill the window.
     let request = GenerateRequestBuilder::new("a slow boat")

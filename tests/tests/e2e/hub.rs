@@ -105,6 +105,15 @@ fn requests_for<'r>(log: &'r [LoggedRequest], file: &str) -> Vec<&'r LoggedReque
         .collect()
 }
 
+/// The `Range` each download of `file` from the CDN asked for, in order.
+fn cdn_ranges<'r>(log: &'r [LoggedRequest], file: &str) -> Vec<Option<&'r str>> {
+    requests_for(log, file)
+        .iter()
+        .filter(|r| r.path.starts_with("/cdn/"))
+        .map(|r| r.range.as_deref())
+        .collect()
+}
+
 fn downloaded_files(log: &[LoggedRequest]) -> std::collections::BTreeSet<String> {
     log.iter().filter_map(|request| request.file.clone()).collect()
 }
@@ -313,13 +322,8 @@ async fn a_download_cut_short_resumes_by_itself_within_the_pull() {
     result.unwrap();
     assert_pulled_exactly_the_fixture(&dest);
     let log = server.requests();
-    let ranges: Vec<Option<&str>> = requests_for(&log, "unet/model.onnx")
-        .iter()
-        .filter(|r| r.path.starts_with("/cdn/"))
-        .map(|r| r.range.as_deref())
-        .collect();
     assert_eq!(
-        ranges,
+        cdn_ranges(&log, "unet/model.onnx"),
         [None, Some("bytes=100000-"), Some("bytes=200000-")],
         "each retry goes on from the byte where the last one stopped"
     );
@@ -435,13 +439,8 @@ async fn a_file_that_changed_on_the_hub_since_the_interruption_starts_over() {
         "the new UNet"
     );
     let log = server.requests();
-    let ranges: Vec<Option<&str>> = requests_for(&log, "unet/model.onnx")
-        .iter()
-        .filter(|r| r.path.starts_with("/cdn/"))
-        .map(|r| r.range.as_deref())
-        .collect();
     assert_eq!(
-        ranges,
+        cdn_ranges(&log, "unet/model.onnx"),
         [Some("bytes=100000-"), None],
         "resumed, failed verification, started over"
     );
