@@ -5,11 +5,13 @@
 //! builds them first). ONNX Runtime comes from `ORT_DYLIB_PATH` or `cargo xtask fetch-ort`'s
 //! folder; missing, the tests fail with a message saying how to get it.
 
+pub mod gateway;
 pub mod hub;
 pub mod python;
 pub mod request;
 pub mod shapes;
 
+pub use gateway::{Gateway, HttpResponse, http};
 pub use python::{python_script, test_python};
 pub use request::{GenerateRequestBuilder, generate};
 

@@ -204,8 +204,10 @@ fn system_python() -> Result<&'static str> {
         .context("Python 3 with pip is needed (for the ONNX Runtime wheel and the real-client tests); install python3 and pip")
 }
 
-/// The virtual environment the real-client tests run (stock grpcio today): `<target>/py-test`,
-/// with `tests/python/requirements.txt` installed; reinstalled when that file changes.
+/// The virtual environment the real-client tests run (stock grpcio, the `openai` and
+/// `webuiapi` packages, easel's own Python client): `<target>/py-test`, with
+/// `tests/python/requirements.txt` installed (again when that file changes) and
+/// `clients/python` reinstalled on every run, so it never lags the code or the proto.
 /// Returns its Python.
 fn test_python(root: &Path) -> Result<PathBuf> {
     let venv = target_dir(root)?.join("py-test");
@@ -213,18 +215,32 @@ fn test_python(root: &Path) -> Result<PathBuf> {
     let requirements = root.join("tests/python/requirements.txt");
     let wanted = std::fs::read(&requirements).with_context(|| format!("reading {}", requirements.display()))?;
     let stamp = venv.join("installed-requirements.txt");
-    if python.is_file() && std::fs::read(&stamp).is_ok_and(|installed| installed == wanted) {
-        return Ok(python);
+    if !(python.is_file() && std::fs::read(&stamp).is_ok_and(|installed| installed == wanted)) {
+        let mut create = Command::new(system_python()?);
+        create.args(["-m", "venv", "--clear"]).arg(&venv);
+        status(create, "python3 -m venv (for the real-client tests)")?;
+        let mut install = Command::new(&python);
+        install
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
+            .arg(&requirements);
+        status(install, "pip install -r tests/python/requirements.txt")?;
+        std::fs::write(&stamp, wanted)?;
     }
-    let mut create = Command::new(system_python()?);
-    create.args(["-m", "venv", "--clear"]).arg(&venv);
-    status(create, "python3 -m venv (for the real-client tests)")?;
-    let mut install = Command::new(&python);
-    install
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
-        .arg(&requirements);
-    status(install, "pip install -r tests/python/requirements.txt")?;
-    std::fs::write(&stamp, wanted)?;
+    // Its dependencies are pinned above (--no-deps keeps pip from choosing others); its build
+    // generates the gRPC stubs from proto/.
+    let mut client = Command::new(&python);
+    client
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "--force-reinstall",
+        ])
+        .arg(root.join("clients/python"));
+    status(client, "pip install clients/python (easel's Python client)")?;
     Ok(python)
 }
 

@@ -67,6 +67,7 @@ fn status_json(status: &pb::StatusReply) -> serde_json::Value {
         "memory_used_bytes": status.memory_used_bytes,
         "memory_budget_bytes": status.memory_budget_bytes,
         "working_memory_bytes": status.working_memory_bytes,
+        "default_model": status.default_model,
     })
 }
 
@@ -85,7 +86,7 @@ fn status_lines(status: &pb::StatusReply) -> Vec<String> {
             "jobs         {} running, {} queued",
             status.running_jobs, status.queued_jobs
         ),
-        format!("models       {models}"),
+        format!("models       {models}; the default is {}", status.default_model),
         format!(
             "memory       {} of a {} budget ({} of it working memory of running jobs)",
             human_bytes(status.memory_used_bytes),
@@ -398,13 +399,14 @@ mod tests {
             memory_used_bytes: 0,
             memory_budget_bytes: 8 << 30,
             working_memory_bytes: 0,
+            default_model: "tiny-shapes".into(),
         };
         let value = status_json(&status);
         assert_eq!(value["pid"], 42);
         assert_eq!(value["loaded_models"], json!([]));
         let lines = status_lines(&status);
         assert_eq!(lines[0], "easeld 0.1.0 (pid 42)");
-        assert_eq!(lines[5], "models       none loaded");
+        assert_eq!(lines[5], "models       none loaded; the default is tiny-shapes");
         assert_eq!(
             lines[6],
             "memory       0 B of a 8.0 GiB budget (0 B of it working memory of running jobs)"

@@ -5,6 +5,7 @@
 //! - [`daemon`]: `easel serve`, `easel daemon start|stop`.
 //! - [`residency`]: `easel ps`, `load`, `unload`, `events`.
 //! - [`store`]: `easel models show|rm|import`, `easel pull`.
+//! - [`gateway`]: `easel gateway`, the HTTP APIs for existing apps.
 //!
 //! Commands return `anyhow::Result`; `main` turns errors into `easel: error: …` and an exit
 //! code ([`UsageError`]: 2, [`Interrupted`]: 130, [`StdoutClosed`]: 141, anything else: 1).
@@ -18,6 +19,7 @@ macro_rules! outln {
 }
 
 pub mod daemon;
+pub mod gateway;
 pub mod generate;
 pub mod info;
 pub mod progress;
@@ -98,6 +100,9 @@ pub enum Command {
     },
     /// Run the daemon in the foreground
     Serve,
+    /// Serve the AUTOMATIC1111 and OpenAI image APIs over HTTP, for the apps and plugins that
+    /// speak them (default http://127.0.0.1:7860)
+    Gateway(gateway::GatewayArgs),
     /// Start or stop the background daemon
     Daemon {
         #[command(subcommand)]
@@ -214,12 +219,14 @@ pub fn write_stdout(line: fmt::Arguments<'_>) -> Result<(), StdoutClosed> {
 /// Runs the parsed command. `easel serve` replaces this process and never returns on success.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let global = Global::from_cli(&cli);
-    if let Command::Serve = cli.command {
-        return daemon::serve(&global);
-    }
+    let command = match cli.command {
+        Command::Serve => return daemon::serve(&global),
+        Command::Gateway(args) => return gateway::run(&global, args),
+        command => command,
+    };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async move {
-        match cli.command {
+        match command {
             Command::Generate(args) => generate::run(&global, *args).await,
             Command::Status { json } => info::status(&global, json).await,
             Command::Cancel { job } => info::cancel(&global, &job).await,
@@ -247,7 +254,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Load { model, keep_alive } => residency::load(&global, &model, keep_alive).await,
             Command::Unload { model } => residency::unload(&global, &model).await,
             Command::Events { json } => residency::events(&global, json).await,
-            Command::Serve => daemon::serve(&global),
+            // They run their own way (exec, a multi-threaded runtime): handled above.
+            Command::Serve | Command::Gateway(_) => unreachable!("handled before the runtime starts"),
         }
     })
 }

@@ -207,6 +207,7 @@ impl pb::easel_server::Easel for EaselService {
             memory_used_bytes: residency.used(),
             memory_budget_bytes: residency.budget(),
             working_memory_bytes: residency.working(),
+            default_model: crate::catalog::builtin::DEFAULT_MODEL.to_string(),
         }))
     }
 
@@ -351,12 +352,48 @@ impl pb::easel_server::Easel for EaselService {
     }
 }
 
-/// Who sent a request, for fair queueing: the peer process on the socket.
+/// The metadata key a client that serves others (the HTTP gateway) names the one a request is
+/// for with, so that the fair queue takes turns between them too.
+const ON_BEHALF_OF: &str = "easel-on-behalf-of";
+
+/// The longest on-behalf-of name kept (longer ones are cut: they only tell clients apart).
+const MAX_ON_BEHALF_OF: usize = 128;
+
+/// Who sent a request, for fair queueing: the peer process on the socket, and within it the
+/// client it says it acts for. A process can only split its own share this way: every key it
+/// makes starts with its pid.
 fn client_of<T>(request: &Request<T>) -> String {
-    request
+    let process = request
         .extensions()
         .get::<tonic::transport::server::UdsConnectInfo>()
         .and_then(|info| info.peer_cred)
         .and_then(|cred| cred.pid())
-        .map_or_else(|| "unknown".to_string(), |pid| format!("pid {pid}"))
+        .map_or_else(|| "unknown".to_string(), |pid| format!("pid {pid}"));
+    match request.metadata().get(ON_BEHALF_OF).and_then(|v| v.to_str().ok()) {
+        Some(client) if !client.is_empty() => {
+            let client: String = client.chars().take(MAX_ON_BEHALF_OF).collect();
+            format!("{process} for {client}")
+        }
+        _ => process,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_acting_for_others_splits_only_its_own_share() {
+        let plain = Request::new(());
+        assert_eq!(client_of(&plain), "unknown");
+        let mut for_http = Request::new(());
+        for_http
+            .metadata_mut()
+            .insert(ON_BEHALF_OF, "http 127.0.0.1:5000".parse().unwrap());
+        assert_eq!(client_of(&for_http), "unknown for http 127.0.0.1:5000");
+        let mut long = Request::new(());
+        long.metadata_mut()
+            .insert(ON_BEHALF_OF, "x".repeat(1000).parse().unwrap());
+        assert_eq!(client_of(&long).len(), "unknown for ".len() + MAX_ON_BEHALF_OF);
+    }
 }
