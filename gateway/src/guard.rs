@@ -77,11 +77,37 @@ pub async fn check(State(gateway): State<Arc<Gateway>>, request: Request, next: 
         );
         return response;
     }
+    // A generation holds its body and waits on the daemon: only so many at once, refused
+    // before their bodies are read.
+    let _permit = if request.method() == Method::POST && is_generation(request.uri().path()) {
+        match gateway.generations.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                return refuse(ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_requests",
+                    format!(
+                        "{} generation requests are open at this gateway already; wait for one to finish",
+                        config.max_generations
+                    ),
+                ));
+            }
+        }
+    } else {
+        None
+    };
     let mut response = next.run(request).await;
     if let Some(origin) = &origin {
         add_cors(response.headers_mut(), origin);
     }
     response
+}
+
+fn is_generation(path: &str) -> bool {
+    matches!(
+        path,
+        "/sdapi/v1/txt2img" | "/sdapi/v1/img2img" | "/v1/images/generations" | "/v1/images/edits"
+    )
 }
 
 /// Unknown paths: A1111's (FastAPI's) `{"detail": "Not Found"}`, or OpenAI's error.

@@ -34,6 +34,8 @@ pub struct Gateway {
     /// A1111 options a client set (only the keys [`crate::a1111`] knows).
     options: Mutex<Map<String, Value>>,
     jobs: Mutex<Jobs>,
+    /// Generation requests open now, at most `config.max_generations`.
+    pub generations: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -111,6 +113,7 @@ impl Gateway {
     pub fn new(daemon: EaselClient<Channel>, config: Config) -> Self {
         Self {
             daemon,
+            generations: std::sync::Arc::new(tokio::sync::Semaphore::new(config.max_generations)),
             config,
             checkpoint: Mutex::new(None),
             options: Mutex::new(Map::new()),

@@ -51,6 +51,9 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long open requests may run on after shutdown is asked for.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// Connections open at once; the next waits to be accepted.
+const MAX_CONNECTIONS: usize = 512;
+
 /// What the gateway lets in.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -67,6 +70,9 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Pictures the gateway decodes itself (masks).
     pub image_limits: images::ImageLimits,
+    /// Generation requests (each holding its body, up to `max_body_bytes`) open at once; more
+    /// are answered 429 before their bodies are read. The daemon queues only 16 by default.
+    pub max_generations: usize,
 }
 
 impl Default for Config {
@@ -77,6 +83,7 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             max_body_bytes: default_max_body_bytes(),
             image_limits: images::ImageLimits::default(),
+            max_generations: 32,
         }
     }
 }
@@ -140,7 +147,12 @@ pub async fn run(
     let app = router(daemon, config);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -163,6 +175,7 @@ pub async fn run(
             if let Err(error) = connection.await {
                 tracing::debug!(%error, %peer, "an HTTP connection ended with an error");
             }
+            drop(permit);
         });
     }
     drop(listener);

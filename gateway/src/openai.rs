@@ -9,9 +9,13 @@
 //! - Edits: OpenAI's mask is a PNG whose transparent pixels are repainted; without a mask, an
 //!   image with transparency is repainted where it is transparent (as `dall-e-2` does), and an
 //!   opaque one is redrawn as a whole (img2img).
+//! - `stream: true` answers with server-sent events as OpenAI's image streaming does:
+//!   `partial_images` (0–3) `image_generation.partial_image` events, full VAE decodes of the
+//!   picture so far, then one `image_generation.completed` per picture.
 //! - Beside OpenAI's fields, `negative_prompt`, `seed`, `steps`, `guidance_scale` and
 //!   `sampler` (easel's names) are accepted, as other local OpenAI-compatible servers do.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -19,6 +23,8 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Multipart, State};
 use axum::http::StatusCode;
+use axum::response::IntoResponse as _;
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use easel_proto::v1 as pb;
@@ -34,6 +40,9 @@ type Response = Result<Json<Value>, OpenAiError>;
 
 /// The most images one request may ask for (OpenAI's own limit is 10).
 const MAX_N: u32 = 10;
+
+/// The daemon's steps when a request sets none (for spacing partial images).
+const DEFAULT_STEPS: u32 = 20;
 
 pub fn routes() -> Router<Arc<Gateway>> {
     Router::new()
@@ -114,6 +123,9 @@ struct ImageRequest {
     steps: Option<u32>,
     guidance_scale: Option<f32>,
     sampler: String,
+    /// Answer with server-sent events: `partial_images` previews, then each picture.
+    stream: bool,
+    partial_images: u32,
 }
 
 /// `"1024x1024"` → (1024, 1024); `"auto"` or none → the model's own size.
@@ -163,13 +175,10 @@ impl ImageRequest {
                 "easel cannot make transparent backgrounds; use auto or opaque",
             ));
         }
-        if fields.boolean("stream")?.unwrap_or(false) {
-            return Err(ApiError::invalid(
-                "stream",
-                "easel's gateway does not stream images yet; send the request without stream",
-            ));
-        }
+        let stream = fields.boolean("stream")?.unwrap_or(false);
         Ok(Self {
+            stream,
+            partial_images: fields.u32_in("partial_images", 0, 3)?.unwrap_or(0),
             prompt: prompt.to_string(),
             model: fields.string("model")?.map(str::to_string),
             n: fields.u32_in("n", 1, MAX_N)?,
@@ -184,7 +193,14 @@ impl ImageRequest {
     }
 
     async fn to_generate(&self, gateway: &Gateway) -> Result<pb::GenerateRequest, ApiError> {
+        // Partial images are real VAE decodes of the predicted picture, spread over the run.
+        let preview = (self.stream && self.partial_images > 0).then(|| pb::PreviewOptions {
+            stream_latents: false,
+            every_n_steps: (self.steps.unwrap_or(DEFAULT_STEPS) / (self.partial_images + 1)).max(1),
+            image: pb::PreviewImage::Full as i32,
+        });
         Ok(pb::GenerateRequest {
+            preview,
             model: resolve_model(gateway, self.model.as_deref()).await?,
             prompt: self.prompt.clone(),
             negative_prompt: self.negative_prompt.clone(),
@@ -233,14 +249,109 @@ async fn generations(
     State(gateway): State<Arc<Gateway>>,
     peer: Option<Extension<Peer>>,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
+) -> Result<axum::response::Response, OpenAiError> {
     let map = fields::object(body, gateway.config.max_body_bytes)?;
     let request = ImageRequest::from_fields(Fields(&map))?;
     let generate = request.to_generate(&gateway).await?;
-    let outcome = gateway
-        .generate("openai", generate, peer.map(|p| p.0.0), |_| {})
-        .await?;
-    Ok(Json(answer(&request, &outcome)))
+    let peer = peer.map(|p| p.0.0);
+    if request.stream {
+        return Ok(stream(gateway, request, generate, peer).into_response());
+    }
+    let outcome = gateway.generate("openai", generate, peer, |_| {}).await?;
+    Ok(Json(answer(&request, &outcome)).into_response())
+}
+
+/// One server-sent event of OpenAI's image stream: `partial_image` or `completed`.
+fn stream_event(kind: &str, png: &[u8], size: &str, partial_index: Option<u32>) -> Event {
+    let created_at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let mut data = json!({
+        "type": format!("image_generation.{kind}"),
+        "b64_json": images::encode_base64(png),
+        "created_at": created_at,
+        "size": size,
+        "quality": "auto",
+        "background": "opaque",
+        "output_format": "png",
+    });
+    match partial_index {
+        Some(index) => data["partial_image_index"] = json!(index),
+        None => {
+            data["usage"] = json!({
+                "input_tokens": 0, "output_tokens": 0, "total_tokens": 0,
+                "input_tokens_details": {"image_tokens": 0, "text_tokens": 0},
+            });
+        }
+    }
+    Event::default()
+        .event(format!("image_generation.{kind}"))
+        .data(data.to_string())
+}
+
+/// `stream: true`: the generation runs in a task that sends its events; when the client
+/// hangs up, the response stream is dropped, which aborts the task, which drops the gRPC
+/// stream, which cancels the job.
+fn stream(
+    gateway: Arc<Gateway>,
+    request: ImageRequest,
+    generate: pb::GenerateRequest,
+    peer: Option<std::net::SocketAddr>,
+) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>> {
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<Event>(8);
+    let size = request
+        .size
+        .map_or_else(|| "auto".to_string(), |(w, h)| format!("{w}x{h}"));
+    let task = tokio::spawn(async move {
+        let mut partials = 0;
+        let progress_sender = sender.clone();
+        let progress_size = size.clone();
+        let result = gateway
+            .generate("openai", generate, peer, |progress| {
+                if partials < request.partial_images && !progress.preview_png.is_empty() {
+                    let event = stream_event("partial_image", &progress.preview_png, &progress_size, Some(partials));
+                    // A slow reader loses a partial image rather than stalling the job.
+                    if progress_sender.try_send(event).is_ok() {
+                        partials += 1;
+                    }
+                }
+            })
+            .await;
+        match result {
+            Ok(outcome) => {
+                for image in &outcome.images {
+                    let size = format!("{}x{}", image.width, image.height);
+                    if sender
+                        .send(stream_event("completed", &image.png, &size, None))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+            Err(status) => {
+                let error = ApiError::from_status(&status);
+                let data = json!({ "error": { "message": error.message, "type": "invalid_request_error", "code": error.code } });
+                let _ = sender
+                    .send(Event::default().event("error").data(data.to_string()))
+                    .await;
+            }
+        }
+    });
+    let abort = AbortOnDrop(task);
+    let events = futures::stream::poll_fn(move |cx| {
+        let _ = &abort;
+        receiver.poll_recv(cx).map(|event| event.map(Ok))
+    });
+    Sse::new(events).keep_alive(KeepAlive::default())
+}
+
+/// Aborts a task when dropped (with the response stream that owns it).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The most form fields an edit may carry (OpenAI's have about a dozen).
@@ -253,7 +364,7 @@ async fn edits(
     State(gateway): State<Arc<Gateway>>,
     peer: Option<Extension<Peer>>,
     form: Result<Multipart, axum::extract::multipart::MultipartRejection>,
-) -> Response {
+) -> Result<axum::response::Response, OpenAiError> {
     let max_body = gateway.config.max_body_bytes;
     let mut form = form.map_err(|rejection| {
         ApiError::new(
@@ -339,10 +450,12 @@ async fn edits(
     if let Some(mask) = mask {
         generate.mask_image = mask;
     }
-    let outcome = gateway
-        .generate("openai", generate, peer.map(|p| p.0.0), |_| {})
-        .await?;
-    Ok(Json(answer(&request, &outcome)))
+    let peer = peer.map(|p| p.0.0);
+    if request.stream {
+        return Ok(stream(gateway, request, generate, peer).into_response());
+    }
+    let outcome = gateway.generate("openai", generate, peer, |_| {}).await?;
+    Ok(Json(answer(&request, &outcome)).into_response())
 }
 
 #[cfg(test)]

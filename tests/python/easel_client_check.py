@@ -182,6 +182,7 @@ def main() -> None:
         status = client.status()
         assert status.version and status.pid > 0, status
         assert status.socket == socket or os.path.samefile(status.socket, socket), status
+        assert status.default_model == BUILTIN_MODEL, status
 
         models = client.models()
         builtin = next((m for m in models if m.name == BUILTIN_MODEL), None)

@@ -51,6 +51,16 @@ whole = client.images.edit(image=("init.png", image_file.getvalue(), "image/png"
 assert whole.data[0].b64_json
 seen["edit"] = True
 
+# Streaming: partial images (real decodes of the picture so far), then the picture.
+events = list(client.images.generate(model="gpt-image-1", prompt="a red circle", size="128x128", stream=True,
+                                     partial_images=2, extra_body={"steps": 6, "seed": 3}))
+kinds = [event.type for event in events]
+assert kinds == ["image_generation.partial_image"] * 2 + ["image_generation.completed"], kinds
+assert [event.partial_image_index for event in events[:2]] == [0, 1]
+final = Image.open(io.BytesIO(base64.b64decode(events[-1].b64_json)))
+assert final.size == (128, 128) and Image.open(io.BytesIO(base64.b64decode(events[0].b64_json))).size == (128, 128)
+seen["stream"] = kinds
+
 # Errors in OpenAI's shape, with the daemon's words.
 try:
     client.images.generate(model="no-such-model", prompt="x")

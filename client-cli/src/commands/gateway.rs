@@ -35,6 +35,10 @@ pub struct GatewayArgs {
     /// largest size needs, as base64]
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_body: Option<usize>,
+
+    /// Generation requests open at once; more are answered 429 (Too Many Requests)
+    #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_generations: u16,
 }
 
 /// `123`, `64KiB`, `100MiB`, `1GiB` (also KB/MB/GB as powers of 1000).
@@ -67,6 +71,7 @@ pub fn run(global: &Global, args: GatewayArgs) -> anyhow::Result<()> {
         token,
         allowed_hosts: args.allowed_hosts,
         allowed_origins: args.allowed_origins,
+        max_generations: usize::from(args.max_generations),
         ..Default::default()
     };
     if let Some(max_body) = args.max_body {

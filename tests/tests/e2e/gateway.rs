@@ -488,3 +488,36 @@ async fn a_client_that_hangs_up_cancels_its_job() {
     let progress = gateway.get("/sdapi/v1/progress").json();
     assert_eq!(progress["state"]["job_count"], 0, "{progress}");
 }
+
+#[test]
+fn generations_beyond_the_gateways_limit_are_refused_before_their_bodies_are_read() {
+    let daemon = Daemon::start();
+    let gateway = Gateway::start(&daemon, &["--max-generations", "1"]);
+    let address = gateway.address;
+    let slow = std::thread::spawn(move || {
+        let body = json!({"prompt": "a slow picture", "steps": 400, "width": 256, "height": 256});
+        http(
+            address,
+            "POST",
+            "/sdapi/v1/txt2img",
+            &[("Content-Type", "application/json")],
+            body.to_string().as_bytes(),
+        )
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while gateway.get("/sdapi/v1/progress").json()["state"]["sampling_step"] == 0 {
+        assert!(Instant::now() < deadline, "the slow job started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let refused = gateway.post_json("/v1/images/generations", &json!({"prompt": "x", "size": "64x64"}));
+    assert_eq!(refused.status, 429, "{}", refused.text());
+    assert_eq!(refused.json()["error"]["type"], "rate_limit_error");
+    // Reading progress and interrupting are not generations: they still get through.
+    assert_eq!(gateway.request("POST", "/sdapi/v1/interrupt", &[], b"").status, 200);
+    let interrupted = slow.join().unwrap();
+    assert_eq!(interrupted.status, 200, "{}", interrupted.text());
+    let info: Value = serde_json::from_str(interrupted.json()["info"].as_str().unwrap()).unwrap();
+    assert_eq!(info["interrupted"], true);
+    let ok = gateway.post_json("/v1/images/generations", &json!({"prompt": "x", "size": "64x64"}));
+    assert_eq!(ok.status, 200, "{}", ok.text());
+}

@@ -172,6 +172,8 @@ class Status:
     memory_used_bytes: int
     memory_budget_bytes: int
     working_memory_bytes: int
+    # The model a request without `model` gets.
+    default_model: str
 
 
 @dataclass(frozen=True)
