@@ -17,6 +17,20 @@ use image::{DynamicImage, GenericImageView, GrayImage, ImageFormat, Luma};
 
 use crate::error::ApiError;
 
+/// Runs picture work (base64, decoding, masks: CPU time on many megapixels) off the async
+/// runtime, as the daemon does with its own.
+pub async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work).await.map_err(|error| {
+        ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("the gateway's picture work failed ({error})"),
+        )
+    })?
+}
+
 /// Standard base64, padding optional (Python's `b64encode` pads, hand-rolled clients may not).
 const LENIENT: GeneralPurpose = GeneralPurpose::new(
     &base64::alphabet::STANDARD,

@@ -420,7 +420,7 @@ async fn edits(
         }
     };
     let limits = gateway.config.image_limits;
-    let mask = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+    let (image, mask) = images::off_runtime(move || -> Result<_, ApiError> {
         let size = images::dimensions("image", &image)?;
         let mask = match mask {
             Some(mask) => {
@@ -442,9 +442,7 @@ async fn edits(
         };
         Ok((image, mask))
     })
-    .await
-    .map_err(|error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", error.to_string()))?;
-    let (image, mask) = mask?;
+    .await?;
     let mut generate = request.to_generate(&gateway).await?;
     generate.init_image = image;
     if let Some(mask) = mask {

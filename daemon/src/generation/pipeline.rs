@@ -117,27 +117,36 @@ pub fn run_batch(
     let timesteps = scheduler.timesteps().to_vec();
     let total = timesteps.len() - first;
     let mut batch_noise = BatchNoise(noises);
-    for (index, &t) in timesteps.iter().enumerate().skip(first) {
-        if is_cancelled() {
-            return Err(GenerationError::Cancelled);
+    let mut denoise = |model: &mut LoadedModel| -> Result<(), GenerationError> {
+        for (index, &t) in timesteps.iter().enumerate().skip(first) {
+            if is_cancelled() {
+                return Err(GenerationError::Cancelled);
+            }
+            let mut model_input = latents.clone();
+            scheduler.scale_model_input(&mut model_input, index);
+            let (unet_input, input_shape) = init.unet_input(model_input, &images, &batch_shape);
+            let last = index + 1 == timesteps.len();
+            let noise_pred = predict_noise(model, unet_input, &input_shape, t, &conditioning, last)?;
+            let StepOutput {
+                prev_sample,
+                pred_original_sample,
+            } = scheduler.step(&noise_pred, index, &latents, &mut batch_noise);
+            latents = prev_sample;
+            init.blend_unmasked(&mut latents, &images, scheduler.as_ref(), index + 1);
+            let progress = Progress {
+                step: index + 1 - first,
+                total,
+                started: denoise_started,
+            };
+            report_step(model, prepared, &progress, &latents, &pred_original_sample, on_step)?;
         }
-        let mut model_input = latents.clone();
-        scheduler.scale_model_input(&mut model_input, index);
-        let (unet_input, input_shape) = init.unet_input(model_input, &images, &batch_shape);
-        let last = index + 1 == timesteps.len();
-        let noise_pred = predict_noise(model, unet_input, &input_shape, t, &conditioning, last)?;
-        let StepOutput {
-            prev_sample,
-            pred_original_sample,
-        } = scheduler.step(&noise_pred, index, &latents, &mut batch_noise);
-        latents = prev_sample;
-        init.blend_unmasked(&mut latents, &images, scheduler.as_ref(), index + 1);
-        let progress = Progress {
-            step: index + 1 - first,
-            total,
-            started: denoise_started,
-        };
-        report_step(model, prepared, &progress, &latents, &pred_original_sample, on_step)?;
+        Ok(())
+    };
+    if let Err(error) = denoise(model) {
+        // Cancelled or failed before the last step, whose run would have handed the UNet's
+        // arena back: a tiny run does it instead, so a cancelled job's memory returns too.
+        release_unet_memory(model, &conditioning, batch, timesteps.first().copied().unwrap_or(0.0));
+        return Err(error);
     }
     timings.denoise = denoise_started.elapsed();
 
@@ -302,6 +311,19 @@ fn predict_noise(
             uncond.iter().zip(cond).map(|(u, c)| u + scale * (c - u)).collect()
         }
     })
+}
+
+/// One UNet run on the smallest latent the UNet takes, only to have ONNX Runtime shrink the
+/// session's arena afterwards (see `OnnxModel::run_releasing`): the arena keeps a cancelled
+/// job's peak otherwise. Best effort: its result and any error are ignored.
+fn release_unet_memory(model: &mut LoadedModel, conditioning: &Conditioning, batch: usize, timestep: f64) {
+    let folder = &model.folder;
+    let side = (folder.size_multiple / folder.vae_factor).max(1);
+    let shape = [batch, folder.unet_in_channels, side, side];
+    let sample = vec![0.0; shape.iter().product()];
+    if let Err(error) = predict_noise(model, sample, &shape, timestep, conditioning, true) {
+        tracing::debug!(%error, "the run that releases the UNet's memory failed");
+    }
 }
 
 /// The guidance-scale embedding LCM-distilled UNets take as `timestep_cond` (diffusers'

@@ -342,7 +342,7 @@ async fn img2img(State(gateway): State<Arc<Gateway>>, peer: Option<Extension<Pee
     let mask_blur = fields.number("mask_blur")?;
     let limits = gateway.config.image_limits;
     // Base64 and mask decoding are CPU work on pictures of many megapixels: off the runtime.
-    let (init_png, mask_png) = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+    let (init_png, mask_png) = images::off_runtime(move || -> Result<_, ApiError> {
         let init = images::decode_base64("init_images", &init)?;
         let mask = match mask {
             Some(mask) => Some(images::a1111_mask(
@@ -354,14 +354,7 @@ async fn img2img(State(gateway): State<Arc<Gateway>>, peer: Option<Extension<Pee
         };
         Ok((init, mask))
     })
-    .await
-    .map_err(|error| {
-        ApiError::new(
-            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            error.to_string(),
-        )
-    })??;
+    .await?;
     plan.request.init_image = init_png;
     plan.request.strength = Some(strength);
     if let Some(mask) = mask_png {
@@ -521,17 +514,9 @@ async fn png_info(State(gateway): State<Arc<Gateway>>, body: Body) -> Response {
         return Err(ApiError::invalid("image", "png-info needs image: a base64 picture").into());
     };
     let limits = gateway.config.image_limits;
-    let texts = tokio::task::spawn_blocking(move || {
-        images::png_text("image", &images::decode_base64("image", &image)?, limits)
-    })
-    .await
-    .map_err(|error| {
-        ApiError::new(
-            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            error.to_string(),
-        )
-    })??;
+    let texts =
+        images::off_runtime(move || images::png_text("image", &images::decode_base64("image", &image)?, limits))
+            .await?;
     let info = texts
         .iter()
         .find(|(key, _)| key == "parameters")

@@ -44,14 +44,20 @@ async fn a_request_that_cannot_fit_the_budget_is_refused_before_it_queues() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn working_memory_is_shown_while_a_job_runs_and_returned_after_it() {
+/// A daemon whose built-in model is loaded for good, a client, and its resident memory then.
+async fn warm_daemon() -> (Daemon, easel_client::EaselClient<easel_client::Channel>, u64) {
     let daemon = Daemon::start_with(&[("EASEL_KEEP_ALIVE", "-1")]);
     let mut client = daemon.client().await;
     generate(&mut client, GenerateRequestBuilder::new("warm").steps(1))
         .await
         .unwrap();
     let before = daemon.rss();
+    (daemon, client, before)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn working_memory_is_shown_while_a_job_runs_and_returned_after_it() {
+    let (daemon, mut client, before) = warm_daemon().await;
 
     // 768×512 on the built-in model: a peak of gigabytes (its attention), for a few seconds.
     let request = GenerateRequestBuilder::new("a big red circle")
@@ -90,12 +96,7 @@ async fn working_memory_is_shown_while_a_job_runs_and_returned_after_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_jobs_memory_comes_back_too() {
-    let daemon = Daemon::start_with(&[("EASEL_KEEP_ALIVE", "-1")]);
-    let mut client = daemon.client().await;
-    generate(&mut client, GenerateRequestBuilder::new("warm").steps(1))
-        .await
-        .unwrap();
-    let before = daemon.rss();
+    let (daemon, mut client, before) = warm_daemon().await;
 
     // Cancelled after its first steps: the job never reaches its last step (whose run hands
     // the arena back), yet the memory must return.
