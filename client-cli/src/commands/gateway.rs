@@ -126,6 +126,21 @@ async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn by_default_it_listens_on_loopback_at_a1111s_port_without_a_token() {
+        let cli = super::super::Cli::try_parse_from(["easel", "gateway"]).unwrap();
+        let super::super::Command::Gateway(args) = cli.command else {
+            panic!("parsed as another command");
+        };
+        if std::env::var_os("EASEL_GATEWAY_LISTEN").is_none() {
+            assert_eq!(args.listen, "127.0.0.1:7860".parse().unwrap());
+            assert!(easel_gateway::is_loopback(args.listen.ip()));
+        }
+        assert_eq!(args.max_generations, 32);
+        assert!(super::super::Cli::try_parse_from(["easel", "gateway", "--max-generations", "0"]).is_err());
+    }
 
     #[test]
     fn sizes_take_binary_and_decimal_units() {
