@@ -70,8 +70,11 @@ fn serve(
         "residency settings"
     );
     runtime.block_on(async move {
+        // Before anything can answer a client: a SIGTERM sent as soon as the socket answers
+        // must find the handler in place, not the default action (death).
+        let shutdown = shutdown_signal().context("installing the SIGTERM and SIGINT handlers")?;
         let daemon = Daemon::start(&config, ort).context("opening the model store")?;
-        easeld::run(listener, daemon, info, shutdown_signal())
+        easeld::run(listener, daemon, info, shutdown)
             .await
             .context("serving the API")
     })?;
@@ -80,12 +83,15 @@ fn serve(
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Installs the handlers now; the future resolves on SIGTERM or SIGINT.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("install the SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("install the SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }

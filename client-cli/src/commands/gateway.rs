@@ -88,6 +88,7 @@ pub fn run(global: &Global, args: GatewayArgs) -> anyhow::Result<()> {
     // Many HTTP clients at once: a runtime with worker threads, unlike the other commands.
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
+        let shutdown = shutdown_signal().context("installing the SIGTERM handler")?;
         let client = super::client(global).await?;
         let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| {
             format!(
@@ -104,23 +105,23 @@ pub fn run(global: &Global, args: GatewayArgs) -> anyhow::Result<()> {
                 ""
             }
         );
-        easel_gateway::run(listener, client, config, shutdown_signal()).await?;
+        easel_gateway::run(listener, client, config, shutdown).await?;
         Ok(())
     })
 }
 
-/// Ctrl-C or SIGTERM (how service managers stop it).
-async fn shutdown_signal() {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async {
-            match terminate.as_mut() {
-                Some(signal) => { signal.recv().await; }
-                None => std::future::pending::<()>().await,
-            }
-        } => {}
-    }
+/// Ctrl-C or SIGTERM (how service managers stop it); the handlers are installed at once, so
+/// a signal that comes before the gateway serves still stops it cleanly.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    })
 }
 
 #[cfg(test)]

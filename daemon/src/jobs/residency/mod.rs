@@ -515,11 +515,14 @@ impl<B: Backend> Residency<B> {
     }
 
     /// Records what a job on `key` used (`measured`) against what was modelled for it.
+    /// Measurements only ever raise the estimate above the model: a job measured below it is
+    /// more likely a measurement disturbed by the rest of the machine (reclaimed pages) than
+    /// a model that overestimates, and an estimate too low lets a job past the budget.
     pub fn record_working(&self, key: &str, modelled: u64, measured: u64) {
         if modelled == 0 || measured == 0 {
             return;
         }
-        let ratio = (measured as f64 / modelled as f64).clamp(0.05, 20.0);
+        let ratio = (measured as f64 / modelled as f64).clamp(1.0, 20.0);
         let mut state = self.lock();
         let factor = state.calibration.entry(key.to_string()).or_insert(ratio);
         *factor = factor.max(ratio);
@@ -871,6 +874,8 @@ mod tests {
         assert_eq!(r.working_estimate("a", 1000), 1500);
         r.record_working("a", 1000, 500);
         assert_eq!(r.working_estimate("a", 1000), 1500, "the largest ratio seen");
+        r.record_working("c", 1000, 20);
+        assert_eq!(r.working_estimate("c", 1000), 1000, "never below the model");
         assert_eq!(r.working_estimate("b", 10), 20, "per model");
     }
 
