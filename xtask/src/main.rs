@@ -9,11 +9,16 @@
 //! - `cargo xtask fetch-ort [--install]`: download the pinned `onnxruntime` wheel with pip,
 //!   verify its sha256, unpack the library into `<target>/onnxruntime/` (and with `--install`
 //!   into `$EASEL_HOME/runtime/`, where the daemon finds it).
+//! - `cargo xtask bench [--quick] [--threads N]`: easel beside a bare ONNX Runtime session and
+//!   optimum's pipeline on a full-size SD 1.5-architecture model, into `BENCHMARKS.md` (see
+//!   `bench.rs`).
 //! - `cargo xtask samples`: regenerate `docs/tiny-shapes-samples.png`, the README's grid of
 //!   pictures drawn by easel with the built-in model.
 //!
 //! `<target>` is cargo's target folder as `cargo metadata` reports it, so `CARGO_TARGET_DIR`
 //! and `build.target-dir` are respected.
+
+mod bench;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -58,6 +63,7 @@ fn run() -> Result<()> {
         Some("demo") => demo(&root),
         Some("samples") => samples(&root),
         Some("test") => test(&root),
+        Some("bench") => bench::bench(&root, &args[1..]),
         Some("fetch-ort") => {
             let library = fetch_ort(&root)?;
             if args.iter().any(|a| a == "--install") {
@@ -72,7 +78,9 @@ fn run() -> Result<()> {
             Ok(())
         }
         _ => {
-            eprintln!("usage: cargo xtask <demo | test | samples | fetch-ort [--install]>");
+            eprintln!(
+                "usage: cargo xtask <demo | test | bench [--quick] [--threads N] | samples | fetch-ort [--install]>"
+            );
             std::process::exit(2);
         }
     }
@@ -278,10 +286,16 @@ struct DemoDaemon {
     child: std::process::Child,
     bin: PathBuf,
     envs: Vec<(&'static str, std::ffi::OsString)>,
+    socket: PathBuf,
 }
 
 impl DemoDaemon {
     fn start(root: &Path, name: &str) -> Result<Self> {
+        Self::start_with(root, name, &[])
+    }
+
+    /// Like `start`, with more environment for the daemon (threads, keep-alive, …).
+    fn start_with(root: &Path, name: &str, extra: &[(&str, String)]) -> Result<Self> {
         let library = fetch_ort(root)?;
         let mut build = cargo();
         build
@@ -302,6 +316,7 @@ impl DemoDaemon {
         eprintln!("xtask: starting easeld on {}", socket.display());
         let mut child = Command::new(bin.join("easeld"))
             .envs(envs.iter().map(|(k, v)| (k, v)))
+            .envs(extra.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .spawn()
@@ -317,7 +332,20 @@ impl DemoDaemon {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Ok(Self { child, bin, envs })
+        Ok(Self {
+            child,
+            bin,
+            envs,
+            socket,
+        })
+    }
+
+    fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     fn easel(&self) -> Command {

@@ -1,0 +1,450 @@
+//! `cargo xtask bench [--quick] [--threads N]`: easel side by side with a bare ONNX Runtime
+//! session and optimum's pipeline, in one run, on one model folder, one ONNX Runtime build and
+//! one thread count; writes `BENCHMARKS.md` (with `--quick`, `<target>/bench/BENCHMARKS-quick.md`).
+//!
+//! The model is SD 1.5's architecture at full size with random weights
+//! (`tools/make_bench_model.py`, cached under `<target>/bench/`): every kernel and shape is the
+//! real model's, so are the timings. easel is driven through its Python client on a release
+//! daemon (`tools/bench_easel.py`, in the test venv that has the client); the baselines run in
+//! the tools venv (`tools/bench_baselines.py`: the `onnxruntime` wheel easel's library comes
+//! from, and optimum). Figures are medians with min–max; ratios are what to read.
+//!
+//! Never part of `cargo xtask test`, and no test asserts a time.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use crate::{DemoDaemon, status, target_dir, test_python};
+
+struct Settings {
+    quick: bool,
+    threads: usize,
+    size: u32,
+    steps: u32,
+    runs: u32,
+}
+
+impl Settings {
+    fn from_args(args: &[String]) -> Result<Self> {
+        let quick = args.iter().any(|a| a == "--quick");
+        let threads = match args.iter().position(|a| a == "--threads") {
+            Some(i) => args
+                .get(i + 1)
+                .and_then(|n| n.parse().ok())
+                .filter(|&n| n > 0)
+                .context("--threads needs a number of threads")?,
+            None => std::thread::available_parallelism().map_or(1, usize::from),
+        };
+        let (size, steps, runs) = if quick { (256, 2, 1) } else { (512, 4, 3) };
+        Ok(Self {
+            quick,
+            threads,
+            size,
+            steps,
+            runs,
+        })
+    }
+
+    fn common_args(&self) -> Vec<String> {
+        vec![
+            "--size".into(),
+            self.size.to_string(),
+            "--steps".into(),
+            self.steps.to_string(),
+            "--runs".into(),
+            self.runs.to_string(),
+        ]
+    }
+}
+
+/// The Python with the tools' requirements (torch, diffusers, optimum, onnxruntime):
+/// `$EASEL_TOOLS_PYTHON`, else `<target>/py-tools` made from `tools/requirements.txt`.
+fn tools_python(root: &Path) -> Result<PathBuf> {
+    if let Some(python) = std::env::var_os("EASEL_TOOLS_PYTHON").filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(python));
+    }
+    let venv = target_dir(root)?.join("py-tools");
+    let python = venv.join("bin/python");
+    let requirements = root.join("tools/requirements.txt");
+    let wanted = std::fs::read(&requirements).with_context(|| format!("reading {}", requirements.display()))?;
+    let stamp = venv.join("installed-requirements.txt");
+    if python.is_file() && std::fs::read(&stamp).is_ok_and(|installed| installed == wanted) {
+        return Ok(python);
+    }
+    let mut create = Command::new(crate::system_python()?);
+    create.args(["-m", "venv", "--clear"]).arg(&venv);
+    status(create, "python3 -m venv (for the benchmark's tools)")?;
+    let mut install = Command::new(&python);
+    install
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
+        .arg(&requirements);
+    status(
+        install,
+        "pip install -r tools/requirements.txt (torch, diffusers, optimum: a while)",
+    )?;
+    std::fs::write(&stamp, wanted)?;
+    Ok(python)
+}
+
+/// Runs a script that prints one JSON object on its last line.
+fn run_json(mut command: Command, what: &str) -> Result<Value> {
+    eprintln!("xtask: {what}");
+    let output = command
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("could not start: {what}"))?;
+    if !output.status.success() {
+        bail!("{what} failed ({})", output.status);
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last).with_context(|| format!("{what} printed no JSON: {stdout}"))
+}
+
+/// The numbers of a JSON array (or a lone number) at `pointer`.
+fn numbers(value: &Value, pointer: &str) -> Vec<f64> {
+    match value.pointer(pointer) {
+        Some(Value::Array(items)) => items.iter().filter_map(Value::as_f64).collect(),
+        Some(number) => number.as_f64().into_iter().collect(),
+        None => Vec::new(),
+    }
+}
+
+/// The same field of every object in the array at `pointer` (e.g. every run's `/wall_s`).
+fn field_of_each(value: &Value, pointer: &str, field: &str) -> Vec<f64> {
+    match value.pointer(pointer) {
+        Some(Value::Array(runs)) => runs.iter().flat_map(|run| numbers(run, field)).collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Stat {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+fn stat(values: &[f64]) -> Option<Stat> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let middle = sorted.len() / 2;
+    let median = if sorted.len().is_multiple_of(2) {
+        (sorted[middle - 1] + sorted[middle]) / 2.0
+    } else {
+        sorted[middle]
+    };
+    Some(Stat {
+        median,
+        min: sorted[0],
+        max: sorted[sorted.len() - 1],
+    })
+}
+
+fn seconds(stat: Option<Stat>) -> String {
+    match stat {
+        Some(s) if (s.max - s.min) / s.median.max(1e-9) < 0.005 => format!("{:.3} s", s.median),
+        Some(s) => format!("{:.3} s ({:.3}–{:.3})", s.median, s.min, s.max),
+        None => "—".into(),
+    }
+}
+
+fn ratio(ours: Option<Stat>, theirs: Option<Stat>) -> String {
+    match (ours, theirs) {
+        (Some(a), Some(b)) if b.median > 0.0 => format!("{:.2}", a.median / b.median),
+        _ => "—".into(),
+    }
+}
+
+/// Resident and peak memory of a process, from /proc (bytes).
+fn memory_of(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kib| kib * 1024)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn folder_bytes(folder: &Path) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(folder).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            total += folder_bytes(&path);
+        } else if let Ok(meta) = entry.metadata() {
+            total += meta.len();
+        }
+    }
+    total
+}
+
+/// The weights a picture needs: the text encoder, UNet and VAE decoder folders.
+fn weights_bytes(model: &Path) -> u64 {
+    ["text_encoder", "unet", "vae_decoder"]
+        .iter()
+        .map(|part| folder_bytes(&model.join(part)))
+        .sum()
+}
+
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("model name"))
+        .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let flags: Vec<&str> = cpuinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("flags"))
+        .map(|rest| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let simd: Vec<&str> = ["avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile"]
+        .into_iter()
+        .filter(|flag| flags.contains(flag))
+        .collect();
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib >> 20);
+    format!("{model}, {cores} cores available, {memory} GiB RAM, {}", simd.join(" "))
+}
+
+fn command_line(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+pub fn bench(root: &Path, args: &[String]) -> Result<()> {
+    let settings = Settings::from_args(args)?;
+    let target = target_dir(root)?;
+    let tools = tools_python(root)?;
+    let clients = test_python(root)?;
+    let model_root = target.join("bench/sd15-random");
+    let mut make = Command::new(&tools);
+    make.arg(root.join("tools/make_bench_model.py")).arg(&model_root);
+    status(
+        make,
+        "the benchmark model (SD 1.5 architecture, random weights; made once, cached)",
+    )?;
+    let model = model_root.join("onnx");
+    let threads = settings.threads.to_string();
+
+    let mut baselines = Command::new(&tools);
+    baselines
+        .arg(root.join("tools/bench_baselines.py"))
+        .arg(&model)
+        .args(["--threads", &threads])
+        .args(settings.common_args());
+    let baselines = run_json(
+        baselines,
+        "baselines: bare ONNX Runtime sessions and optimum's pipeline",
+    )?;
+
+    let env = [
+        ("EASEL_THREADS", threads.clone()),
+        ("EASEL_KEEP_ALIVE", "-1".to_string()),
+        ("EASEL_MEMORY_BUDGET", "95%".to_string()),
+    ];
+    let daemon = DemoDaemon::start_with(root, "bench/daemon", &env)?;
+    let mut easel = Command::new(&clients);
+    easel
+        .arg(root.join("tools/bench_easel.py"))
+        .arg(daemon.socket())
+        .arg(&model)
+        .args(settings.common_args());
+    let measured = run_json(easel, "easel: a release daemon through its Python client");
+    let (resident, peak) = memory_of(daemon.pid());
+    daemon.stop()?;
+    let easel = measured?;
+
+    // From a cold disk: the model's files dropped from the page cache before each load.
+    let mut cold = None;
+    if !settings.quick {
+        let evict = || {
+            let mut evict = Command::new(&tools);
+            evict
+                .arg(root.join("tools/bench_baselines.py"))
+                .arg(&model)
+                .arg("--evict");
+            status(evict, "dropping the model from the page cache")
+        };
+        evict()?;
+        let mut bare = Command::new(&tools);
+        bare.arg(root.join("tools/bench_baselines.py"))
+            .arg(&model)
+            .args(["--threads", &threads, "--load-only"]);
+        let bare = run_json(bare, "bare sessions, cold")?;
+        evict()?;
+        let daemon = DemoDaemon::start_with(root, "bench/daemon", &env)?;
+        let mut first = Command::new(&clients);
+        first
+            .arg(root.join("tools/bench_easel.py"))
+            .arg(daemon.socket())
+            .arg(&model)
+            .args(settings.common_args())
+            .arg("--first-only");
+        let measured = run_json(first, "easel, cold");
+        daemon.stop()?;
+        cold = Some((bare, measured?));
+    }
+
+    let report = report(&settings, &model, &baselines, &easel, (resident, peak), cold.as_ref());
+    let out = if settings.quick {
+        target.join("bench/BENCHMARKS-quick.md")
+    } else {
+        root.join("BENCHMARKS.md")
+    };
+    std::fs::write(&out, &report).with_context(|| format!("writing {}", out.display()))?;
+    println!("{report}");
+    eprintln!("xtask: wrote {}", out.display());
+    Ok(())
+}
+
+fn report(
+    settings: &Settings,
+    model: &Path,
+    baselines: &Value,
+    easel: &Value,
+    (resident, peak): (u64, u64),
+    cold: Option<&(Value, Value)>,
+) -> String {
+    let gib = |bytes: u64| bytes as f64 / f64::from(1u32 << 30);
+    let weights = weights_bytes(model);
+    let step = stat(&field_of_each(easel, "/plain", "/step_s"));
+    let bare_step = stat(&numbers(baselines, "/bare/unet_step_s"));
+    let wall = stat(&field_of_each(easel, "/plain", "/wall_s"));
+    let optimum = stat(&numbers(baselines, "/optimum_pipeline/total_s"));
+    let streaming = stat(&field_of_each(easel, "/streaming", "/wall_s"));
+    let first_step = stat(&field_of_each(easel, "/plain", "/to_first_step_s"));
+    let decode = stat(&field_of_each(easel, "/plain", "/timings_s/decode_s"));
+    let bare_decode = stat(&numbers(baselines, "/bare/vae_decode_s"));
+    let load = stat(&numbers(easel, "/first/load_s"));
+    let bare_load = stat(&numbers(baselines, "/bare/load_s"));
+    let optimum_load = stat(&numbers(baselines, "/optimum_pipeline/load_s"));
+    let mut rows = vec![
+        format!(
+            "| one UNet evaluation (batch 2, guided) | {} | bare ORT session {} | {} | ≤ 1.02 |",
+            seconds(step),
+            seconds(bare_step),
+            ratio(step, bare_step)
+        ),
+        format!(
+            "| request → PNG ({}², {} PNDM steps, guided) | {} | optimum {} | {} | ≤ 0.95 |",
+            settings.size,
+            settings.steps,
+            seconds(wall),
+            seconds(optimum),
+            ratio(wall, optimum)
+        ),
+        format!(
+            "| the same, streaming latents + approx previews every step | {} | easel without {} | {} | ≤ 1.02 |",
+            seconds(streaming),
+            seconds(wall),
+            ratio(streaming, wall)
+        ),
+        format!(
+            "| warm request → first UNet call (queue + prompt encoding) | {} | — | — | ≤ 0.050 s |",
+            seconds(first_step)
+        ),
+        format!(
+            "| VAE decode | {} | bare ORT session {} | {} | — |",
+            seconds(decode),
+            seconds(bare_decode),
+            ratio(decode, bare_decode)
+        ),
+        format!(
+            "| load, page cache warm (first request on a fresh daemon) | {} | 3 bare sessions {}, optimum {} | {} | ≤ 1.0 |",
+            seconds(load),
+            seconds(bare_load),
+            seconds(optimum_load),
+            ratio(load, bare_load)
+        ),
+    ];
+    if let Some((bare, first)) = cold {
+        let cold_load = stat(&numbers(first, "/first/load_s"));
+        let cold_bare = stat(&numbers(bare, "/bare_load_s"));
+        rows.push(format!(
+            "| load, page cache cold | {} | 3 bare sessions {} | {} | ≤ 1.0 |",
+            seconds(cold_load),
+            seconds(cold_bare),
+            ratio(cold_load, cold_bare)
+        ));
+    }
+    rows.push(format!(
+        "| daemon RSS with the model resident, after the jobs | {:.2} GiB | weights {:.2} GiB | {:.2} | ≤ 1.3 |",
+        gib(resident),
+        gib(weights),
+        resident as f64 / weights.max(1) as f64
+    ));
+    rows.push(format!(
+        "| daemon peak RSS | {:.2} GiB | weights {:.2} GiB | {:.2} | ≤ 1.3 |",
+        gib(peak),
+        gib(weights),
+        peak as f64 / weights.max(1) as f64
+    ));
+    let versions = format!(
+        "easel {}, ONNX Runtime {} (the same library for every column), optimum {}, {}",
+        env!("CARGO_PKG_VERSION"),
+        baselines["onnxruntime"].as_str().unwrap_or("?"),
+        baselines["optimum"].as_str().unwrap_or("?"),
+        command_line("rustc", &["--version"]),
+    );
+    format!(
+        "# Benchmarks\n\n\
+         Made by `cargo xtask bench{quick}` (see the README); every column in one run, on one machine.\n\n\
+         - Machine: {machine}; {threads} ONNX Runtime threads for everyone.\n\
+         - Versions: {versions}.\n\
+         - Model: SD 1.5's architecture at full size with random weights (`tools/make_bench_model.py`,\n  \
+           fp32, {weights:.2} GiB for text encoder + UNet + VAE decoder): the real model's kernels and shapes.\n\
+         - Figures: median of {runs} run(s) (min–max when they differ); the ratio is easel ÷ the baseline.\n\n\
+         | measure | easel | baseline | ratio | target |\n\
+         |---|---|---|---|---|\n\
+         {rows}\n",
+        quick = if settings.quick { " --quick" } else { "" },
+        machine = machine(),
+        threads = settings.threads,
+        weights = gib(weights),
+        runs = settings.runs,
+        rows = rows.join("\n"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_and_ratios() {
+        let s = stat(&[3.0, 1.0, 2.0]).unwrap();
+        assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
+        assert_eq!(stat(&[1.0, 2.0, 3.0, 4.0]).unwrap().median, 2.5);
+        assert!(stat(&[]).is_none());
+        assert_eq!(ratio(Some(s), stat(&[4.0])), "0.50");
+        assert_eq!(seconds(stat(&[1.0])), "1.000 s");
+        assert_eq!(seconds(Some(s)), "2.000 s (1.000–3.000)");
+    }
+
+    #[test]
+    fn figures_are_read_from_each_run() {
+        let value = serde_json::json!({"plain": [{"step_s": [1.0, 2.0]}, {"step_s": [3.0]}], "first": {"load_s": 5.0}});
+        assert_eq!(field_of_each(&value, "/plain", "/step_s"), vec![1.0, 2.0, 3.0]);
+        assert_eq!(numbers(&value, "/first/load_s"), vec![5.0]);
+    }
+}
