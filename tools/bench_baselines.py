@@ -62,6 +62,97 @@ def bare_load(model: Path, threads: int) -> float:
     return time.perf_counter() - started
 
 
+def unet_inputs(unet, size: int, rng) -> dict:
+    """What a guided step feeds the UNet: a batch of 2 latents, the timestep, 77 tokens each."""
+    latent = size // 8
+    inputs = {}
+    for spec in unet.get_inputs():
+        if spec.name == "sample":
+            inputs[spec.name] = rng.standard_normal((2, 4, latent, latent), dtype=np.float32)
+        elif spec.name == "timestep":
+            # optimum exports a scalar float; other exports take one per batch item.
+            dtype = np.int64 if "int64" in spec.type else np.float32
+            shape = () if not spec.shape else (1 if spec.shape[0] == 1 else 2,)
+            inputs[spec.name] = np.full(shape, 981, dtype=dtype)
+        elif spec.name == "encoder_hidden_states":
+            inputs[spec.name] = rng.standard_normal((2, 77, 768), dtype=np.float32)
+    return inputs
+
+
+def node_flops(op: str, inputs: list, outputs: list) -> float:
+    """Multiply-adds × 2 of the operators that do the arithmetic (convolutions, matrix
+    products), from the shapes ONNX Runtime's profile records; 0 for the rest."""
+    if not outputs or not inputs:
+        return 0.0
+    out = outputs[0]
+    if op in ("Conv", "FusedConv", "NhwcFusedConv", "NchwcConv") and len(inputs) > 1 and len(inputs[1]) == 4:
+        _, per_group, kh, kw = inputs[1]
+        return 2.0 * float(np.prod(out)) * per_group * kh * kw
+    if op in ("MatMul", "FusedMatMul", "Gemm") and len(inputs) > 1 and inputs[0]:
+        k = inputs[0][-1] if op != "Gemm" else inputs[0][-1]
+        return 2.0 * float(np.prod(out)) * k
+    return 0.0
+
+
+def profile_step(model: Path, threads: int, size: int) -> dict:
+    """One UNet evaluation under ONNX Runtime's profiler: time per operator type, and the
+    step's arithmetic (GFLOP) counted from the recorded shapes."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    options = session_options(threads)
+    options.enable_profiling = True
+    options.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "unet")
+    unet = ort.InferenceSession(str(model / "unet" / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    inputs = unet_inputs(unet, size, np.random.default_rng(0))
+    unet.run(None, inputs)  # the first run sets things up; the second is the one read
+    unet.run(None, inputs)
+    events = json.loads(Path(unet.end_profiling()).read_text())
+    runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
+    last = runs[-1]
+    begin, end = last["ts"], last["ts"] + last["dur"]
+    by_op: dict[str, float] = {}
+    flops = 0.0
+    for event in events:
+        if event.get("cat") != "Node" or not event.get("name", "").endswith("_kernel_time"):
+            continue
+        if not begin <= event["ts"] <= end:
+            continue
+        args = event.get("args", {})
+        op = args.get("op_name", "?")
+        by_op[op] = by_op.get(op, 0.0) + event["dur"] / 1e6
+        shapes = lambda key: [next(iter(d.values())) for d in args.get(key, []) if d]  # noqa: E731
+        flops += node_flops(op, shapes("input_type_shape"), shapes("output_type_shape"))
+    return {"step_s": last["dur"] / 1e6, "by_op_s": by_op, "gflop": flops / 1e9}
+
+
+def matmul_peak(threads: int) -> float:
+    """What these cores do at best through ONNX Runtime in fp32: GFLOP/s of a 2048³ MatMul
+    (the kind of kernel a UNet step spends its time in), best of a few runs."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    n = 2048
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["c"])],
+        "peak",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n]), helper.make_tensor_value_info("b", TensorProto.FLOAT, [n, n])],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    session = ort.InferenceSession(model.SerializeToString(), session_options(threads), providers=["CPUExecutionProvider"])
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        session.run(None, {"a": a, "b": a})
+        best = min(best, time.perf_counter() - t)
+    del onnx
+    return 2.0 * n**3 / best / 1e9
+
+
 def bare_sessions(model: Path, threads: int, size: int, runs: int) -> dict:
     import onnxruntime as ort
 
@@ -74,17 +165,7 @@ def bare_sessions(model: Path, threads: int, size: int, runs: int) -> dict:
     rng = np.random.default_rng(0)
     latent = size // 8
     unet = sessions["unet"]
-    inputs = {}
-    for spec in unet.get_inputs():
-        if spec.name == "sample":
-            inputs[spec.name] = rng.standard_normal((2, 4, latent, latent), dtype=np.float32)
-        elif spec.name == "timestep":
-            # optimum exports a scalar float; other exports take one per batch item.
-            dtype = np.int64 if "int64" in spec.type else np.float32
-            shape = () if not spec.shape else (1 if spec.shape[0] == 1 else 2,)
-            inputs[spec.name] = np.full(shape, 981, dtype=dtype)
-        elif spec.name == "encoder_hidden_states":
-            inputs[spec.name] = rng.standard_normal((2, 77, 768), dtype=np.float32)
+    inputs = unet_inputs(unet, size, rng)
     step = []
     for _ in range(runs + 1):
         t = time.perf_counter()
@@ -150,6 +231,8 @@ def main():
         "optimum": optimum.version.__version__,
         "bare": bare_sessions(args.model, args.threads, args.size, args.runs),
         "optimum_pipeline": optimum_pipeline(args.model, args.threads, args.size, args.steps, args.runs),
+        "profile": profile_step(args.model, args.threads, args.size),
+        "matmul_peak_gflops": matmul_peak(args.threads),
     }
     print(json.dumps(result))
 
