@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Instant, SystemTime};
 
+use easel_proto::ON_BEHALF_OF;
 use easel_proto::v1 as pb;
 use easel_proto::v1::easel_client::EaselClient;
 use easel_proto::v1::generate_event::Event;
@@ -20,10 +21,6 @@ use serde_json::{Map, Value};
 use tonic::transport::Channel;
 
 use crate::Config;
-
-/// The metadata key that tells the daemon which HTTP client a job is for, so that the daemon's
-/// fair queue takes turns between the gateway's clients instead of treating them as one.
-pub const ON_BEHALF_OF: &str = "easel-on-behalf-of";
 
 /// The gateway's shared state; one per [`crate::router`].
 pub struct Gateway {
@@ -74,7 +71,6 @@ struct Tracked {
 /// What a finished (or interrupted) generation produced.
 #[derive(Debug, Default)]
 pub struct Outcome {
-    pub job_id: String,
     pub images: Vec<pb::Image>,
     /// Cancelled through `/sdapi/v1/interrupt`: `images` holds those finished before.
     pub interrupted: bool,
@@ -183,10 +179,7 @@ impl Gateway {
                 Err(status) => return Err(status),
             };
             match event.event {
-                Some(Event::Queued(queued)) => {
-                    outcome.job_id.clone_from(&queued.job_id);
-                    self.update(registration.id, |job| job.job_id = Some(queued.job_id));
-                }
+                Some(Event::Queued(queued)) => self.update(registration.id, |job| job.job_id = Some(queued.job_id)),
                 Some(Event::Started(_)) => self.update(registration.id, |job| job.started = Some(Instant::now())),
                 Some(Event::Progress(progress)) => {
                     on_progress(&progress);
@@ -209,10 +202,7 @@ impl Gateway {
                     });
                     outcome.images.push(image);
                 }
-                Some(Event::Finished(finished)) => {
-                    outcome.job_id = finished.job_id;
-                    break;
-                }
+                Some(Event::Finished(_)) => break,
                 None => {}
             }
         }

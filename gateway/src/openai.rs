@@ -424,8 +424,8 @@ async fn edits(
         let size = images::dimensions("image", &image)?;
         let mask = match mask {
             Some(mask) => {
-                if images::dimensions("mask", &mask)? != size {
-                    let (w, h) = images::dimensions("mask", &mask)?;
+                let (w, h) = images::dimensions("mask", &mask)?;
+                if (w, h) != size {
                     return Err(ApiError::bad_image(
                         "mask",
                         format!("the mask is {w}x{h} but the image is {}x{}; they must be the same size", size.0, size.1),

@@ -1,7 +1,7 @@
 //! The `easel.v1` wire protocol, generated from `proto/easel/v1/easel.proto`.
 //!
-//! Only two places in the project use these types: the daemon's `service` module (server side)
-//! and the CLI's client library. Everything else works with plain Rust types, so the engine
+//! Only the daemon's `serve` wing (server side) and the clients (the CLI's client library, the
+//! HTTP gateway) use these types. Everything else works with plain Rust types, so the engine
 //! never depends on gRPC.
 
 #![allow(clippy::all, missing_docs)]
@@ -13,6 +13,10 @@ pub mod units;
 pub mod v1 {
     tonic::include_proto!("easel.v1");
 }
+
+/// The request metadata key with which a client that serves others (the HTTP gateway) names
+/// the one a request is for, so that the daemon's fair queue takes turns between them too.
+pub const ON_BEHALF_OF: &str = "easel-on-behalf-of";
 
 /// Encoded `FileDescriptorSet` of the API, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/easel_descriptor.bin"));

@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use easel_proto::ON_BEHALF_OF;
 use easel_proto::v1 as pb;
 use futures::{Stream, StreamExt};
 use tokio::sync::Notify;
@@ -351,10 +352,6 @@ impl pb::easel_server::Easel for EaselService {
         Ok(Response::new(pb::ShutdownReply {}))
     }
 }
-
-/// The metadata key a client that serves others (the HTTP gateway) names the one a request is
-/// for with, so that the fair queue takes turns between them too.
-const ON_BEHALF_OF: &str = "easel-on-behalf-of";
 
 /// The longest on-behalf-of name kept (longer ones are cut: they only tell clients apart).
 const MAX_ON_BEHALF_OF: usize = 128;
