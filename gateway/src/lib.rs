@@ -184,3 +184,33 @@ pub async fn run(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client of a daemon that is never called (the channel connects lazily).
+    fn unused_daemon() -> EaselClient<Channel> {
+        EaselClient::new(tonic::transport::Endpoint::from_static("http://[::1]:1").connect_lazy())
+    }
+
+    #[tokio::test]
+    async fn beyond_loopback_it_refuses_to_run_without_a_token() {
+        let listener = TcpListener::bind("0.0.0.0:0").await.unwrap();
+        let error = run(listener, unused_daemon(), Config::default(), std::future::pending())
+            .await
+            .unwrap_err();
+        assert!(matches!(error, GatewayError::TokenRequired { .. }), "{error}");
+        assert!(error.to_string().contains("--token"));
+    }
+
+    #[tokio::test]
+    async fn on_loopback_it_serves_until_shutdown() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        run(listener, unused_daemon(), Config::default(), async {})
+            .await
+            .unwrap();
+        assert!(is_loopback("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(!is_loopback("192.168.1.2".parse().unwrap()));
+    }
+}

@@ -20,10 +20,15 @@ impl Gateway {
     /// Starts the gateway with `args` (besides `--listen 127.0.0.1:0`) and waits for the line
     /// that says where it listens.
     pub fn start(daemon: &Daemon, args: &[&str]) -> Self {
+        Self::start_on(daemon, "127.0.0.1:0", args)
+    }
+
+    /// The same on another `--listen` address.
+    pub fn start_on(daemon: &Daemon, listen: &str, args: &[&str]) -> Self {
         let mut child = Command::new(bin("easel"))
             .envs(daemon.env())
             .env_remove("EASEL_GATEWAY_TOKEN")
-            .args(["--no-autostart", "gateway", "--listen", "127.0.0.1:0"])
+            .args(["--no-autostart", "gateway", "--listen", listen])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

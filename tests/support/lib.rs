@@ -12,7 +12,7 @@ pub mod request;
 pub mod shapes;
 
 pub use gateway::{Gateway, HttpResponse, http};
-pub use python::{python_script, test_python};
+pub use python::{python_script, script_json, test_python};
 pub use request::{GenerateRequestBuilder, generate};
 
 use std::path::{Path, PathBuf};

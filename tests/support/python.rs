@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::{bin_dir, repo_root};
+use crate::{Daemon, bin_dir, repo_root};
 
 /// The Python with the test requirements: `$EASEL_TEST_PYTHON` (set by `cargo xtask test`),
 /// else the environment xtask left in the target folder. Panics with what to run when neither
@@ -29,4 +29,19 @@ pub fn python_script(script: &str) -> Command {
     let mut command = Command::new(test_python());
     command.arg(repo_root().join("tests/python").join(script));
     command
+}
+
+/// Runs a client script that prints one JSON object as its last line, and returns it; a
+/// script that fails panics with its output and `daemon`'s log.
+pub fn script_json(mut command: Command, daemon: &Daemon) -> serde_json::Value {
+    let output = command.output().expect("run the Python client");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{command:?} failed:\n{stdout}\n{}\ndaemon log:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        daemon.log_text()
+    );
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|_| panic!("a JSON line last from {command:?}: {stdout}"))
 }

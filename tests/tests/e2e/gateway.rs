@@ -13,22 +13,11 @@ use easel_proto::v1 as pb;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-/// Runs a Python client script against `gateway`; returns its last stdout line as JSON.
+/// Runs a Python client script against `gateway`; returns its JSON line, checked `ok`.
 fn run_client(script: &str, gateway: &Gateway, daemon: &Daemon, extra: &[&str]) -> Value {
-    let output = python_script(script)
-        .arg(gateway.base_url())
-        .args(extra)
-        .output()
-        .expect("run the Python client");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{script} failed:\n{stdout}\n{}\ndaemon log:\n{}",
-        String::from_utf8_lossy(&output.stderr),
-        daemon.log_text()
-    );
-    let last = stdout.lines().last().unwrap_or_default();
-    let result: Value = serde_json::from_str(last).unwrap_or_else(|_| panic!("a JSON line from {script}: {stdout}"));
+    let mut command = python_script(script);
+    command.arg(gateway.base_url()).args(extra);
+    let result = script_json(command, daemon);
     assert_eq!(result["ok"], true, "{result}");
     result
 }
@@ -97,6 +86,14 @@ fn listening_beyond_loopback_needs_a_token() {
         .unwrap();
     assert_eq!(with_env_token.status.code(), Some(2), "a bad size is a usage error");
     assert!(stderr(&with_env_token).contains("nonsense"));
+
+    // With a token it listens on every address, and wants the token there.
+    let gateway = Gateway::start_on(&daemon, "0.0.0.0:0", &["--token", "t0k"]);
+    assert!(gateway.address.ip().is_unspecified(), "{}", gateway.address);
+    let reachable = std::net::SocketAddr::from(([127, 0, 0, 1], gateway.address.port()));
+    assert_eq!(http(reachable, "GET", "/v1/models", &[], b"").status, 401);
+    let with_token = http(reachable, "GET", "/v1/models", &[("Authorization", "Bearer t0k")], b"");
+    assert_eq!(with_token.status, 200, "{}", with_token.text());
 }
 
 #[test]

@@ -21,24 +21,15 @@ fn a_default_grpcio_channel_calls_status_health_and_a_streamed_generate() {
         .steps(2)
         .seed(5)
         .build();
-    let output = python_script("grpcio_default_channel.py")
-        .arg(&daemon.socket)
-        .arg(
-            request
-                .encode_to_vec()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>(),
-        )
-        .output()
-        .expect("run the grpcio client");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
+    let mut command = python_script("grpcio_default_channel.py");
+    command.arg(&daemon.socket).arg(
+        request
+            .encode_to_vec()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>(),
     );
-    let result: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    let result = script_json(command, &daemon);
     assert!(
         result.get("error").is_none(),
         "a call failed: {result}\ndaemon log:\n{}",

@@ -8,18 +8,9 @@ use easel_e2e::*;
 #[test]
 fn the_python_client_library_generates_cancels_watches_and_reports_errors() {
     let daemon = Daemon::start();
-    let output = python_script("easel_client_check.py")
-        .arg(&daemon.socket)
-        .output()
-        .expect("run the Python client check");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}\ndaemon log:\n{}",
-        String::from_utf8_lossy(&output.stderr),
-        daemon.log_text()
-    );
-    let result: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    let mut command = python_script("easel_client_check.py");
+    command.arg(&daemon.socket);
+    let result = script_json(command, &daemon);
     assert_eq!(
         result["ok"],
         serde_json::Value::Bool(true),
