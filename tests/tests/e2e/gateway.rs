@@ -518,3 +518,22 @@ fn generations_beyond_the_gateways_limit_are_refused_before_their_bodies_are_rea
     let ok = gateway.post_json("/v1/images/generations", &json!({"prompt": "x", "size": "64x64"}));
     assert_eq!(ok.status, 200, "{}", ok.text());
 }
+
+#[test]
+fn a1111_requests_can_name_their_checkpoint_and_leave_the_images_out() {
+    let daemon = Daemon::start();
+    let gateway = Gateway::start(&daemon, &[]);
+    let body = json!({
+        "prompt": "a red circle", "steps": 1, "width": 64, "height": 64, "seed": 9,
+        "send_images": false,
+        "override_settings": {"sd_model_checkpoint": "tiny-shapes [0123456789]"},
+    });
+    let answer = gateway.post_json("/sdapi/v1/txt2img", &body);
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let answer = answer.json();
+    assert_eq!(answer["images"], json!([]));
+    let info: Value = serde_json::from_str(answer["info"].as_str().unwrap()).unwrap();
+    assert_eq!(info["all_seeds"], json!([9]));
+    assert_eq!(info["sd_model_name"], "tiny-shapes");
+    assert_eq!(answer["parameters"]["send_images"], false, "the request is echoed");
+}
