@@ -2,7 +2,8 @@
 ONNX Runtime build (the `onnxruntime` wheel easel's library comes from) and thread count:
 
   - bare ONNX Runtime sessions: the time to create the three sessions a picture needs, one
-    UNet evaluation with the inputs a guided step feeds it (batch 2), one VAE decode;
+    UNet evaluation with the inputs a guided step feeds it (batch 2), one VAE decode, one tiny
+    VAE decode (TAESD, when the folder has `vae_decoder_tiny/`);
   - optimum's `ORTStableDiffusionPipeline`: load, and request to PIL image (PNDM, guided).
 
     python tools/bench_baselines.py MODEL --threads 2 --size 512 --steps 4 --runs 3
@@ -173,8 +174,21 @@ def bare_sessions(model: Path, threads: int, size: int, runs: int) -> dict:
         t = time.perf_counter()
         decoder.run(None, {name: z})
         decode.append(time.perf_counter() - t)
+    tiny_decode = []
+    tiny_path = model / "vae_decoder_tiny" / "model.onnx"
+    if tiny_path.is_file():
+        import onnxruntime as ort
+
+        tiny = ort.InferenceSession(str(tiny_path), session_options(threads), providers=["CPUExecutionProvider"])
+        tiny_name = tiny.get_inputs()[0].name
+        for _ in range(runs + 1):
+            t = time.perf_counter()
+            tiny.run(None, {tiny_name: z})
+            tiny_decode.append(time.perf_counter() - t)
+        tiny_decode = tiny_decode[1:]
     # The first UNet run pays for ONNX Runtime's lazy setup: reported apart.
-    return {"load_s": load, "unet_first_s": step[0], "unet_step_s": step[1:], "vae_decode_s": decode}
+    return {"load_s": load, "unet_first_s": step[0], "unet_step_s": step[1:], "vae_decode_s": decode,
+            "tiny_decode_s": tiny_decode}
 
 
 def optimum_pipeline(model: Path, threads: int, size: int, steps: int, runs: int) -> dict:

@@ -4,8 +4,11 @@ client (gRPC on the socket, as plugins talk to it), timed from here.
     python tools/bench_easel.py SOCKET MODEL --size 512 --steps 4 --runs 3
 
 MODEL is the model folder (an absolute path). The first request loads it (its `load_ms` is
-the daemon's load time); then `runs` requests without and with streaming (latents and approx
-previews on every step). Prints one JSON object: seconds, every run's figure.
+the daemon's load time); then `runs` requests each: plain; streaming (latents and approx
+previews on every step); with the tiny decoder; with guidance cut off after half the steps;
+and one step without guidance with the tiny decoder (a one-step model's time to a picture).
+Last, how much the guidance cut-off changes pictures, on the built-in model (trained weights,
+unlike the benchmark model's random ones). Prints one JSON object: seconds, every run's figure.
 """
 
 from __future__ import annotations
@@ -17,17 +20,22 @@ import time
 import easel
 
 
-def one_request(client: easel.Client, model: str, size: int, steps: int, seed: int, streaming: bool) -> dict:
+def one_request(client: easel.Client, model: str, size: int, steps: int, seed: int, streaming: bool = False,
+                **options) -> dict:
     """Request to PNG bytes: wall time, the daemon's own timings, the per-step times (from the
-    Progress events' elapsed_ms) and the time from the request to the first step's start."""
+    Progress events' elapsed_ms) and the time from the request to the first step's start.
+    `options`: more of `Client.generate`'s (they override the defaults below)."""
     started = time.perf_counter()
-    options = dict(stream_latents=True, preview="approx") if streaming else {}
+    if streaming:
+        options = dict(options, stream_latents=True, preview="approx")
+    request = dict(sampler="pndm", guidance_scale=7.5)
+    request.update(options)
     elapsed = []
     load_ms = 0
     finished = None
     pngs = 0
     for event in client.generate("a red circle on a blue background", model=model, width=size, height=size,
-                                 steps=steps, sampler="pndm", guidance_scale=7.5, seed=seed, **options):
+                                 steps=steps, seed=seed, **request):
         if isinstance(event, easel.Started):
             load_ms = event.load_ms
         elif isinstance(event, easel.Progress):
@@ -50,6 +58,24 @@ def one_request(client: easel.Client, model: str, size: int, steps: int, seed: i
     }
 
 
+def cutoff_difference(client: easel.Client, cutoff: float, seeds: int = 4) -> dict:
+    """Mean and max absolute pixel difference (0-255) between pictures of the built-in model with
+    and without the guidance cut-off (20 Euler steps, guidance 7.5, its native size)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    def picture(seed: int, **options) -> np.ndarray:
+        (image,) = client.generate_images("a red circle on a blue background", model="tiny-shapes", steps=20,
+                                          sampler="euler", guidance_scale=7.5, seed=seed, **options)
+        return np.asarray(Image.open(io.BytesIO(image.png)).convert("RGB")).astype(np.float64)
+
+    diffs = [np.abs(picture(seed) - picture(seed, guidance_cutoff=cutoff)) for seed in range(seeds)]
+    return {"cutoff": cutoff, "mean": float(np.mean([d.mean() for d in diffs])),
+            "max": float(max(d.max() for d in diffs)), "pictures": seeds}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("socket")
@@ -63,8 +89,15 @@ def main():
         first = one_request(client, args.model, args.size, args.steps, 0, streaming=False)
         result = {"first": first}
         if not args.first_only:
-            result["plain"] = [one_request(client, args.model, args.size, args.steps, run + 1, False) for run in range(args.runs)]
-            result["streaming"] = [one_request(client, args.model, args.size, args.steps, run + 1, True) for run in range(args.runs)]
+            def runs(steps=args.steps, **options):
+                return [one_request(client, args.model, args.size, steps, run + 1, **options) for run in range(args.runs)]
+
+            result["plain"] = runs()
+            result["streaming"] = runs(streaming=True)
+            result["tiny"] = runs(decoder="tiny")
+            result["cutoff"] = runs(guidance_cutoff=0.5)
+            result["one_step"] = runs(steps=1, guidance_scale=1.0, sampler="euler", decoder="tiny")
+            result["cutoff_difference"] = cutoff_difference(client, 0.5)
     print(json.dumps(result))
 
 

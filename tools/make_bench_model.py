@@ -9,7 +9,11 @@ the pictures are noise.
 
     python tools/make_bench_model.py OUT      # OUT/diffusers (PyTorch), OUT/onnx (optimum export)
 
-Idempotent: a finished OUT (marked by OUT/onnx/.complete) is left as it is.
+The ONNX folder also carries a tiny VAE decoder (`vae_decoder_tiny/`: TAESD's architecture,
+random weights, tools/export_tiny_decoder.py) for the `--decoder tiny` figures.
+
+Idempotent: a finished OUT (marked by OUT/onnx/.complete) is left as it is; a tiny decoder
+missing from it is added.
 """
 
 from __future__ import annotations
@@ -96,6 +100,20 @@ def build(ddir: Path, tok_dir: Path):
     save_diffusers(pipe, ddir, SD15_SCHEDULER)
 
 
+def add_tiny_decoder(onnx: Path):
+    """TAESD's decoder at full size, random weights, as `vae_decoder_tiny/` (unless there)."""
+    if (onnx / "vae_decoder_tiny" / "model.onnx").is_file():
+        return
+    import torch
+    from diffusers import AutoencoderTiny
+
+    from export_tiny_decoder import export_decoder
+
+    log("== adding a tiny VAE decoder (TAESD's architecture, random weights)")
+    torch.manual_seed(16)
+    export_decoder(AutoencoderTiny().eval(), onnx / "vae_decoder_tiny")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="the folder to make (e.g. target/bench/sd15-random)")
@@ -103,6 +121,7 @@ def main():
     onnx = args.out / "onnx"
     if (onnx / ".complete").is_file():
         log(f"{onnx} is there already")
+        add_tiny_decoder(onnx)
         return
     ddir = args.out / "diffusers"
     if not (ddir / "model_index.json").is_file():
@@ -112,6 +131,7 @@ def main():
     log(f"== exporting it with optimum into {onnx}")
     shutil.rmtree(onnx, ignore_errors=True)
     optimum_export(ddir, onnx, "the benchmark model")
+    add_tiny_decoder(onnx)
     (onnx / ".complete").write_text("made by tools/make_bench_model.py\n")
     log("done")
 

@@ -79,6 +79,10 @@ pub struct GenerateOptions {
     pub clip_skip: Option<u32>,
     /// Ask for an approximate preview PNG with every step.
     pub previews: bool,
+    /// The VAE decoder of the final pictures (`Full` unless asked).
+    pub decoder: pb::Decoder,
+    /// Guidance stops after this fraction of the steps (0..1).
+    pub guidance_cutoff: Option<f64>,
     /// How long the model stays loaded afterwards (`"5m"`, `"-1"`, `"0"`…).
     pub keep_alive: Option<String>,
 }
@@ -125,6 +129,8 @@ impl GenerateOptions {
                 image: pb::PreviewImage::Approx as i32,
             }),
             keep_alive: self.keep_alive.clone().unwrap_or_default(),
+            decoder: self.decoder as i32,
+            guidance_cutoff: self.guidance_cutoff,
         })
     }
 }
@@ -169,9 +175,13 @@ mod tests {
             }),
             previews: true,
             keep_alive: Some("0".into()),
+            decoder: pb::Decoder::Tiny,
+            guidance_cutoff: Some(0.5),
             ..GenerateOptions::new("p")
         };
         let request = options.to_request().unwrap();
+        assert_eq!(request.decoder, pb::Decoder::Tiny as i32);
+        assert_eq!(request.guidance_cutoff, Some(0.5));
         assert_eq!(request.model, "tiny");
         assert_eq!(request.negative_prompt, "blurry");
         assert_eq!(request.steps, Some(4));

@@ -93,6 +93,69 @@ fn few_step_cases_match_diffusers() {
     check_text_to_image("fewstep/manifest.json", 6);
 }
 
+/// A guidance cut-off case (`tools/make_guidance_cutoff_fixtures.py`): diffusers' dynamic-CFG
+/// callback, which drops the unconditional pass after `int(num_timesteps · cutoff)`.
+#[derive(Deserialize)]
+struct CutoffCase {
+    #[serde(flatten)]
+    case: TextCase,
+    guidance_cutoff: f64,
+    guided_evaluations: usize,
+    unet_batches: Vec<usize>,
+}
+
+/// The guidance cut-off against diffusers' "dynamic classifier-free guidance" callback: the same
+/// evaluations guided, the same pictures. Without the cut-off, the cases whose picture it
+/// changes most fail the comparison, so the references really hold the cut-off.
+#[test]
+fn guidance_cutoff_cases_match_diffusers() {
+    let cases: Vec<CutoffCase> = TextCase::read_manifest("guidance-cutoff/manifest.json");
+    assert!(cases.len() >= 6, "guidance-cutoff/manifest.json lost cases");
+    let mut model = load_fixture_model("models/sd1-tiny");
+    let mut failures = Vec::new();
+    let mut told_apart = 0;
+    for CutoffCase {
+        case,
+        guidance_cutoff,
+        guided_evaluations,
+        unet_batches,
+    } in &cases
+    {
+        let request = easeld::generation::Request {
+            guidance_cutoff: Some(*guidance_cutoff),
+            ..case.request(1)
+        };
+        let prepared = prepare(&model, request);
+        let total = unet_batches.len();
+        let guided = (0..total).filter(|&i| prepared.guided_at(i, total)).count();
+        assert_eq!(guided, *guided_evaluations, "{}: guided evaluations", case.name);
+        let draws = || Replay {
+            data: case
+                .step_noise
+                .as_ref()
+                .map(|p| npy(&fixtures().join(p)).1)
+                .unwrap_or_default(),
+            offset: 0,
+        };
+        let mut replay = draws();
+        let image = generate_one(&mut model, &prepared, &mut replay, &mut |_| {});
+        replay.assert_exhausted(&case.name);
+        failures.extend(compare(&case.name, &image, &case.image));
+
+        let uncut = prepare(&model, case.request(1));
+        let mut replay = draws();
+        let image = generate_one(&mut model, &uncut, &mut replay, &mut |_| {});
+        if compare(&format!("{} (no cut-off)", case.name), &image, &case.image).is_some() {
+            told_apart += 1;
+        }
+    }
+    assert!(failures.is_empty(), "cases beyond tolerance:\n{}", failures.join("\n"));
+    assert!(
+        told_apart >= 2,
+        "only {told_apart} cases tell a cut-off picture from an uncut one"
+    );
+}
+
 /// Runs every case of a text-to-image manifest; returns the samplers it covered.
 fn check_text_to_image(manifest: &str, min_cases: usize) -> std::collections::BTreeSet<String> {
     let cases: Vec<TextCase> = TextCase::read_manifest(manifest);

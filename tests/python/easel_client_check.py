@@ -172,6 +172,16 @@ def check_errors(client: easel.Client, socket: str) -> dict[str, str]:
         assert isinstance(error, easel.EaselError) and error.code == "UNAVAILABLE"
         assert missing in error.message and "easel daemon start" in error.message, error.message
         no_daemon = error.message
+    try:
+        list(client.generate("no tiny decoder", decoder="tiny", **TINY_REQUEST))
+        raise AssertionError("the tiny decoder of a model without one was accepted")
+    except easel.EaselError as error:
+        assert error.code == "FAILED_PRECONDITION" and "vae_decoder_tiny" in error.message, (error.code, error.message)
+    try:
+        client.generate("bad decoder", decoder="huge", **TINY_REQUEST)
+        raise AssertionError("decoder='huge' was accepted")
+    except ValueError as error:
+        assert "decoder must be one of full, tiny" in str(error), error
     return {"bad_request": bad_request, "no_daemon": no_daemon}
 
 
@@ -192,6 +202,9 @@ def main() -> None:
         first_png, event_names = check_small_generation(client)
         again = client.generate_images("a red circle", **SMALL_REQUEST)
         assert len(again) == 1 and again[0].png == first_png, "the same seed gives the same image"
+        # The guidance cut-off reaches the daemon: the same seed draws another picture.
+        cut = client.generate_images("a red circle", guidance_cutoff=0.0, **SMALL_REQUEST)
+        assert cut[0].png != first_png and "Guidance cutoff: 0" in cut[0].parameters, cut[0].parameters
 
         # init_noise (a numpy array) replaces the seed's noise: two seeds, one final latent (the
         # PNGs differ only in their seed text); float16 noise travels as float16.

@@ -283,6 +283,21 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
     daemon.stop()?;
     let easel = measured?;
 
+    // ONNX Runtime's session settings, one at a time, each in its own process.
+    let mut settings_probe = None;
+    if !settings.quick {
+        let mut probe = Command::new(&tools);
+        probe.arg(root.join("tools/bench_settings.py")).arg(&model).args([
+            "--threads",
+            &threads,
+            "--size",
+            &settings.size.to_string(),
+            "--runs",
+            "2",
+        ]);
+        settings_probe = Some(run_json(probe, "ONNX Runtime session settings, one by one")?);
+    }
+
     // From a cold disk: the model's files dropped from the page cache before each load.
     let mut cold = None;
     if !settings.quick {
@@ -307,7 +322,15 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
         cold = Some((bare, measured?));
     }
 
-    let report = report(&settings, &model, &baselines, &easel, (resident, peak), cold.as_ref());
+    let report = report(
+        &settings,
+        &model,
+        &baselines,
+        &easel,
+        (resident, peak),
+        cold.as_ref(),
+        settings_probe.as_ref(),
+    );
     let out = if settings.quick {
         target.join("bench/BENCHMARKS-quick.md")
     } else {
@@ -326,6 +349,7 @@ fn report(
     easel: &Value,
     (resident, peak): (u64, u64),
     cold: Option<&(Value, Value)>,
+    settings_probe: Option<&Value>,
 ) -> String {
     let gib = |bytes: u64| bytes as f64 / f64::from(1u32 << 30);
     let weights = weights_bytes(model);
@@ -340,6 +364,10 @@ fn report(
     let load = stat(&numbers(easel, "/first/load_s"));
     let bare_load = stat(&numbers(baselines, "/bare/load_s"));
     let optimum_load = stat(&numbers(baselines, "/optimum_pipeline/load_s"));
+    let tiny_wall = stat(&field_of_each(easel, "/tiny", "/wall_s"));
+    let tiny_decode = stat(&field_of_each(easel, "/tiny", "/timings_s/decode_s"));
+    let cutoff_wall = stat(&field_of_each(easel, "/cutoff", "/wall_s"));
+    let one_step = stat(&field_of_each(easel, "/one_step", "/wall_s"));
     let mut rows = vec![
         format!(
             "| one UNet evaluation (batch 2, guided) | {} | bare ORT session {} | {} | ≤ 1.02 |",
@@ -370,6 +398,28 @@ fn report(
             seconds(decode),
             seconds(bare_decode),
             ratio(decode, bare_decode)
+        ),
+        format!(
+            "| request → PNG with the tiny decoder (`--decoder tiny`) | {} | optimum {} | {} | ≤ 0.6 |",
+            seconds(tiny_wall),
+            seconds(optimum),
+            ratio(tiny_wall, optimum)
+        ),
+        format!(
+            "| tiny VAE decode (TAESD architecture) | {} | easel's full VAE decode {} | {} | — |",
+            seconds(tiny_decode),
+            seconds(decode),
+            ratio(tiny_decode, decode)
+        ),
+        format!(
+            "| request → PNG, guidance cut off after half the steps (`--guidance-cutoff 0.5`) | {} | easel without {} | {} | — |",
+            seconds(cutoff_wall),
+            seconds(wall),
+            ratio(cutoff_wall, wall)
+        ),
+        format!(
+            "| one step, no guidance, tiny decoder (a one-step model's request → PNG) | {} | — | — | < 8 s |",
+            seconds(one_step),
         ),
         format!(
             "| load, page cache warm (first request on a fresh daemon) | {} | 3 bare sessions {}, optimum {} | {} | ≤ 1.0 |",
@@ -434,6 +484,18 @@ fn report(
         share = 100.0 * achieved / peak.max(1e-9),
         top = top.join(", "),
     );
+    let cutoff = &easel["cutoff_difference"];
+    let cutoff_note = format!(
+        "## What the guidance cut-off changes\n\n\
+         The benchmark model's weights are random, so its pictures say nothing; on the built-in \
+         model (20 Euler steps, guidance 7.5, {pictures} seeds), cutting guidance off after half the \
+         steps changes a picture by {mean:.2} on average and at most {max:.0} (0–255). Guidance \
+         settles the composition early; the last steps refine detail, where it matters least.\n",
+        pictures = cutoff["pictures"].as_u64().unwrap_or(0),
+        mean = cutoff["mean"].as_f64().unwrap_or(f64::NAN),
+        max = cutoff["max"].as_f64().unwrap_or(f64::NAN),
+    );
+    let settings_table = settings_probe.map(settings_section).unwrap_or_default();
     let versions = format!(
         "easel {}, ONNX Runtime {} (the same library for every column), optimum {}, {}",
         env!("CARGO_PKG_VERSION"),
@@ -452,7 +514,9 @@ fn report(
          | measure | easel | baseline | ratio | target |\n\
          |---|---|---|---|---|\n\
          {rows}\n\n\
-         {limits}",
+         {limits}\n\
+         {cutoff_note}\n\
+         {settings_table}",
         quick = if settings.quick { " --quick" } else { "" },
         machine = machine(),
         threads = settings.threads,
@@ -460,6 +524,43 @@ fn report(
         runs = settings.runs,
         rows = rows.join("\n"),
         limits = limits,
+    )
+}
+
+/// The "Session settings" section: each ONNX Runtime setting on the UNet alone (load, one
+/// evaluation at batch 2, the process's peak RSS), against ONNX Runtime's defaults.
+fn settings_section(probe: &Value) -> String {
+    let Some(settings) = probe.as_object() else {
+        return String::new();
+    };
+    let gib = |bytes: f64| bytes / f64::from(1u32 << 30);
+    let default_step = stat(&numbers(probe, "/default/step_s"));
+    let default_peak = probe.pointer("/default/peak_rss_bytes").and_then(Value::as_f64);
+    let rows: Vec<String> = settings
+        .iter()
+        .map(|(name, figures)| {
+            let step = stat(&numbers(figures, "/step_s"));
+            let peak = figures["peak_rss_bytes"].as_f64().unwrap_or(0.0);
+            format!(
+                "| `{name}` | {meaning} | {load} | {step} ({ratio}) | {peak:.2} GiB ({peak_ratio}) |",
+                meaning = figures["meaning"].as_str().unwrap_or(""),
+                load = seconds(stat(&numbers(figures, "/load_s"))),
+                step = seconds(step),
+                ratio = ratio(step, default_step),
+                peak = gib(peak),
+                peak_ratio = default_peak.map_or("—".into(), |d| format!("{:.2}", peak / d.max(1.0))),
+            )
+        })
+        .collect();
+    format!(
+        "## Session settings\n\n\
+         Each ONNX Runtime setting alone on the UNet (a fresh process each: create the session, one \
+         warm-up evaluation, then two timed ones at batch 2); ratios against ONNX Runtime's defaults. \
+         easel keeps a setting only when it wins here without losing elsewhere.\n\n\
+         | setting | what it changes | session load | one UNet evaluation | process peak RSS |\n\
+         |---|---|---|---|---|\n\
+         {}\n",
+        rows.join("\n")
     )
 }
 

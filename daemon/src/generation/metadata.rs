@@ -2,6 +2,7 @@
 //! tools parse) and easel's own JSON.
 
 use super::prepare::Prepared;
+use super::vae::Decoder;
 
 /// AUTOMATIC1111's `parameters` text for the image drawn with `seed`.
 pub fn a1111_parameters(prepared: &Prepared, seed: u64) -> String {
@@ -29,6 +30,13 @@ pub fn a1111_parameters(prepared: &Prepared, seed: u64) -> String {
     if p.clip_skip > 1 {
         text.push_str(&format!(", Clip skip: {}", p.clip_skip));
     }
+    // easel's own keys, only when they change the picture (AUTOMATIC1111 keeps unknown keys).
+    if let Some(cutoff) = p.guidance_cutoff {
+        text.push_str(&format!(", Guidance cutoff: {cutoff}"));
+    }
+    if p.decoder == Decoder::Tiny {
+        text.push_str(", VAE Decoder: tiny");
+    }
     text.push_str(&format!(", Version: easel {}", env!("CARGO_PKG_VERSION")));
     text
 }
@@ -49,6 +57,8 @@ pub fn easel_json(prepared: &Prepared, seed: u64) -> String {
         "init_noise": p.init_noise.is_some(),
         "strength": p.init_image.as_ref().map(|i| i.strength),
         "clip_skip": p.clip_skip,
+        "guidance_cutoff": p.guidance_cutoff,
+        "decoder": p.decoder.as_str(),
         "inpaint": p.inpaint().map(|i| serde_json::json!({ "mask_blur": i.blur })),
         "easel_version": env!("CARGO_PKG_VERSION"),
     })

@@ -6,8 +6,9 @@
 //! 2. Start: each image from its own noise — or, for img2img and inpainting, from its picture's
 //!    latent noised to the level where the run enters the schedule (see [`super::latents`]).
 //! 3. Denoise: for each timestep, scale the input, run the UNet on [uncond, cond] as one batch,
-//!    combine them with classifier-free guidance, let the sampler take a step.
-//! 4. Decode the final latents with the VAE.
+//!    combine them with classifier-free guidance, let the sampler take a step. Past an optional
+//!    guidance cut-off, the UNet runs on the conditional half alone.
+//! 4. Decode the final latents with the VAE (or the model's tiny decoder, when asked).
 //!
 //! It consumes a [`Prepared`] request (every check was made there) and knows nothing of jobs or
 //! gRPC: a caller passes noise sources, a cancellation check and a progress callback. It runs
@@ -39,7 +40,7 @@ pub enum PreviewKind {
     None,
     /// Latent-to-RGB linear map of the predicted clean latent (latent resolution).
     Approx,
-    /// VAE decode of the predicted clean latent.
+    /// VAE decode of the predicted clean latent: by the model's tiny decoder when it has one.
     Full,
 }
 
@@ -72,6 +73,8 @@ pub struct BatchOutput {
 struct Conditioning {
     /// `[2n, 77·k, D]` ([uncond × n; cond × n]) with classifier-free guidance, else `[n, 77·k, D]`.
     text: HostTensor<f32>,
+    /// With guidance and a cut-off: the conditional half of `text`, for the steps past it.
+    cond_text: Option<HostTensor<f32>>,
     /// The guidance scale, when classifier-free guidance runs.
     guidance: Option<f32>,
     /// An LCM-distilled UNet's `timestep_cond`, repeated per image.
@@ -126,7 +129,8 @@ pub fn run_batch(
             scheduler.scale_model_input(&mut model_input, index);
             let (unet_input, input_shape) = init.unet_input(model_input, &images, &batch_shape);
             let last = index + 1 == timesteps.len();
-            let noise_pred = predict_noise(model, unet_input, &input_shape, t, &conditioning, last)?;
+            let guided = prepared.guided_at(index - first, total);
+            let noise_pred = predict_noise(model, unet_input, &input_shape, t, &conditioning, guided, last)?;
             let StepOutput {
                 prev_sample,
                 pred_original_sample,
@@ -153,7 +157,7 @@ pub fn run_batch(
     let decode_started = Instant::now();
     let images = latents
         .chunks(plane)
-        .map(|latent| vae::decode(model, latent, shape, prepared.vae_tiled))
+        .map(|latent| vae::decode_with(model, prepared.decoder, latent, shape, prepared.vae_tiled))
         .collect::<Result<Vec<_>, _>>()?;
     timings.decode = decode_started.elapsed();
     Ok(BatchOutput { images, timings })
@@ -176,13 +180,17 @@ fn condition(model: &mut LoadedModel, prepared: &Prepared, batch: usize) -> Resu
             &prepared.negative_chunks,
             prepared.clip_skip,
         )?;
-        concat_batch(&[&repeat_batch(&uncond, batch), &repeat_batch(&cond, batch)])
+        let cond = repeat_batch(&cond, batch);
+        let text = concat_batch(&[&repeat_batch(&uncond, batch), &cond]);
+        (text, prepared.guidance_cutoff.is_some().then_some(cond))
     } else {
         let cond = text::encode_chunks(model, &prepared.prompt_chunks, prepared.clip_skip)?;
-        repeat_batch(&text::concat_sequence(&cond), batch)
+        (repeat_batch(&text::concat_sequence(&cond), batch), None)
     };
+    let (text, cond_text) = text;
     Ok(Conditioning {
         text,
+        cond_text,
         guidance: guided.then_some(prepared.guidance_scale),
         guidance_embedding,
     })
@@ -223,7 +231,7 @@ fn report_step(
             preview = match prepared.preview.image {
                 PreviewKind::None => None,
                 PreviewKind::Approx => approx_preview(predicted, shape),
-                PreviewKind::Full => Some(vae::decode(model, predicted, shape, prepared.vae_tiled)?),
+                PreviewKind::Full => Some(vae::decode_preview(model, predicted, shape, prepared.vae_tiled)?),
             };
         }
         on_step(
@@ -254,8 +262,9 @@ impl NoiseSource for BatchNoise<'_, '_> {
     }
 }
 
-/// One UNet evaluation of `sample` (`[n, C, h, w]`); with guidance, on the batch
-/// [sample; sample] against [uncond; cond], combined as `uncond + guidance · (cond − uncond)`.
+/// One UNet evaluation of `sample` (`[n, C, h, w]`); with guidance (and `guided`: before the
+/// cut-off), on the batch [sample; sample] against [uncond; cond], combined as
+/// `uncond + guidance · (cond − uncond)`; past the cut-off, on the conditional half alone.
 /// Returns the noise prediction `[n, latent channels, h, w]`.
 fn predict_noise(
     model: &mut LoadedModel,
@@ -263,10 +272,15 @@ fn predict_noise(
     shape: &[usize],
     timestep: f64,
     conditioning: &Conditioning,
+    guided: bool,
     last_of_job: bool,
 ) -> Result<Vec<f32>, GenerationError> {
+    let (guidance, text) = match (conditioning.guidance, &conditioning.cond_text) {
+        (Some(_), Some(cond)) if !guided => (None, cond),
+        (guidance, _) => (guidance, &conditioning.text),
+    };
     let mut batch_shape = shape.to_vec();
-    let sample = if conditioning.guidance.is_some() {
+    let sample = if guidance.is_some() {
         batch_shape[0] *= 2;
         [sample.as_slice(), sample.as_slice()].concat()
     } else {
@@ -288,7 +302,7 @@ fn predict_noise(
     let mut feed = vec![
         (&sample_spec, Input::Float(HostTensor::new(batch_shape, sample))),
         (&timestep_spec, Input::Float(timestep)),
-        (&text_spec, Input::Float(conditioning.text.clone())),
+        (&text_spec, Input::Float(text.clone())),
     ];
     if let (Some(spec), Some(embedding)) = (cond_spec.as_ref(), conditioning.guidance_embedding.as_deref()) {
         let rows = shape[0];
@@ -304,7 +318,7 @@ fn predict_noise(
         model.unet.run(feed)?
     };
     let out = outputs.swap_remove(0).data;
-    Ok(match conditioning.guidance {
+    Ok(match guidance {
         None => out,
         Some(scale) => {
             let (uncond, cond) = out.split_at(out.len() / 2);
@@ -321,7 +335,7 @@ fn release_unet_memory(model: &mut LoadedModel, conditioning: &Conditioning, bat
     let side = (folder.size_multiple / folder.vae_factor).max(1);
     let shape = [batch, folder.unet_in_channels, side, side];
     let sample = vec![0.0; shape.iter().product()];
-    if let Err(error) = predict_noise(model, sample, &shape, timestep, conditioning, true) {
+    if let Err(error) = predict_noise(model, sample, &shape, timestep, conditioning, true, true) {
         tracing::debug!(%error, "the run that releases the UNet's memory failed");
     }
 }

@@ -22,6 +22,7 @@ use super::inpaint::{self, Mask};
 use super::pipeline::PreviewSettings;
 use super::sampler::{self, SamplerKind, Scheduler};
 use super::text::{self, Chunk, Piece};
+use super::vae::{self, Decoder};
 
 pub const DEFAULT_STEPS: u32 = 20;
 pub const DEFAULT_GUIDANCE: f32 = 7.5;
@@ -59,6 +60,11 @@ pub struct Request {
     /// AUTOMATIC1111's clip skip (1 = the last layer).
     pub clip_skip: Option<u32>,
     pub preview: PreviewSettings,
+    /// Which VAE decoder makes the pictures.
+    pub decoder: Decoder,
+    /// Guidance stops after this fraction of the run's UNet evaluations (see
+    /// [`Prepared::guided_at`]). `None`: guidance throughout.
+    pub guidance_cutoff: Option<f64>,
 }
 
 /// A request whose settings are in range and consistent, not yet held against a model.
@@ -75,6 +81,7 @@ pub struct Checked {
     strength: f64,
     /// Meaningful with a mask only.
     mask_blur: f32,
+    guidance_cutoff: Option<f64>,
 }
 
 /// Everything the denoising loop needs, checked against the model.
@@ -107,6 +114,11 @@ pub struct Prepared {
     pub preview: PreviewSettings,
     /// Decode in overlapping tiles (the picture is over `vae_tile_above` pixels).
     pub vae_tiled: bool,
+    /// Which VAE decoder makes the pictures (the model has the one asked for).
+    pub decoder: Decoder,
+    /// In [0, 1): guidance stops after this fraction of the run (see [`Prepared::guided_at`]).
+    /// `None`: guidance throughout (also when the cut-off asked for is 1).
+    pub guidance_cutoff: Option<f64>,
 }
 
 /// img2img's (and inpainting's) starting picture, at the output size.
@@ -130,6 +142,17 @@ pub struct Inpaint {
 }
 
 impl Prepared {
+    /// Whether the UNet evaluation `evaluation` (0-based, of `total` in this run) still runs the
+    /// unconditional pass, under the guidance cut-off. As diffusers' "dynamic classifier-free
+    /// guidance" (a `callback_on_step_end` that drops the unconditional embeddings and sets the
+    /// guidance scale to 0 at `step_index == int(num_timesteps · cutoff)`): evaluations up to
+    /// and including that one are guided, the rest are not.
+    pub fn guided_at(&self, evaluation: usize, total: usize) -> bool {
+        // f64, as Python multiplies an int by a float (an f32 0.7 × 10 would truncate to 6).
+        self.guidance_cutoff
+            .is_none_or(|cutoff| evaluation as f64 <= (total as f64 * cutoff).floor())
+    }
+
     /// The inpainting inputs, when this is an inpainting request.
     pub fn inpaint(&self) -> Option<&Inpaint> {
         self.init_image.as_ref().and_then(|init| init.inpaint.as_ref())
@@ -174,6 +197,15 @@ impl Request {
         let prompt = parse_prompt("prompt", &self.prompt)?;
         let negative_prompt = parse_prompt("negative prompt", &self.negative_prompt)?;
         let (strength, mask_blur) = self.check_picture_settings()?;
+        let guidance_cutoff = match self.guidance_cutoff {
+            None => None,
+            Some(cutoff) if (0.0..=1.0).contains(&cutoff) => (cutoff < 1.0).then_some(cutoff),
+            Some(cutoff) => {
+                return invalid(format!(
+                    "guidance cutoff is the fraction of the steps after which guidance stops, from 0 to 1 (got {cutoff}); 1 keeps guidance to the end"
+                ));
+            }
+        };
         Ok(Checked {
             steps: steps as usize,
             guidance_scale,
@@ -183,6 +215,7 @@ impl Request {
             negative_prompt,
             strength,
             mask_blur,
+            guidance_cutoff,
             request: self,
         })
     }
@@ -233,6 +266,9 @@ impl Checked {
     /// Holds the request against `folder` (reading nothing but what the folder already holds)
     /// and against the size limit.
     pub fn prepare(self, folder: &ModelFolder, limits: &Limits) -> Result<Prepared, GenerationError> {
+        if self.request.decoder == Decoder::Tiny && folder.tiny_decoder.is_none() {
+            return Err(vae::no_tiny_decoder_error(folder).into());
+        }
         let (picture, mask) = self.decode_pictures(folder, limits)?;
         let (width, height) = output_size(folder, picture.as_ref(), &self.request, limits)?;
         let latent_shape = vec![
@@ -298,6 +334,8 @@ impl Checked {
             clip_skip: self.clip_skip,
             preview: self.request.preview,
             vae_tiled: u64::from(width) * u64::from(height) > limits.vae_tile_above,
+            decoder: self.request.decoder,
+            guidance_cutoff: self.guidance_cutoff,
         })
     }
 

@@ -4,6 +4,9 @@
 //! (current optimum exports' `latent_parameters`) or, for legacy exports, the latent itself
 //! (`latent_sample`); latents are scaled by the model's `scaling_factor` going in and divided
 //! by it coming out.
+//!
+//! A model may also carry a tiny decoder (`vae_decoder_tiny/`, TAESD): [`Decoder::Tiny`] asks
+//! for it, and full previews use it whenever it is there ([`decode_preview`]).
 
 use crate::model::onnx::{HostTensor, Input};
 use crate::model::{LoadedModel, ModelError};
@@ -84,6 +87,96 @@ fn shape_error(model: &str, got: &[usize], expected: &[usize]) -> GenerationErro
         model: model.to_string(),
         message: format!("the VAE encoder returned shape {got:?}, expected {expected:?} (or twice the channels)"),
     })
+}
+
+/// Which VAE decoder turns a request's final latents into its pictures.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Decoder {
+    /// The model's own VAE decoder (`vae_decoder/`).
+    #[default]
+    Full,
+    /// The model's tiny decoder (`vae_decoder_tiny/`): several times faster, a little softer.
+    Tiny,
+}
+
+impl Decoder {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decoder::Full => "full",
+            Decoder::Tiny => "tiny",
+        }
+    }
+}
+
+/// A request's final latent → RGB picture through the decoder it asked for.
+pub fn decode_with(
+    model: &mut LoadedModel,
+    decoder: Decoder,
+    latents: &[f32],
+    shape: &[usize],
+    tiled: bool,
+) -> Result<RgbImage, GenerationError> {
+    match decoder {
+        Decoder::Full => decode(model, latents, shape, tiled),
+        Decoder::Tiny => decode_tiny(model, latents, shape)?.ok_or_else(|| no_tiny_decoder(model)),
+    }
+}
+
+/// A `full` preview: the tiny decoder when the model carries one (a fraction of the full
+/// decoder's time, so previews on every step stay cheap), else the full decoder.
+pub fn decode_preview(
+    model: &mut LoadedModel,
+    latents: &[f32],
+    shape: &[usize],
+    tiled: bool,
+) -> Result<RgbImage, GenerationError> {
+    match decode_tiny(model, latents, shape)? {
+        Some(image) => Ok(image),
+        None => decode(model, latents, shape, tiled),
+    }
+}
+
+/// Latent → RGB picture through the model's tiny decoder, as diffusers does with an
+/// `AutoencoderTiny`: `(decode(z / scaling_factor) / 2 + 0.5).clamp(0, 1)`, its scaling factor
+/// being TAESD's 1.0. Always whole: the tiny decoder's activations are a fraction of the full
+/// one's. `None` when the model has no tiny decoder.
+pub fn decode_tiny(
+    model: &mut LoadedModel,
+    latents: &[f32],
+    shape: &[usize],
+) -> Result<Option<RgbImage>, GenerationError> {
+    let Some(config) = model.folder.tiny_decoder.clone() else {
+        return Ok(None);
+    };
+    let scale = 1.0 / config.scaling_factor;
+    let scaled = HostTensor::new(shape.to_vec(), latents.iter().map(|v| v * scale).collect());
+    let Some(tiny) = model.tiny_decoder()? else {
+        return Ok(None);
+    };
+    let spec = tiny.latent.clone();
+    let mut outputs = tiny.model.run_releasing(vec![(&spec, Input::Float(scaled))])?;
+    let decoded = outputs.swap_remove(0);
+    RgbImage::from_nchw_signed(&decoded)
+        .map(Some)
+        .ok_or_else(|| unexpected_shape(model, &decoded.shape))
+}
+
+/// Why a request for the tiny decoder cannot be served by this model (checked before loading,
+/// see `prepare`; this is the loop's own guard).
+fn no_tiny_decoder(model: &LoadedModel) -> GenerationError {
+    GenerationError::Model(no_tiny_decoder_error(&model.folder))
+}
+
+/// A tiny-decoder request on a model folder without one.
+pub fn no_tiny_decoder_error(folder: &crate::model::ModelFolder) -> ModelError {
+    ModelError::Incompatible {
+        model: folder.name.clone(),
+        message: format!(
+            "the tiny VAE decoder was asked for, but {} is missing; put TAESD's ONNX export there \
+             (tools/export_tiny_decoder.py makes one) or ask for the full decoder",
+            folder.root.join(crate::model::folder::VAE_DECODER_TINY).display()
+        ),
+    }
 }
 
 /// Latent → RGB picture, as diffusers' `(decode(z / scaling_factor) / 2 + 0.5).clamp(0, 1)`;

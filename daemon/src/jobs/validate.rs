@@ -143,6 +143,8 @@ mod tests {
             strength in maybe(0.01f64..=1.0, any::<f64>()),
             mask_blur in maybe(0.0f32..8.0, any::<f32>()),
             clip_skip in maybe(1u32..3, 0u32..20),
+            guidance_cutoff in maybe(0.0f64..=1.0, any::<f64>()),
+            tiny in prop::bool::weighted(0.1),
             init_noise in noise(),
             consistent in prop::bool::weighted(0.8),
         ) -> generation::Request {
@@ -176,6 +178,8 @@ mod tests {
                 mask_image,
                 mask_blur,
                 clip_skip,
+                guidance_cutoff,
+                decoder: if tiny { generation::vae::Decoder::Tiny } else { generation::vae::Decoder::Full },
                 ..Default::default()
             }
         }
@@ -203,6 +207,8 @@ mod tests {
                     prop_assert!(u64::from(p.width) * u64::from(p.height) <= limits.max_pixels);
                     prop_assert!(p.steps >= 1 && p.steps <= 30);
                     prop_assert!(p.guidance_scale.is_finite());
+                    prop_assert!(p.guidance_cutoff.is_none_or(|c| (0.0..1.0).contains(&c)));
+                    prop_assert_eq!(p.decoder, generation::vae::Decoder::Full, "sd1-tiny has no tiny decoder");
                     prop_assert!((1..=limits.max_count).contains(&job.count));
                     prop_assert!(job.batch_size >= 1 && job.batch_size <= job.count);
                 }

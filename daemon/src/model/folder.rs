@@ -39,6 +39,24 @@ struct VaeConfig {
     latent_channels: Option<usize>,
 }
 
+/// diffusers' `AutoencoderTiny` config (TAESD), of which the decoder's part matters.
+#[derive(Deserialize, Default)]
+struct TinyVaeConfig {
+    scaling_factor: Option<f64>,
+    latent_channels: Option<usize>,
+    upsampling_scaling_factor: Option<usize>,
+    decoder_block_out_channels: Option<Vec<usize>>,
+}
+
+/// A model's optional tiny VAE decoder (`vae_decoder_tiny/`): TAESD's architecture, diffusers'
+/// `AutoencoderTiny`. Several times cheaper than the full decoder, a little softer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TinyDecoder {
+    /// What the pipeline divides latents by before decoding (`scaling_factor`, 1.0 for TAESD:
+    /// it takes the UNet's latents as they are).
+    pub scaling_factor: f32,
+}
+
 #[derive(Deserialize, Default)]
 struct TextEncoderConfig {
     layer_norm_eps: Option<f64>,
@@ -144,6 +162,8 @@ pub struct ModelFolder {
     pub tokenizer: ClipTokenizer,
     /// The text encoder's layer-norm epsilon (for clip skip), from its `config.json`.
     pub text_layer_norm_eps: f64,
+    /// The tiny VAE decoder, when the folder carries one.
+    pub tiny_decoder: Option<TinyDecoder>,
 }
 
 /// The sub-model files of the layout, relative to the model root.
@@ -152,11 +172,17 @@ pub const UNET: &str = "unet/model.onnx";
 pub const VAE_DECODER: &str = "vae_decoder/model.onnx";
 /// Optional: only img2img and inpainting need it, so it is loaded on first use.
 pub const VAE_ENCODER: &str = "vae_encoder/model.onnx";
+/// Optional: the tiny VAE decoder (TAESD) for `--decoder tiny` and cheap full previews, loaded
+/// on first use.
+pub const VAE_DECODER_TINY: &str = "vae_decoder_tiny/model.onnx";
+const VAE_DECODER_TINY_CONFIG: &str = "vae_decoder_tiny/config.json";
 pub const SCHEDULER_CONFIG: &str = "scheduler/scheduler_config.json";
 
 /// Every file [`ModelFolder::open`] reads, relative to the model root.
-const READ_ON_OPEN: [&str; 7] = [
+const READ_ON_OPEN: [&str; 9] = [
     SCHEDULER_CONFIG,
+    VAE_DECODER_TINY,
+    VAE_DECODER_TINY_CONFIG,
     "vae_decoder/config.json",
     "unet/config.json",
     "text_encoder/config.json",
@@ -246,6 +272,12 @@ impl ModelFolder {
                 ),
             });
         }
+        let tiny_decoder = if root.join(VAE_DECODER_TINY).is_file() {
+            let tiny: TinyVaeConfig = read_optional_config(&model, &root.join(VAE_DECODER_TINY_CONFIG))?;
+            Some(check_tiny_decoder(&model, &tiny, latent_channels, vae_factor)?)
+        } else {
+            None
+        };
         let tokenizer = ClipTokenizer::from_dir(&root.join("tokenizer")).map_err(|source| ModelError::Tokenizer {
             model: model.clone(),
             source,
@@ -265,6 +297,7 @@ impl ModelFolder {
             architecture: Architecture::from_configs(&unet, &vae),
             tokenizer,
             text_layer_norm_eps: text.layer_norm_eps.unwrap_or(1e-5),
+            tiny_decoder,
         })
     }
 
@@ -278,6 +311,46 @@ impl ModelFolder {
     pub fn native_size(&self) -> u32 {
         (self.sample_size.unwrap_or(64) * self.vae_factor) as u32
     }
+}
+
+/// The tiny decoder a `vae_decoder_tiny/config.json` describes (absent keys take
+/// `AutoencoderTiny`'s defaults), checked against the model's own VAE: a TAESD made for another
+/// latent space (SDXL's TAESDXL on an SD 1.5 model, say) would decode garbage.
+fn check_tiny_decoder(
+    model: &str,
+    tiny: &TinyVaeConfig,
+    latent_channels: usize,
+    vae_factor: usize,
+) -> Result<TinyDecoder, ModelError> {
+    let channels = tiny.latent_channels.unwrap_or(4);
+    let stages = tiny.decoder_block_out_channels.as_ref().map_or(4, Vec::len);
+    let factor = tiny
+        .upsampling_scaling_factor
+        .unwrap_or(2)
+        .checked_pow(stages.saturating_sub(1) as u32)
+        .unwrap_or(usize::MAX);
+    if channels != latent_channels || factor != vae_factor {
+        return Err(ModelError::Incompatible {
+            model: model.to_string(),
+            message: format!(
+                "vae_decoder_tiny/ decodes {channels}-channel latents {factor}× up, but the model's VAE makes \
+                 {latent_channels}-channel latents {vae_factor}× down; use the tiny decoder made for this model's \
+                 family (TAESD for SD 1.x and 2.x, TAESDXL for SDXL) or remove vae_decoder_tiny/"
+            ),
+        });
+    }
+    let scaling_factor = tiny.scaling_factor.unwrap_or(1.0);
+    if !(scaling_factor.is_finite() && scaling_factor > 0.0) {
+        return Err(ModelError::Incompatible {
+            model: model.to_string(),
+            message: format!(
+                "vae_decoder_tiny/config.json has scaling_factor {scaling_factor}; it must be a positive number (TAESD's is 1.0)"
+            ),
+        });
+    }
+    Ok(TinyDecoder {
+        scaling_factor: scaling_factor as f32,
+    })
 }
 
 /// Reads a JSON config with `parse` (so the scheduler config can read Python's `NaN`).

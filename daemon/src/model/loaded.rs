@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use super::ModelError;
-use super::folder::{ModelFolder, TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER};
+use super::folder::{ModelFolder, TEXT_ENCODER, UNET, VAE_DECODER, VAE_DECODER_TINY, VAE_ENCODER};
 use super::onnx::{IoSpec, OnnxError, OnnxModel};
 use super::runtime::OrtRuntime;
 
@@ -78,6 +78,13 @@ impl UnetInputs {
     }
 }
 
+/// The tiny VAE decoder's session (`vae_decoder_tiny/`) and its latent input.
+#[derive(Debug)]
+pub struct TinyDecoderSession {
+    pub model: OnnxModel,
+    pub latent: IoSpec,
+}
+
 /// The VAE encoder (pixels → latent) and where its latent comes out.
 #[derive(Debug)]
 pub struct VaeEncoder {
@@ -135,6 +142,7 @@ pub struct LoadedModel {
     pub vae_decoder: OnnxModel,
     pub vae_latent: IoSpec,
     vae_encoder: Option<VaeEncoder>,
+    tiny_decoder: Option<TinyDecoderSession>,
     runtime: OrtRuntime,
     threads: usize,
 }
@@ -174,6 +182,7 @@ impl LoadedModel {
             vae_decoder,
             vae_latent,
             vae_encoder: None,
+            tiny_decoder: None,
             runtime: runtime.clone(),
             threads,
         })
@@ -201,5 +210,24 @@ impl LoadedModel {
             self.vae_encoder = Some(VaeEncoder::new(model).map_err(onnx_err)?);
         }
         Ok(self.vae_encoder.as_mut().expect("loaded above"))
+    }
+
+    /// The tiny VAE decoder, loading it on first use; `None` when the folder has none.
+    pub fn tiny_decoder(&mut self) -> Result<Option<&mut TinyDecoderSession>, ModelError> {
+        if self.folder.tiny_decoder.is_none() {
+            return Ok(None);
+        }
+        if self.tiny_decoder.is_none() {
+            let model_name = self.folder.name.clone();
+            let onnx_err = |source: OnnxError| ModelError::Onnx {
+                model: model_name.clone(),
+                source,
+            };
+            let path = self.folder.root.join(VAE_DECODER_TINY);
+            let model = OnnxModel::load(&self.runtime, "vae_decoder_tiny", &path, self.threads).map_err(onnx_err)?;
+            let latent = find_vae_latent(&model).map_err(onnx_err)?;
+            self.tiny_decoder = Some(TinyDecoderSession { model, latent });
+        }
+        Ok(self.tiny_decoder.as_mut())
     }
 }

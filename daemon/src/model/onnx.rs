@@ -142,6 +142,13 @@ impl OnnxModel {
         if threads > 0 {
             builder = builder.with_intra_threads(threads).map_err(|e| load_error(e.into()))?;
         }
+        if !inspect {
+            // ONNX Runtime's memory pattern pre-plans one block per input shape for every
+            // tensor a run makes. Off, the arena serves them as they come: the full-size UNet's
+            // peak fell from 7.7 to 5.5 GiB at the same step time (BENCHMARKS.md, "Session
+            // settings"), and a new picture size plans nothing.
+            builder = builder.with_memory_pattern(false).map_err(|e| load_error(e.into()))?;
+        }
         let session = builder.commit_from_file(path).map_err(load_error)?;
         let inputs = session
             .inputs()

@@ -21,6 +21,16 @@ use super::status::job_status;
 pub fn generate_spec(request: pb::GenerateRequest) -> Result<GenerateSpec, Status> {
     let init_noise = request.init_noise.map(tensor_from_proto).transpose()?;
     let preview = request.preview.unwrap_or_default();
+    let decoder = match pb::Decoder::try_from(request.decoder) {
+        Ok(pb::Decoder::Full) => generation::vae::Decoder::Full,
+        Ok(pb::Decoder::Tiny) => generation::vae::Decoder::Tiny,
+        Err(_) => {
+            return Err(Status::invalid_argument(format!(
+                "unknown decoder {}; the decoders are DECODER_FULL (0) and DECODER_TINY (1)",
+                request.decoder
+            )));
+        }
+    };
     Ok(GenerateSpec {
         model: request.model,
         picture: generation::Request {
@@ -46,6 +56,8 @@ pub fn generate_spec(request: pb::GenerateRequest) -> Result<GenerateSpec, Statu
                     pb::PreviewImage::Full => PreviewKind::Full,
                 },
             },
+            decoder,
+            guidance_cutoff: request.guidance_cutoff,
         },
         seed: request.seed,
         count: request.count,

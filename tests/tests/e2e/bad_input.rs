@@ -533,6 +533,30 @@ async fn each_bad_grpc_request_gets_its_code_and_the_daemon_still_generates() {
             "mask blur only applies",
         ),
         (
+            "unknown decoder",
+            with(&|r| r.decoder = 7),
+            InvalidArgument,
+            "unknown decoder 7",
+        ),
+        (
+            "tiny decoder on a model without one",
+            with(&|r| r.decoder = pb::Decoder::Tiny as i32),
+            FailedPrecondition,
+            "vae_decoder_tiny/model.onnx is missing",
+        ),
+        (
+            "guidance cutoff beyond 1",
+            with(&|r| r.guidance_cutoff = Some(1.5)),
+            InvalidArgument,
+            "guidance cutoff",
+        ),
+        (
+            "NaN guidance cutoff",
+            with(&|r| r.guidance_cutoff = Some(f64::NAN)),
+            InvalidArgument,
+            "guidance cutoff",
+        ),
+        (
             "clip skip too deep",
             with(&|r| r.clip_skip = Some(100)),
             InvalidArgument,

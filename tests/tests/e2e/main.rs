@@ -5,6 +5,7 @@
 mod bad_input;
 mod cancel;
 mod daemon;
+mod decoder;
 mod events;
 mod gateway;
 mod generate;

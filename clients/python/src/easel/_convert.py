@@ -29,6 +29,11 @@ PREVIEW_IMAGES: Mapping[str, int] = {
     "full": pb.PREVIEW_IMAGE_FULL,
 }
 
+DECODERS: Mapping[str, int] = {
+    "full": pb.DECODER_FULL,
+    "tiny": pb.DECODER_TINY,
+}
+
 
 def plain(cls: type[T], message: Any, **overrides: Any) -> T:
     """A dataclass filled from the message fields of the same names; repeated fields become lists."""

@@ -18,6 +18,8 @@ const COMPONENTS: &[&str] = &[
     "unet",
     "vae_decoder",
     "vae_encoder",
+    // A tiny decoder (TAESD) some repositories carry beside the full one.
+    "vae_decoder_tiny",
 ];
 
 /// File kinds a component needs: configs, tokenizer files, graphs and their external weights

@@ -149,6 +149,13 @@ pub fn describe(runtime: &OrtRuntime, name: &str, root: &Path) -> Result<ModelDe
         parts.push(vae_encoder.finish()?);
     }
 
+    if root.join(folder::VAE_DECODER_TINY).is_file() {
+        let tiny = open("vae_decoder_tiny", folder::VAE_DECODER_TINY)?;
+        let latent = tiny.find(loaded::find_vae_latent)?;
+        tiny.check_rank(&latent, ranks::LATENT)?;
+        parts.push(tiny.finish()?);
+    }
+
     if sdxl {
         let text_encoder_2 = open("text_encoder_2", TEXT_ENCODER_2)?;
         let input_ids = text_encoder_2.find(loaded::find_text_input_ids)?;
