@@ -6,6 +6,7 @@ client (gRPC on the socket, as plugins talk to it), timed from here.
 MODEL is the model folder (an absolute path). The first request loads it (its `load_ms` is
 the daemon's load time); then `runs` requests each: plain; streaming (latents and approx
 previews on every step); with the tiny decoder; with guidance cut off after half the steps;
+(each plain run's prompt is new to the daemon; the other series repeat those prompts)
 and one step without guidance with the tiny decoder (a one-step model's time to a picture).
 Last, how much the guidance cut-off changes pictures, on the built-in model (trained weights,
 unlike the benchmark model's random ones). Prints one JSON object: seconds, every run's figure.
@@ -20,8 +21,11 @@ import time
 import easel
 
 
+PROMPT = "a red circle on a blue background"
+
+
 def one_request(client: easel.Client, model: str, size: int, steps: int, seed: int, streaming: bool = False,
-                **options) -> dict:
+                prompt: str = PROMPT, **options) -> dict:
     """Request to PNG bytes: wall time, the daemon's own timings, the per-step times (from the
     Progress events' elapsed_ms) and the time from the request to the first step's start.
     `options`: more of `Client.generate`'s (they override the defaults below)."""
@@ -34,8 +38,7 @@ def one_request(client: easel.Client, model: str, size: int, steps: int, seed: i
     load_ms = 0
     finished = None
     pngs = 0
-    for event in client.generate("a red circle on a blue background", model=model, width=size, height=size,
-                                 steps=steps, seed=seed, **request):
+    for event in client.generate(prompt, model=model, width=size, height=size, steps=steps, seed=seed, **request):
         if isinstance(event, easel.Started):
             load_ms = event.load_ms
         elif isinstance(event, easel.Progress):
@@ -89,8 +92,12 @@ def main():
         first = one_request(client, args.model, args.size, args.steps, 0, streaming=False)
         result = {"first": first}
         if not args.first_only:
+            # Run r of every series has the prompt of the plain series' run r: new to the daemon
+            # there (a text encoder run), seen before in the other series (the embedding cache).
             def runs(steps=args.steps, **options):
-                return [one_request(client, args.model, args.size, steps, run + 1, **options) for run in range(args.runs)]
+                return [one_request(client, args.model, args.size, steps, run + 1, prompt=f"{PROMPT}, take {run + 1}",
+                                    **options)
+                        for run in range(args.runs)]
 
             result["plain"] = runs()
             result["streaming"] = runs(streaming=True)

@@ -151,8 +151,12 @@ pub struct Config {
     pub max_import_bytes: u64,
     /// The most files and folders an import may hold.
     pub max_import_files: u64,
-    /// Disk space imports leave free on the model store's file system.
+    /// Disk space imports leave free on the model store's file system (and the optimized-graph
+    /// cache too).
     pub import_keep_free: u64,
+    /// Keep ONNX Runtime's optimized graphs in `$EASEL_HOME/cache/optimized/` so later loads
+    /// skip the optimization (about twice as fast; costs a copy of each model's weights on disk).
+    pub optimized_cache: bool,
 }
 
 /// The share of physical memory models may take by default; the rest is for activations
@@ -205,6 +209,7 @@ struct FileConfig {
     max_import_files: Option<u64>,
     /// A size.
     import_keep_free: Option<String>,
+    optimized_cache: Option<bool>,
 }
 
 impl Config {
@@ -263,6 +268,20 @@ impl Config {
             })?,
             None => KeepAlive::DEFAULT,
         };
+        let optimized_cache = match env_text("EASEL_OPTIMIZED_CACHE") {
+            Some(text) => match text.trim() {
+                "1" | "true" | "on" | "yes" => true,
+                "0" | "false" | "off" | "no" => false,
+                _ => {
+                    return Err(ConfigError::Env {
+                        name: "EASEL_OPTIMIZED_CACHE",
+                        value: text,
+                        message: "expected 1 or 0 (true or false)".into(),
+                    });
+                }
+            },
+            None => file.optimized_cache.unwrap_or(false),
+        };
         let parallel = env_number("EASEL_PARALLEL")?.or(file.parallel).unwrap_or(1).max(1);
         let max_import_files = env_number("EASEL_MAX_IMPORT_FILES")?
             .or(file.max_import_files)
@@ -274,6 +293,7 @@ impl Config {
             max_import_bytes,
             max_import_files,
             import_keep_free,
+            optimized_cache,
             socket: match (env_socket, file.socket) {
                 (Some(env), _) => PathBuf::from(env),
                 (None, Some(file)) => file,

@@ -56,7 +56,16 @@ fn serve(
     listener: tokio::net::UnixListener,
 ) -> anyhow::Result<()> {
     let candidates = easeld::model::runtime::candidate_paths(config.onnxruntime.as_deref(), &config.home);
-    let ort = easeld::model::runtime::load(&candidates)?;
+    let mut ort = easeld::model::runtime::load(&candidates)?;
+    if config.optimized_cache {
+        let dir = config.home.join("cache").join("optimized");
+        tracing::info!(dir = %dir.display(), "keeping optimized graphs between loads");
+        ort.optimized_cache = Some(easeld::model::optimized_cache::OptimizedCache::new(
+            dir,
+            config.import_keep_free,
+            &ort.library,
+        ));
+    }
     tracing::info!(library = %ort.library.display(), socket = %bound.path.display(), "easeld ready");
     let info = DaemonInfo {
         device: "cpu".to_string(),

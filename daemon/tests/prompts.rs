@@ -125,3 +125,35 @@ fn weighting_and_chunks_match_the_reference() {
     }
     assert!(errors >= 6 && encoded >= 14, "{errors} error cases, {encoded} encoded");
 }
+
+/// A chunk encoded again comes from the model's embedding cache, keyed by its ids, weights and
+/// clip skip: what the cache holds is what a fresh encoding gives, and the cache (not the text
+/// encoder) is what answers a repeat.
+#[test]
+fn a_chunk_encoded_again_comes_from_the_cache() {
+    use easeld::model::embedding_cache::ChunkKey;
+
+    let mut model = common::load_fixture_model("models/sd1-tiny");
+    let first = common::encode(&mut model, "a red circle", 1).unwrap();
+    assert_eq!(model.text_cache.len(), 1);
+    let again = common::encode(&mut model, "a red circle", 1).unwrap();
+    assert_eq!(first, again);
+    assert_eq!(model.text_cache.len(), 1, "a repeat adds nothing");
+    // A weight or another prompt is another chunk.
+    common::encode(&mut model, "a (red:1.2) circle", 1).unwrap();
+    assert_eq!(model.text_cache.len(), 2);
+    let fresh = common::encode(&mut common::load_fixture_model("models/sd1-tiny"), "a red circle", 1).unwrap();
+    assert_eq!(first, fresh, "the cached embedding is a fresh one");
+
+    // Plant a marker under the chunk's key: the next encoding returns it.
+    let pieces = text::prompt::parse("a red circle").unwrap();
+    let chunks = text::tokenize(&model.folder.tokenizer, &pieces).unwrap();
+    let ids = model.folder.tokenizer.wrap_chunk(&chunks[0].0);
+    let weights = vec![1.0; ids.len()];
+    let mut marker = first[0].clone();
+    marker.data.iter_mut().for_each(|v| *v = 42.0);
+    model
+        .text_cache
+        .insert(ChunkKey::new(&ids, &weights, 1), marker.clone());
+    assert_eq!(common::encode(&mut model, "a red circle", 1).unwrap()[0], marker);
+}

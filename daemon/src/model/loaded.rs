@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use super::ModelError;
+use super::embedding_cache::EmbeddingCache;
 use super::folder::{ModelFolder, TEXT_ENCODER, UNET, VAE_DECODER, VAE_DECODER_TINY, VAE_ENCODER};
 use super::onnx::{IoSpec, OnnxError, OnnxModel};
 use super::runtime::OrtRuntime;
@@ -143,6 +144,8 @@ pub struct LoadedModel {
     pub vae_latent: IoSpec,
     vae_encoder: Option<VaeEncoder>,
     tiny_decoder: Option<TinyDecoderSession>,
+    /// The text encoder's recent results (prompt chunks seen again cost nothing).
+    pub text_cache: EmbeddingCache,
     runtime: OrtRuntime,
     threads: usize,
 }
@@ -183,6 +186,7 @@ impl LoadedModel {
             vae_latent,
             vae_encoder: None,
             tiny_decoder: None,
+            text_cache: EmbeddingCache::default(),
             runtime: runtime.clone(),
             threads,
         })

@@ -13,9 +13,11 @@
 //! A broken or incompatible model fails when it is opened or loaded, with a message that names
 //! the part, not halfway through a job.
 
+pub mod embedding_cache;
 pub mod folder;
 pub mod loaded;
 pub mod onnx;
+pub mod optimized_cache;
 pub mod runtime;
 pub mod scheduler_config;
 pub mod tokenizer;

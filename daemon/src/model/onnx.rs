@@ -9,9 +9,11 @@
 use std::path::{Path, PathBuf};
 
 use half::f16;
+use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::session::{RunOptions, Session};
 use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
 
+use super::optimized_cache::{self, OptimizedCache};
 use super::runtime::OrtRuntime;
 
 /// Element types easel knows how to feed and read.
@@ -136,7 +138,7 @@ impl OnnxModel {
         let mut builder = Session::builder(&runtime.environment).map_err(load_error)?;
         if inspect {
             builder = builder
-                .with_optimization_level(ort::session::builder::GraphOptimizationLevel::Disable)
+                .with_optimization_level(GraphOptimizationLevel::Disable)
                 .map_err(|e| load_error(e.into()))?;
         }
         if threads > 0 {
@@ -149,7 +151,10 @@ impl OnnxModel {
             // settings"), and a new picture size plans nothing.
             builder = builder.with_memory_pattern(false).map_err(|e| load_error(e.into()))?;
         }
-        let session = builder.commit_from_file(path).map_err(load_error)?;
+        let session = match runtime.optimized_cache.as_ref().filter(|_| !inspect) {
+            Some(cache) => open_through_cache(cache, builder, path).map_err(load_error)?,
+            None => builder.commit_from_file(path).map_err(load_error)?,
+        };
         let inputs = session
             .inputs()
             .iter()
@@ -236,6 +241,57 @@ impl OnnxModel {
             result.push(to_host_f32(&value).map_err(run_error)?);
         }
         Ok(result)
+    }
+}
+
+/// A session for `path` through the optimized-graph cache: from the saved optimized graph when
+/// there is one (optimizations off: they were applied when it was saved), else from `path`,
+/// saving the optimized graph for the next load. A saved graph that fails to open is removed
+/// and `path` opened instead.
+fn open_through_cache(cache: &OptimizedCache, mut builder: SessionBuilder, path: &Path) -> ort::Result<Session> {
+    if let Some(optimized) = cache.lookup(path) {
+        let from_cache = builder
+            .clone()
+            .with_optimization_level(GraphOptimizationLevel::Disable)
+            .map_err(ort::Error::from)
+            .and_then(|mut b| b.commit_from_file(&optimized));
+        match from_cache {
+            Ok(session) => return Ok(session),
+            Err(error) => {
+                tracing::warn!(%error, graph = %optimized.display(), "the saved optimized graph did not open; optimizing again");
+                cache.remove(path);
+            }
+        }
+    }
+    let Some(pending) = cache.begin(path) else {
+        return builder.commit_from_file(path);
+    };
+    let saving = builder
+        .with_optimized_model_path(pending.graph())
+        .map_err(ort::Error::from)
+        .and_then(|b| {
+            b.with_config_entry(
+                "session.optimized_model_external_initializers_file_name",
+                optimized_cache::WEIGHTS,
+            )
+            .map_err(ort::Error::from)
+        })
+        .and_then(|b| {
+            b.with_config_entry(
+                "session.optimized_model_external_initializers_min_size_in_bytes",
+                "1024",
+            )
+            .map_err(ort::Error::from)
+        });
+    match saving.and_then(|mut b| b.commit_from_file(path)) {
+        Ok(session) => {
+            pending.commit();
+            Ok(session)
+        }
+        Err(error) => {
+            pending.abandon();
+            Err(error)
+        }
     }
 }
 

@@ -89,6 +89,8 @@ fn library_file_name() -> &'static str {
 pub struct OrtRuntime {
     pub environment: Arc<ort::environment::Environment>,
     pub library: PathBuf,
+    /// Where optimized graphs are kept between loads, when the `optimized_cache` setting is on.
+    pub optimized_cache: Option<super::optimized_cache::OptimizedCache>,
 }
 
 impl std::fmt::Debug for OrtRuntime {
@@ -122,6 +124,7 @@ pub fn load(candidates: &[PathBuf]) -> Result<OrtRuntime, RuntimeError> {
     Ok(OrtRuntime {
         environment: Arc::new(environment),
         library: path.clone(),
+        optimized_cache: None,
     })
 }
 

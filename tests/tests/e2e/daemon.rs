@@ -351,3 +351,42 @@ async fn an_open_watch_ends_when_the_daemon_stops() {
     .await;
     assert!(ended.is_ok(), "the watch stream is still open");
 }
+
+/// `EASEL_OPTIMIZED_CACHE=1`: the first load keeps ONNX Runtime's optimized graphs under
+/// `$EASEL_HOME/cache/optimized/`, a restarted daemon loads from them and draws the same
+/// picture. Off (the default), nothing is written there.
+#[test]
+fn the_optimized_graph_cache_is_opt_in_and_survives_a_restart() {
+    let graphs = |home: &std::path::Path| {
+        files_under(&home.join("cache/optimized"))
+            .into_iter()
+            .filter(|(name, _)| name.ends_with("/model.onnx"))
+            .count()
+    };
+    let mut daemon = Daemon::start_with(&[("EASEL_OPTIMIZED_CACHE", "1")]);
+    let first = daemon.dir.path().join("first.png");
+    let output = daemon.generate_tiny("a red circle", &["--steps", "2", "--seed", "3"], &first);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(graphs(&daemon.home), 3, "text encoder, UNet, VAE decoder");
+    assert!(daemon.terminate().success());
+    daemon.spawn(&[("EASEL_OPTIMIZED_CACHE", "1")]);
+    daemon.wait_ready();
+    let second = daemon.dir.path().join("second.png");
+    let output = daemon.generate_tiny("a red circle", &["--steps", "2", "--seed", "3"], &second);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(graphs(&daemon.home), 3);
+    assert_eq!(
+        read_png(&std::fs::read(&first).unwrap()).2,
+        read_png(&std::fs::read(&second).unwrap()).2
+    );
+
+    let plain = Daemon::start();
+    let out = plain.dir.path().join("plain.png");
+    assert!(
+        plain
+            .generate_tiny("a red circle", &["--steps", "2"], &out)
+            .status
+            .success()
+    );
+    assert_eq!(graphs(&plain.home), 0);
+}

@@ -11,6 +11,7 @@ pub mod clip_skip;
 pub mod prompt;
 
 use crate::model::LoadedModel;
+use crate::model::embedding_cache::ChunkKey;
 use crate::model::onnx::{HostTensor, Input};
 use crate::model::tokenizer::{ClipTokenizer, TokenizerError};
 
@@ -119,11 +120,16 @@ fn encode_chunk(
     let ids = model.folder.tokenizer.wrap_chunk(body);
     let mut token_weights = vec![1.0; ids.len()];
     token_weights[1..1 + weights.len()].copy_from_slice(weights);
+    let key = ChunkKey::new(&ids, &token_weights, clip_skip);
+    if let Some(embedding) = model.text_cache.get(&key) {
+        return Ok(embedding);
+    }
     let input = Input::Int(HostTensor::new(vec![1, ids.len()], ids));
     let spec = model.text_input_ids.clone();
     let outputs = model.text_encoder.run_releasing(vec![(&spec, input)])?;
     let mut embedding = select_layer(model, outputs, clip_skip)?;
     prompt::apply_weights(&mut embedding.data, &token_weights);
+    model.text_cache.insert(key, embedding.clone());
     Ok(embedding)
 }
 
