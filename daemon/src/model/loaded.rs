@@ -157,11 +157,24 @@ impl LoadedModel {
             model: model.clone(),
             source,
         };
-        let text_encoder =
-            OnnxModel::load(runtime, "text_encoder", &folder.root.join(TEXT_ENCODER), threads).map_err(onnx_err)?;
-        let unet = OnnxModel::load(runtime, "unet", &folder.root.join(UNET), threads).map_err(onnx_err)?;
-        let vae_decoder =
-            OnnxModel::load(runtime, "vae_decoder", &folder.root.join(VAE_DECODER), threads).map_err(onnx_err)?;
+        // The three sessions open side by side: creating one is mostly single-threaded work
+        // (reading the file, optimizing the graph), so the text encoder and VAE decoder open
+        // while the UNet does, instead of after it.
+        let open = |label: &str, part: &str| OnnxModel::load(runtime, label, &folder.root.join(part), threads);
+        let (text_encoder, unet, vae_decoder) = std::thread::scope(|scope| {
+            let text_encoder = scope.spawn(|| open("text_encoder", TEXT_ENCODER));
+            let vae_decoder = scope.spawn(|| open("vae_decoder", VAE_DECODER));
+            let unet = open("unet", UNET);
+            let joined = |handle: std::thread::ScopedJoinHandle<'_, Result<OnnxModel, OnnxError>>| {
+                handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            };
+            (joined(text_encoder), unet, joined(vae_decoder))
+        });
+        let (text_encoder, unet, vae_decoder) = (
+            text_encoder.map_err(onnx_err)?,
+            unet.map_err(onnx_err)?,
+            vae_decoder.map_err(onnx_err)?,
+        );
         let text_input_ids = find_text_input_ids(&text_encoder).map_err(onnx_err)?;
         let unet_inputs = UnetInputs::find(&unet).map_err(onnx_err)?;
         let vae_latent = find_vae_latent(&vae_decoder).map_err(onnx_err)?;
