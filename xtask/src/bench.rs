@@ -322,6 +322,21 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
         settings_probe = Some(run_json(probe, "ONNX Runtime session settings, one by one")?);
     }
 
+    // The int8 UNet (ONNX Runtime's dynamic quantization) against the float32 one, bare.
+    let mut int8 = None;
+    if !settings.quick {
+        let mut probe = Command::new(&tools);
+        probe.arg(root.join("tools/bench_int8.py")).arg(&model).args([
+            "--threads",
+            &threads,
+            "--size",
+            &settings.size.to_string(),
+            "--runs",
+            "2",
+        ]);
+        int8 = Some(run_json(probe, "the int8 UNet against the float32 one")?);
+    }
+
     // From a cold disk: the model's files dropped from the page cache before each load.
     let mut cold = None;
     if !settings.quick {
@@ -355,6 +370,7 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
         cold.as_ref(),
         &cache_loads,
         settings_probe.as_ref(),
+        int8.as_ref(),
     );
     let out = if settings.quick {
         target.join("bench/BENCHMARKS-quick.md")
@@ -376,6 +392,7 @@ fn report(
     cold: Option<&(Value, Value)>,
     cache_loads: &[Value],
     settings_probe: Option<&Value>,
+    int8: Option<&Value>,
 ) -> String {
     let gib = |bytes: u64| bytes as f64 / f64::from(1u32 << 30);
     let weights = weights_bytes(model);
@@ -479,6 +496,23 @@ fn report(
             seconds(saving),
             seconds(bare_load),
             ratio(cached, bare_load)
+        ));
+    }
+    if let Some(int8) = int8 {
+        let fp32_step = stat(&numbers(int8, "/fp32/step_s"));
+        let int8_step = stat(&numbers(int8, "/int8/step_s"));
+        let disk = |which: &str| {
+            int8.pointer(&format!("/{which}/disk_bytes"))
+                .and_then(Value::as_f64)
+                .unwrap_or(0.0)
+        };
+        rows.push(format!(
+            "| one UNet evaluation, int8 UNet (`tools/quantize_unet.py`, {:.2} GiB on disk) | {} | float32 UNet {} ({:.2} GiB), bare sessions | {} | — |",
+            disk("int8") / f64::from(1u32 << 30),
+            seconds(int8_step),
+            seconds(fp32_step),
+            disk("fp32") / f64::from(1u32 << 30),
+            ratio(int8_step, fp32_step)
         ));
     }
     rows.push(format!(

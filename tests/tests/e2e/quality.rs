@@ -36,7 +36,21 @@ async fn generate(
     seed: u64,
     guidance: f32,
 ) -> Vec<u8> {
+    generate_with(client, "", prompt, negative, sampler, seed, guidance).await
+}
+
+/// [`generate`] on `model` (a name or folder; empty: the default model).
+async fn generate_with(
+    client: &mut easel_client::EaselClient<easel_client::Channel>,
+    model: &str,
+    prompt: &str,
+    negative: &str,
+    sampler: &str,
+    seed: u64,
+    guidance: f32,
+) -> Vec<u8> {
     let request = GenerateRequestBuilder::new(prompt)
+        .model(model)
         .negative(negative)
         .sampler(sampler)
         .steps(20)
@@ -113,4 +127,54 @@ async fn the_default_model_draws_what_the_prompt_asks() {
         all_ok,
         "below the bar (colours ≥ 90%, shapes ≥ 80%, guidance and negative prompts in effect):\n{report}"
     );
+}
+
+/// The built-in model with its UNet quantized to int8 (ONNX Runtime's dynamic quantization,
+/// `tools/quantize_unet.py`; the fixture is `tests/fixtures/int8/tiny-shapes-unet/`, made by
+/// `tools/make_int8_fixture.py`) still draws what the prompt asks, at the same bar, with Euler;
+/// how far its pictures are from the float32 UNet's is printed.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_default_model_with_an_int8_unet_still_draws_what_the_prompt_asks() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny-shapes-int8");
+    copy_tree(&repo_root().join("models/tiny-shapes"), &model);
+    std::fs::remove_dir_all(model.join("unet")).unwrap();
+    copy_tree(&fixtures().join("int8/tiny-shapes-unet"), &model.join("unet"));
+    let graph = std::fs::read(model.join("unet/model.onnx")).unwrap();
+    assert!(
+        graph.windows(b"MatMulInteger".len()).any(|w| w == b"MatMulInteger"),
+        "the fixture is a quantized graph"
+    );
+    let model = model.to_str().unwrap().to_string();
+
+    let daemon = Daemon::start_with(&[("EASEL_THREADS", "2")]);
+    let mut client = daemon.client().await;
+    let prompts = grid();
+    let (mut colours, mut backgrounds, mut shapes, mut apart) = (0, 0, 0, 0.0);
+    let compared = 12;
+    for (i, (colour, shape, background)) in prompts.iter().enumerate() {
+        let prompt = format!("a {colour} {shape} on a {background} background");
+        let seed = 1000 + i as u64;
+        let png = generate_with(&mut client, &model, &prompt, "", "euler", seed, GUIDANCE).await;
+        let (w, h, pixels) = read_png(&png);
+        let judged = judge(w as usize, h as usize, &pixels);
+        colours += usize::from(judged.colour == *colour);
+        backgrounds += usize::from(judged.background == *background);
+        shapes += usize::from(judged.shape == *shape);
+        if i < compared {
+            let fp32 = read_png(&generate(&mut client, &prompt, "", "euler", seed, GUIDANCE).await).2;
+            apart += diff(&pixels, &fp32).0 / compared as f64;
+        }
+    }
+    let n = prompts.len() as f64;
+    let report = format!(
+        "int8 UNet, euler: shape colour {colours}/{n}, background {backgrounds}/{n}, shape {shapes}/{n}; \
+         mean |int8 - fp32| over {compared} pictures = {apart:.1} (of 255)"
+    );
+    println!("{report}");
+    assert!(
+        colours as f64 / n >= 0.9 && backgrounds as f64 / n >= 0.9 && shapes as f64 / n >= 0.8,
+        "below the bar: {report}"
+    );
+    assert!(apart > 0.0, "the int8 UNet drew the float32 pictures exactly: {report}");
 }
