@@ -560,6 +560,22 @@ fn report(
         share = 100.0 * achieved / peak.max(1e-9),
         top = top.join(", "),
     );
+    // What bounds the end-to-end ratios: the UNet's evaluations alone (PNDM runs steps + 1).
+    let evaluations = f64::from(settings.steps + 1);
+    let unet_share = match (step, optimum) {
+        (Some(step), Some(optimum)) if optimum.median > 0.0 => step.median * evaluations / optimum.median,
+        _ => f64::NAN,
+    };
+    let bounds = format!(
+        "## What bounds the end-to-end figures\n\n\
+         easel and optimum run the same ONNX Runtime kernels on the same graphs, and easel's UNet \
+         evaluation is the bare session's. The {evaluations:.0} UNet evaluations of a request alone \
+         take {share:.2} of optimum's whole request, so no glue and no decoder can bring request → \
+         PNG below that ratio; what is left above it is the VAE decode (the tiny decoder's row) and \
+         the encode/PNG glue. Halving the UNet's evaluations (the guidance cut-off) or their cost \
+         is what moves these figures.\n",
+        share = unet_share,
+    );
     let cutoff = &easel["cutoff_difference"];
     let cutoff_note = format!(
         "## What the guidance cut-off changes\n\n\
@@ -591,6 +607,7 @@ fn report(
          |---|---|---|---|---|\n\
          {rows}\n\n\
          {limits}\n\
+         {bounds}\n\
          {cutoff_note}\n\
          {settings_table}",
         quick = if settings.quick { " --quick" } else { "" },
