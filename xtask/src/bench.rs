@@ -361,17 +361,16 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
         cold = Some((bare, measured?));
     }
 
-    let report = report(
-        &settings,
-        &model,
-        &baselines,
-        &easel,
-        (resident, peak),
-        cold.as_ref(),
-        &cache_loads,
-        settings_probe.as_ref(),
-        int8.as_ref(),
-    );
+    let measured = Measured {
+        baselines,
+        easel,
+        memory: (resident, peak),
+        cold,
+        cache_loads,
+        settings_probe,
+        int8,
+    };
+    let report = report(&settings, &model, &measured);
     let out = if settings.quick {
         target.join("bench/BENCHMARKS-quick.md")
     } else {
@@ -383,17 +382,32 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn report(
-    settings: &Settings,
-    model: &Path,
-    baselines: &Value,
-    easel: &Value,
-    (resident, peak): (u64, u64),
-    cold: Option<&(Value, Value)>,
-    cache_loads: &[Value],
-    settings_probe: Option<&Value>,
-    int8: Option<&Value>,
-) -> String {
+/// Everything one bench run measured (each script's JSON), for the report.
+struct Measured {
+    baselines: Value,
+    easel: Value,
+    /// The main daemon's resident and peak RSS after its jobs (bytes).
+    memory: (u64, u64),
+    /// (bare sessions, easel) from a cold page cache.
+    cold: Option<(Value, Value)>,
+    /// The first loads of two daemons with the optimized-graph cache: saving, then from it.
+    cache_loads: Vec<Value>,
+    settings_probe: Option<Value>,
+    int8: Option<Value>,
+}
+
+fn report(settings: &Settings, model: &Path, measured: &Measured) -> String {
+    let Measured {
+        baselines,
+        easel,
+        memory: (resident, peak),
+        cold,
+        cache_loads,
+        settings_probe,
+        int8,
+    } = measured;
+    let (resident, peak) = (*resident, *peak);
+    let (cold, settings_probe, int8) = (cold.as_ref(), settings_probe.as_ref(), int8.as_ref());
     let gib = |bytes: u64| bytes as f64 / f64::from(1u32 << 30);
     let weights = weights_bytes(model);
     let step = stat(&field_of_each(easel, "/plain", "/step_s"));
@@ -487,7 +501,7 @@ fn report(
             ratio(cold_load, cold_bare)
         ));
     }
-    if let [saving, cached] = cache_loads {
+    if let [saving, cached] = cache_loads.as_slice() {
         let saving = stat(&numbers(saving, "/first/load_s"));
         let cached = stat(&numbers(cached, "/first/load_s"));
         rows.push(format!(
