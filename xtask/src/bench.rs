@@ -322,11 +322,11 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
         settings_probe = Some(run_json(probe, "ONNX Runtime session settings, one by one")?);
     }
 
-    // The int8 UNet (ONNX Runtime's dynamic quantization) against the float32 one, bare.
-    let mut int8 = None;
+    // The attention-fused and int8 UNets against the float32 one, bare.
+    let mut unet_variants = None;
     if !settings.quick {
         let mut probe = Command::new(&tools);
-        probe.arg(root.join("tools/bench_int8.py")).arg(&model).args([
+        probe.arg(root.join("tools/bench_unet_variants.py")).arg(&model).args([
             "--threads",
             &threads,
             "--size",
@@ -334,7 +334,10 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
             "--runs",
             "2",
         ]);
-        int8 = Some(run_json(probe, "the int8 UNet against the float32 one")?);
+        unet_variants = Some(run_json(
+            probe,
+            "the attention-fused and int8 UNets against the float32 one",
+        )?);
     }
 
     // From a cold disk: the model's files dropped from the page cache before each load.
@@ -368,7 +371,7 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
         cold,
         cache_loads,
         settings_probe,
-        int8,
+        unet_variants,
     };
     let report = report(&settings, &model, &measured);
     let out = if settings.quick {
@@ -393,7 +396,8 @@ struct Measured {
     /// The first loads of two daemons with the optimized-graph cache: saving, then from it.
     cache_loads: Vec<Value>,
     settings_probe: Option<Value>,
-    int8: Option<Value>,
+    /// The float32, attention-fused and int8 UNets' evaluations, bare.
+    unet_variants: Option<Value>,
 }
 
 fn report(settings: &Settings, model: &Path, measured: &Measured) -> String {
@@ -404,10 +408,10 @@ fn report(settings: &Settings, model: &Path, measured: &Measured) -> String {
         cold,
         cache_loads,
         settings_probe,
-        int8,
+        unet_variants,
     } = measured;
     let (resident, peak) = (*resident, *peak);
-    let (cold, settings_probe, int8) = (cold.as_ref(), settings_probe.as_ref(), int8.as_ref());
+    let (cold, settings_probe, variants) = (cold.as_ref(), settings_probe.as_ref(), unet_variants.as_ref());
     let gib = |bytes: u64| bytes as f64 / f64::from(1u32 << 30);
     let weights = weights_bytes(model);
     let step = stat(&field_of_each(easel, "/plain", "/step_s"));
@@ -512,14 +516,22 @@ fn report(settings: &Settings, model: &Path, measured: &Measured) -> String {
             ratio(cached, bare_load)
         ));
     }
-    if let Some(int8) = int8 {
-        let fp32_step = stat(&numbers(int8, "/fp32/step_s"));
-        let int8_step = stat(&numbers(int8, "/int8/step_s"));
+    if let Some(variants) = variants {
+        let fp32_step = stat(&numbers(variants, "/fp32/step_s"));
+        let int8_step = stat(&numbers(variants, "/int8/step_s"));
         let disk = |which: &str| {
-            int8.pointer(&format!("/{which}/disk_bytes"))
+            variants
+                .pointer(&format!("/{which}/disk_bytes"))
                 .and_then(Value::as_f64)
                 .unwrap_or(0.0)
         };
+        let fused_step = stat(&numbers(variants, "/fused/step_s"));
+        rows.push(format!(
+            "| one UNet evaluation, attention-fused UNet (`tools/optimize_unet.py`) | {} | float32 UNet {}, bare sessions | {} | — |",
+            seconds(fused_step),
+            seconds(fp32_step),
+            ratio(fused_step, fp32_step)
+        ));
         rows.push(format!(
             "| one UNet evaluation, int8 UNet (`tools/quantize_unet.py`, {:.2} GiB on disk) | {} | float32 UNet {} ({:.2} GiB), bare sessions | {} | — |",
             disk("int8") / f64::from(1u32 << 30),
@@ -587,7 +599,7 @@ fn report(settings: &Settings, model: &Path, measured: &Measured) -> String {
          take {share:.2} of optimum's whole request, so no glue and no decoder can bring request → \
          PNG below that ratio; what is left above it is the VAE decode (the tiny decoder's row) and \
          the encode/PNG glue. Halving the UNet's evaluations (the guidance cut-off) or their cost \
-         is what moves these figures.\n",
+         (the attention-fused UNet's row) is what moves these figures.\n",
         share = unet_share,
     );
     let cutoff = &easel["cutoff_difference"];

@@ -345,3 +345,40 @@ fn weighted_and_long_prompts_are_chunked_and_syntax_errors_name_their_position()
         assert!(stderr(&output).contains(expected), "{prompt}: {}", stderr(&output));
     }
 }
+
+/// sd1-tiny with its UNet through ONNX Runtime's CPU attention fusion (`tools/optimize_unet.py`:
+/// `Attention`, `MultiHeadAttention` and `SkipLayerNormalization` operators in place of the
+/// exported ones) still draws diffusers' pictures: the fused operators are the same maths.
+#[test]
+fn an_attention_fused_unet_draws_diffusers_pictures() {
+    let daemon = Daemon::start();
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("sd1-tiny-fused");
+    copy_tree(&fixture_model("sd1-tiny"), &model);
+    std::fs::remove_dir_all(model.join("unet")).unwrap();
+    copy_tree(&fixtures().join("fused/sd1-tiny-unet"), &model.join("unet"));
+    let graph = std::fs::read(model.join("unet/model.onnx")).unwrap();
+    assert!(
+        graph
+            .windows(b"MultiHeadAttention".len())
+            .any(|w| w == b"MultiHeadAttention"),
+        "the fixture is a fused graph"
+    );
+    let mut checked = 0;
+    for mut case in cases()
+        .into_iter()
+        .filter(|c| c.model == "models/sd1-tiny" && c.step_noise.is_none() && c.sampler != "euler_a")
+        .take(6)
+    {
+        case.model = model.display().to_string();
+        let out = dir.path().join(format!("{}.png", case.name));
+        let output = generate_case(&daemon, &case, &out, &[]);
+        assert!(output.status.success(), "{}: {}", case.name, stderr(&output));
+        let got = read_png(&std::fs::read(&out).unwrap()).2;
+        let want = read_png(&std::fs::read(fixtures().join(&case.image)).unwrap()).2;
+        let (mean, max) = diff(&got, &want);
+        assert!(mean <= 1.0 && max <= 8, "{}: mean {mean:.3}, max {max}", case.name);
+        checked += 1;
+    }
+    assert!(checked >= 4, "only {checked} cases ran");
+}

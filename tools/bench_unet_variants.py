@@ -1,10 +1,13 @@
-"""The int8 UNet's speed for `cargo xtask bench`: the benchmark model's UNet quantized by
-`tools/quantize_unet.py` (once, cached beside the model as `unet-int8/`), one evaluation at
-batch 2 against the float32 UNet, each in a bare ONNX Runtime session with easel's settings.
+"""Variants of the UNet for `cargo xtask bench`: the benchmark model's UNet with ONNX Runtime's
+CPU attention fusion (`tools/optimize_unet.py`) and quantized to int8 (`tools/quantize_unet.py`),
+each made once and cached beside the model (`unet-fused/`, `unet-int8/`); one evaluation at
+batch 2 of each against the float32 UNet, in bare ONNX Runtime sessions with easel's settings,
+each in its own process.
 
-    python tools/bench_int8.py MODEL --threads 2 --size 512 --runs 2
+    python tools/bench_unet_variants.py MODEL --threads 2 --size 512 --runs 2
 
-Prints one JSON object: {fp32: {...}, int8: {...}} with load_s, step_s and the size on disk.
+Prints one JSON object: {fp32: {...}, fused: {...}, int8: {...}} with load_s, step_s and the
+size on disk.
 """
 
 from __future__ import annotations
@@ -50,13 +53,16 @@ def main():
     if args.one:
         print(json.dumps(measure(args.one, args.threads, args.size, args.runs)))
         return
-    int8 = args.model.parent / "unet-int8"
-    if not (int8 / "model.onnx").is_file():
-        print("bench_int8: quantizing the UNet (once)", file=sys.stderr, flush=True)
-        subprocess.run([sys.executable, str(Path(__file__).with_name("quantize_unet.py")), str(args.model), str(int8)],
-                       check=True, stdout=sys.stderr)
+    variants = {"fp32": args.model / "unet"}
+    for name, script in (("fused", "optimize_unet.py"), ("int8", "quantize_unet.py")):
+        folder = args.model.parent / f"unet-{name}"
+        if not (folder / "model.onnx").is_file():
+            print(f"bench_unet_variants: making the {name} UNet (once)", file=sys.stderr, flush=True)
+            subprocess.run([sys.executable, str(Path(__file__).with_name(script)), str(args.model), str(folder)],
+                           check=True, stdout=sys.stderr)
+        variants[name] = folder
     result = {}
-    for name, folder in (("fp32", args.model / "unet"), ("int8", int8)):
+    for name, folder in variants.items():
         out = subprocess.run(
             [sys.executable, __file__, str(args.model), "--threads", str(args.threads), "--size", str(args.size),
              "--runs", str(args.runs), "--one", str(folder)],
