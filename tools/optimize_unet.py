@@ -8,7 +8,7 @@ BiasSplitGelu, BiasAdd, packed-QKV and NHWC fusions are CUDA-only).
 
 Writes OUT_UNET_FOLDER/{model.onnx, model.onnx.data, config.json}: put that folder in place of a
 model folder's `unet/` (its inputs and outputs are unchanged). Measured on the full-size SD 1.5
-UNet (`cargo xtask bench`): about 5% faster per evaluation on two cores, outputs within float
+UNet (`cargo xtask bench`): 5–10% faster per evaluation on two cores, outputs within float
 rounding (1e-6); on the fixture, the same pictures (`tests/tests/e2e/generate.rs`).
 """
 
