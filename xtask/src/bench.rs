@@ -307,11 +307,14 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
         let _ = std::fs::remove_dir_all(cache_work.join("home/cache"));
     }
 
-    // ONNX Runtime's session settings, one at a time, each in its own process.
-    let mut settings_probe = None;
-    if !settings.quick {
+    // Bare probes, each setting or variant in its own process: ONNX Runtime's session settings
+    // one at a time, and the attention-fused and int8 UNets against the float32 one.
+    let probe = |script: &str, what: &str| -> Result<Option<Value>> {
+        if settings.quick {
+            return Ok(None);
+        }
         let mut probe = Command::new(&tools);
-        probe.arg(root.join("tools/bench_settings.py")).arg(&model).args([
+        probe.arg(root.join("tools").join(script)).arg(&model).args([
             "--threads",
             &threads,
             "--size",
@@ -319,26 +322,13 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
             "--runs",
             "2",
         ]);
-        settings_probe = Some(run_json(probe, "ONNX Runtime session settings, one by one")?);
-    }
-
-    // The attention-fused and int8 UNets against the float32 one, bare.
-    let mut unet_variants = None;
-    if !settings.quick {
-        let mut probe = Command::new(&tools);
-        probe.arg(root.join("tools/bench_unet_variants.py")).arg(&model).args([
-            "--threads",
-            &threads,
-            "--size",
-            &settings.size.to_string(),
-            "--runs",
-            "2",
-        ]);
-        unet_variants = Some(run_json(
-            probe,
-            "the attention-fused and int8 UNets against the float32 one",
-        )?);
-    }
+        run_json(probe, what).map(Some)
+    };
+    let settings_probe = probe("bench_settings.py", "ONNX Runtime session settings, one by one")?;
+    let unet_variants = probe(
+        "bench_unet_variants.py",
+        "the attention-fused and int8 UNets against the float32 one",
+    )?;
 
     // From a cold disk: the model's files dropped from the page cache before each load.
     let mut cold = None;

@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use easel_e2e::*;
+
+use crate::generate;
 use easel_proto::v1 as pb;
 use futures::StreamExt;
 use serde::Deserialize;
@@ -112,61 +114,28 @@ async fn the_tiny_decoder_draws_the_picture_when_asked_and_every_full_preview() 
     assert!(error.contains("vae_decoder_tiny/model.onnx is missing"), "{error}");
 }
 
-#[derive(Deserialize)]
-struct CutoffCase {
-    name: String,
-    model: String,
-    prompt: String,
-    negative_prompt: String,
-    steps: u32,
-    guidance_scale: f32,
-    sampler: String,
-    init_noise: String,
-    step_noise: Option<String>,
-    image: String,
-    guidance_cutoff: f64,
-}
-
 /// `--guidance-cutoff F` from the CLI: diffusers' dynamic-CFG picture, and the cut-off in the
 /// PNG's parameters; without the flag the picture is another one.
 #[test]
 fn guidance_cutoff_from_the_cli_draws_diffusers_dynamic_cfg_picture() {
+    #[derive(Deserialize)]
+    struct Cutoff {
+        name: String,
+        guidance_cutoff: f64,
+    }
     let daemon = Daemon::start();
     let dir = tempfile::tempdir().unwrap();
-    let cases: Vec<CutoffCase> =
-        serde_json::from_slice(&std::fs::read(fixtures().join("guidance-cutoff/manifest.json")).unwrap()).unwrap();
-    let case = cases
-        .iter()
-        .find(|c| c.step_noise.is_none() && c.guidance_cutoff == 0.0)
+    let manifest = "guidance-cutoff/manifest.json";
+    let cutoffs: Vec<Cutoff> = serde_json::from_slice(&std::fs::read(fixtures().join(manifest)).unwrap()).unwrap();
+    let case = generate::manifest(manifest)
+        .into_iter()
+        .zip(&cutoffs)
+        .find(|(c, cut)| c.step_noise.is_none() && cut.guidance_cutoff == 0.0 && cut.name == c.name)
+        .map(|(case, _)| case)
         .expect("a deterministic case with cut-off 0");
-    let run = |out: &Path, extra: &[&str]| {
-        let model = fixtures().join(&case.model);
-        let noise = fixtures().join(&case.init_noise);
-        let (steps, cfg) = (case.steps.to_string(), case.guidance_scale.to_string());
-        let args = [
-            "generate",
-            &case.prompt,
-            "--model",
-            model.to_str().unwrap(),
-            "--negative",
-            &case.negative_prompt,
-            "--steps",
-            &steps,
-            "--cfg",
-            &cfg,
-            "--sampler",
-            &case.sampler,
-            "--init-noise",
-            noise.to_str().unwrap(),
-            "--no-progress",
-            "-o",
-            out.to_str().unwrap(),
-        ];
-        daemon.easel(&[&args[..], extra].concat())
-    };
     let want = read_png(&std::fs::read(fixtures().join(&case.image)).unwrap()).2;
     let cut = dir.path().join("cut.png");
-    let output = run(&cut, &["--guidance-cutoff", "0"]);
+    let output = generate::generate_case(&daemon, &case, &cut, &["--guidance-cutoff", "0"]);
     assert!(output.status.success(), "{}: {}", case.name, stderr(&output));
     let png = std::fs::read(&cut).unwrap();
     let (mean, max) = diff(&read_png(&png).2, &want);
@@ -175,14 +144,14 @@ fn guidance_cutoff_from_the_cli_draws_diffusers_dynamic_cfg_picture() {
     assert!(parameters.contains("Guidance cutoff: 0"), "{parameters}");
 
     let uncut = dir.path().join("uncut.png");
-    assert!(run(&uncut, &[]).status.success());
+    assert!(generate::generate_case(&daemon, &case, &uncut, &[]).status.success());
     let (mean, _) = diff(&read_png(&std::fs::read(&uncut).unwrap()).2, &want);
     assert!(
         mean > 1.0,
         "without the cut-off the picture is diffusers' uncut one ({mean:.3} from the cut one)"
     );
 
-    let output = run(&cut, &["--guidance-cutoff", "2"]);
+    let output = generate::generate_case(&daemon, &case, &cut, &["--guidance-cutoff", "2"]);
     assert!(!output.status.success());
     assert!(stderr(&output).contains("guidance cutoff"), "{}", stderr(&output));
 }

@@ -6,30 +6,31 @@ use easel_e2e::*;
 use serde::Deserialize;
 
 #[derive(Deserialize)]
-struct Case {
-    name: String,
-    model: String,
-    prompt: String,
-    negative_prompt: String,
-    width: u32,
-    height: u32,
-    steps: u32,
-    guidance_scale: f32,
-    sampler: String,
-    init_noise: String,
-    step_noise: Option<String>,
-    image: String,
+pub(crate) struct Case {
+    pub(crate) name: String,
+    pub(crate) model: String,
+    pub(crate) prompt: String,
+    pub(crate) negative_prompt: String,
+    pub(crate) width: u32,
+    pub(crate) height: u32,
+    pub(crate) steps: u32,
+    pub(crate) guidance_scale: f32,
+    pub(crate) sampler: String,
+    pub(crate) init_noise: String,
+    pub(crate) step_noise: Option<String>,
+    pub(crate) image: String,
 }
 
 fn cases() -> Vec<Case> {
     manifest("references/manifest.json")
 }
 
-fn manifest(path: &str) -> Vec<Case> {
+pub(crate) fn manifest(path: &str) -> Vec<Case> {
     serde_json::from_slice(&std::fs::read(fixtures().join(path)).unwrap()).unwrap()
 }
 
-fn generate_case(daemon: &Daemon, case: &Case, out: &Path, extra: &[&str]) -> std::process::Output {
+/// `easel generate` with a reference case's settings and initial noise, writing `out`.
+pub(crate) fn generate_case(daemon: &Daemon, case: &Case, out: &Path, extra: &[&str]) -> std::process::Output {
     let model = fixtures().join(&case.model);
     let noise = fixtures().join(&case.init_noise);
     let (steps, cfg, width, height) = (
