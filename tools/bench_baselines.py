@@ -83,6 +83,46 @@ def unet_inputs(unet, size: int, rng) -> dict:
     return inputs
 
 
+def time_unet(graph: Path, options, size: int, runs: int) -> dict:
+    """Creates a session for the UNet `graph` with `options`, then one warm-up evaluation and
+    `runs` timed ones with a guided step's inputs (batch 2). Seconds, and the process's peak RSS."""
+    import onnxruntime as ort
+
+    started = time.perf_counter()
+    session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+    load = time.perf_counter() - started
+    inputs = unet_inputs(session, size, np.random.default_rng(0))
+    times = []
+    for _ in range(runs + 1):
+        t = time.perf_counter()
+        session.run(None, inputs)
+        times.append(time.perf_counter() - t)
+    return {"load_s": load, "first_s": times[0], "step_s": times[1:], "peak_rss_bytes": peak_rss()}
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory (VmHWM), in bytes."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def in_own_process(script: str, args, one: str) -> dict:
+    """Runs `script` again with the caller's MODEL, --threads, --size and --runs plus `--one ONE`
+    (so each measurement has a process, and a peak RSS, of its own); its last line's JSON."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, script, str(args.model), "--threads", str(args.threads), "--size", str(args.size),
+         "--runs", str(args.runs), "--one", one],
+        check=True, capture_output=True, text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def node_flops(op: str, inputs: list, outputs: list) -> float:
     """Multiply-adds × 2 of the operators that do the arithmetic (convolutions, matrix
     products), from the shapes ONNX Runtime's profile records; 0 for the rest."""

@@ -14,14 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
-
-from bench_baselines import session_options, unet_inputs
+from bench_baselines import in_own_process, session_options, time_unet
 
 # name -> (what it changes, how). "default" is ONNX Runtime's defaults (what easel used before
 # the memory-pattern change); "easel" is what easel sets now.
@@ -57,30 +53,6 @@ def options_for(setting: str, threads: int):
     return options
 
 
-def peak_rss() -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def measure_one(model: Path, setting: str, threads: int, size: int, runs: int) -> dict:
-    import onnxruntime as ort
-
-    started = time.perf_counter()
-    unet = ort.InferenceSession(str(model / "unet" / "model.onnx"), options_for(setting, threads),
-                                providers=["CPUExecutionProvider"])
-    load = time.perf_counter() - started
-    inputs = unet_inputs(unet, size, np.random.default_rng(0))
-    times = []
-    for _ in range(runs + 1):
-        t = time.perf_counter()
-        unet.run(None, inputs)
-        times.append(time.perf_counter() - t)
-    return {"load_s": load, "first_s": times[0], "step_s": times[1:], "peak_rss_bytes": peak_rss()}
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path)
@@ -90,17 +62,13 @@ def main():
     parser.add_argument("--one", choices=SETTINGS, help="measure this setting in this process, and exit")
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure_one(args.model, args.one, args.threads, args.size, args.runs)))
+        options = options_for(args.one, args.threads)
+        print(json.dumps(time_unet(args.model / "unet" / "model.onnx", options, args.size, args.runs)))
         return
     result = {}
     for setting, meaning in SETTINGS.items():
         print(f"bench_settings: {setting}", file=sys.stderr, flush=True)
-        out = subprocess.run(
-            [sys.executable, __file__, str(args.model), "--threads", str(args.threads), "--size", str(args.size),
-             "--runs", str(args.runs), "--one", setting],
-            check=True, capture_output=True, text=True,
-        )
-        result[setting] = dict(json.loads(out.stdout.strip().splitlines()[-1]), meaning=meaning)
+        result[setting] = dict(in_own_process(__file__, args, setting), meaning=meaning)
     print(json.dumps(result))
 
 

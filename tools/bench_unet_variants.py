@@ -16,30 +16,16 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
-
-from bench_baselines import session_options, unet_inputs
+from bench_baselines import in_own_process, session_options, time_unet
 
 
 def measure(unet_dir: Path, threads: int, size: int, runs: int) -> dict:
-    import onnxruntime as ort
-
     options = session_options(threads)
     options.enable_mem_pattern = False  # as easel opens sessions
-    started = time.perf_counter()
-    session = ort.InferenceSession(str(unet_dir / "model.onnx"), options, providers=["CPUExecutionProvider"])
-    load = time.perf_counter() - started
-    inputs = unet_inputs(session, size, np.random.default_rng(0))
-    times = []
-    for _ in range(runs + 1):
-        t = time.perf_counter()
-        session.run(None, inputs)
-        times.append(time.perf_counter() - t)
     disk = sum(p.stat().st_size for p in unet_dir.iterdir() if p.is_file())
-    return {"load_s": load, "first_s": times[0], "step_s": times[1:], "disk_bytes": disk}
+    return dict(time_unet(unet_dir / "model.onnx", options, size, runs), disk_bytes=disk)
 
 
 def main():
@@ -63,12 +49,7 @@ def main():
         variants[name] = folder
     result = {}
     for name, folder in variants.items():
-        out = subprocess.run(
-            [sys.executable, __file__, str(args.model), "--threads", str(args.threads), "--size", str(args.size),
-             "--runs", str(args.runs), "--one", str(folder)],
-            check=True, capture_output=True, text=True,
-        )
-        result[name] = json.loads(out.stdout.strip().splitlines()[-1])
+        result[name] = in_own_process(__file__, args, str(folder))
     print(json.dumps(result))
 
 

@@ -25,6 +25,18 @@ struct Replay {
 }
 
 impl Replay {
+    /// A text-to-image case's recorded step noise (none for the deterministic samplers).
+    fn of(case: &TextCase) -> Self {
+        Self {
+            data: case
+                .step_noise
+                .as_ref()
+                .map(|p| npy(&fixtures().join(p)).1)
+                .unwrap_or_default(),
+            offset: 0,
+        }
+    }
+
     /// Every recorded draw must have been used: fewer draws than diffusers is a bug too.
     fn assert_exhausted(&self, case: &str) {
         assert_eq!(
@@ -129,21 +141,13 @@ fn guidance_cutoff_cases_match_diffusers() {
         let total = unet_batches.len();
         let guided = (0..total).filter(|&i| prepared.guided_at(i, total)).count();
         assert_eq!(guided, *guided_evaluations, "{}: guided evaluations", case.name);
-        let draws = || Replay {
-            data: case
-                .step_noise
-                .as_ref()
-                .map(|p| npy(&fixtures().join(p)).1)
-                .unwrap_or_default(),
-            offset: 0,
-        };
-        let mut replay = draws();
+        let mut replay = Replay::of(case);
         let image = generate_one(&mut model, &prepared, &mut replay, &mut |_| {});
         replay.assert_exhausted(&case.name);
         failures.extend(compare(&case.name, &image, &case.image));
 
         let uncut = prepare(&model, case.request(1));
-        let mut replay = draws();
+        let mut replay = Replay::of(case);
         let image = generate_one(&mut model, &uncut, &mut replay, &mut |_| {});
         if compare(&format!("{} (no cut-off)", case.name), &image, &case.image).is_some() {
             told_apart += 1;
@@ -169,14 +173,7 @@ fn check_text_to_image(manifest: &str, min_cases: usize) -> std::collections::BT
             .or_insert_with(|| load_fixture_model(&case.model));
         let prepared = prepare(model, case.request(1));
         samplers_seen.insert(prepared.sampler.to_string());
-        let mut replay = Replay {
-            data: case
-                .step_noise
-                .as_ref()
-                .map(|p| npy(&fixtures().join(p)).1)
-                .unwrap_or_default(),
-            offset: 0,
-        };
+        let mut replay = Replay::of(case);
         let image = generate_one(model, &prepared, &mut replay, &mut |_| {});
         replay.assert_exhausted(&case.name);
         failures.extend(compare(&case.name, &image, &case.image));

@@ -271,17 +271,31 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
         ("EASEL_KEEP_ALIVE", "-1".to_string()),
         ("EASEL_MEMORY_BUDGET", "95%".to_string()),
     ];
-    let daemon = DemoDaemon::start_with(root, "bench/daemon", &env)?;
-    let mut easel = Command::new(&clients);
-    easel
-        .arg(root.join("tools/bench_easel.py"))
-        .arg(daemon.socket())
-        .arg(&model)
-        .args(settings.common_args());
-    let measured = run_json(easel, "easel: a release daemon through its Python client");
-    let (resident, peak) = memory_of(daemon.pid());
-    daemon.stop()?;
-    let easel = measured?;
+    // easel through its Python client on a release daemon in `work` (under the target dir):
+    // the whole series, or only the first (loading) request. Returns the figures and the
+    // daemon's resident and peak memory at the end.
+    let drive = |work: &str, env: &[(&str, String)], first_only: bool, what: &str| -> Result<(Value, (u64, u64))> {
+        let daemon = DemoDaemon::start_with(root, work, env)?;
+        let mut easel = Command::new(&clients);
+        easel
+            .arg(root.join("tools/bench_easel.py"))
+            .arg(daemon.socket())
+            .arg(&model)
+            .args(settings.common_args());
+        if first_only {
+            easel.arg("--first-only");
+        }
+        let measured = run_json(easel, what);
+        let memory = memory_of(daemon.pid());
+        daemon.stop()?;
+        Ok((measured?, memory))
+    };
+    let (easel, (resident, peak)) = drive(
+        "bench/daemon",
+        &env,
+        false,
+        "easel: a release daemon through its Python client",
+    )?;
 
     // The optimized-graph cache (opt-in): a fresh daemon whose first load saves the graphs,
     // then another loading them. The cache is removed afterwards (a copy of the weights).
@@ -292,17 +306,8 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
         let mut env_cache = env.to_vec();
         env_cache.push(("EASEL_OPTIMIZED_CACHE", "1".to_string()));
         for pass in ["saving the optimized graphs", "from the saved graphs"] {
-            let daemon = DemoDaemon::start_with(root, "bench/daemon-cache", &env_cache)?;
-            let mut first = Command::new(&clients);
-            first
-                .arg(root.join("tools/bench_easel.py"))
-                .arg(daemon.socket())
-                .arg(&model)
-                .args(settings.common_args())
-                .arg("--first-only");
-            let measured = run_json(first, &format!("easel's first load, {pass}"));
-            daemon.stop()?;
-            cache_loads.push(measured?);
+            let what = format!("easel's first load, {pass}");
+            cache_loads.push(drive("bench/daemon-cache", &env_cache, true, &what)?.0);
         }
         let _ = std::fs::remove_dir_all(cache_work.join("home/cache"));
     }
@@ -341,17 +346,7 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
             .args(["--threads", &threads, "--load-only"]);
         let bare = run_json(bare, "bare sessions, cold")?;
         evict()?;
-        let daemon = DemoDaemon::start_with(root, "bench/daemon", &env)?;
-        let mut first = Command::new(&clients);
-        first
-            .arg(root.join("tools/bench_easel.py"))
-            .arg(daemon.socket())
-            .arg(&model)
-            .args(settings.common_args())
-            .arg("--first-only");
-        let measured = run_json(first, "easel, cold");
-        daemon.stop()?;
-        cold = Some((bare, measured?));
+        cold = Some((bare, drive("bench/daemon", &env, true, "easel, cold")?.0));
     }
 
     let measured = Measured {

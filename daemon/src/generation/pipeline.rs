@@ -73,8 +73,6 @@ pub struct BatchOutput {
 struct Conditioning {
     /// `[2n, 77·k, D]` ([uncond × n; cond × n]) with classifier-free guidance, else `[n, 77·k, D]`.
     text: HostTensor<f32>,
-    /// With guidance and a cut-off: the conditional half of `text`, for the steps past it.
-    cond_text: Option<HostTensor<f32>>,
     /// The guidance scale, when classifier-free guidance runs.
     guidance: Option<f32>,
     /// An LCM-distilled UNet's `timestep_cond`, repeated per image.
@@ -180,17 +178,13 @@ fn condition(model: &mut LoadedModel, prepared: &Prepared, batch: usize) -> Resu
             &prepared.negative_chunks,
             prepared.clip_skip,
         )?;
-        let cond = repeat_batch(&cond, batch);
-        let text = concat_batch(&[&repeat_batch(&uncond, batch), &cond]);
-        (text, prepared.guidance_cutoff.is_some().then_some(cond))
+        concat_batch(&[&repeat_batch(&uncond, batch), &repeat_batch(&cond, batch)])
     } else {
         let cond = text::encode_chunks(model, &prepared.prompt_chunks, prepared.clip_skip)?;
-        (repeat_batch(&text::concat_sequence(&cond), batch), None)
+        repeat_batch(&text::concat_sequence(&cond), batch)
     };
-    let (text, cond_text) = text;
     Ok(Conditioning {
         text,
-        cond_text,
         guidance: guided.then_some(prepared.guidance_scale),
         guidance_embedding,
     })
@@ -275,9 +269,10 @@ fn predict_noise(
     guided: bool,
     last_of_job: bool,
 ) -> Result<Vec<f32>, GenerationError> {
-    let (guidance, text) = match (conditioning.guidance, &conditioning.cond_text) {
-        (Some(_), Some(cond)) if !guided => (None, cond),
-        (guidance, _) => (guidance, &conditioning.text),
+    // Past the cut-off: the conditional half of [uncond; cond] alone, unguided.
+    let (guidance, text) = match conditioning.guidance {
+        Some(_) if !guided => (None, second_half(&conditioning.text)),
+        guidance => (guidance, conditioning.text.clone()),
     };
     let mut batch_shape = shape.to_vec();
     let sample = if guidance.is_some() {
@@ -302,7 +297,7 @@ fn predict_noise(
     let mut feed = vec![
         (&sample_spec, Input::Float(HostTensor::new(batch_shape, sample))),
         (&timestep_spec, Input::Float(timestep)),
-        (&text_spec, Input::Float(text.clone())),
+        (&text_spec, Input::Float(text)),
     ];
     if let (Some(spec), Some(embedding)) = (cond_spec.as_ref(), conditioning.guidance_embedding.as_deref()) {
         let rows = shape[0];
@@ -355,6 +350,13 @@ pub fn guidance_scale_embedding(w: f32, dim: usize) -> Vec<f32> {
         .collect();
     embedding.resize(dim, 0.0);
     embedding
+}
+
+/// `[2n, …]` → its last `n` rows: the conditional half of a guided batch.
+fn second_half(tensor: &HostTensor<f32>) -> HostTensor<f32> {
+    let mut shape = tensor.shape.clone();
+    shape[0] /= 2;
+    HostTensor::new(shape, tensor.data[tensor.data.len() / 2..].to_vec())
 }
 
 /// `[1, …]` → `[n, …]`, the same tensor `n` times.

@@ -246,8 +246,8 @@ impl OnnxModel {
 
 /// A session for `path` through the optimized-graph cache: from the saved optimized graph when
 /// there is one (optimizations off: they were applied when it was saved), else from `path`,
-/// saving the optimized graph for the next load. A saved graph that fails to open is removed
-/// and `path` opened instead.
+/// saving the optimized graph for the next load. A saved graph that fails to open is removed,
+/// and a failure to save opens `path` as if there were no cache.
 fn open_through_cache(cache: &OptimizedCache, mut builder: SessionBuilder, path: &Path) -> ort::Result<Session> {
     if let Some(optimized) = cache.lookup(path) {
         let from_cache = builder
@@ -267,6 +267,7 @@ fn open_through_cache(cache: &OptimizedCache, mut builder: SessionBuilder, path:
         return builder.commit_from_file(path);
     };
     let saving = builder
+        .clone()
         .with_optimized_model_path(pending.graph())
         .map_err(ort::Error::from)
         .and_then(|b| {
@@ -289,8 +290,10 @@ fn open_through_cache(cache: &OptimizedCache, mut builder: SessionBuilder, path:
             Ok(session)
         }
         Err(error) => {
+            // Saving costs only the speed-up when it fails: open the source as without a cache.
+            tracing::warn!(%error, source = %path.display(), "could not save the optimized graph; opening without");
             pending.abandon();
-            Err(error)
+            builder.commit_from_file(path)
         }
     }
 }
