@@ -3,7 +3,8 @@ ONNX Runtime build (the `onnxruntime` wheel easel's library comes from) and thre
 
   - bare ONNX Runtime sessions: the time to create the three sessions a picture needs, one
     UNet evaluation with the inputs a guided step feeds it (batch 2), one VAE decode, one tiny
-    VAE decode (TAESD, when the folder has `vae_decoder_tiny/`);
+    VAE decode (TAESD, when the folder has `vae_decoder_tiny/`), one prompt through the text
+    encoder;
   - optimum's `ORTStableDiffusionPipeline`: load, and request to PIL image (PNDM, guided).
 
     python tools/bench_baselines.py MODEL --threads 2 --size 512 --steps 4 --runs 3
@@ -226,9 +227,20 @@ def bare_sessions(model: Path, threads: int, size: int, runs: int) -> dict:
             tiny.run(None, {tiny_name: z})
             tiny_decode.append(time.perf_counter() - t)
         tiny_decode = tiny_decode[1:]
+    # One prompt through the text encoder (77 tokens, batch 1): what a new prompt costs before
+    # the first UNet call; the empty negative prompt is a repeat, served from easel's cache.
+    encoder = sessions["text_encoder"]
+    ids = encoder.get_inputs()[0]
+    tokens = np.full((1, 77), 49407, dtype=np.int64 if "int64" in ids.type else np.int32)
+    tokens[0, :6] = [49406, 320, 736, 7117, 525, 49407]
+    encode = []
+    for _ in range(runs + 1):
+        t = time.perf_counter()
+        encoder.run(None, {ids.name: tokens})
+        encode.append(time.perf_counter() - t)
     # The first UNet run pays for ONNX Runtime's lazy setup: reported apart.
     return {"load_s": load, "unet_first_s": step[0], "unet_step_s": step[1:], "vae_decode_s": decode,
-            "tiny_decode_s": tiny_decode}
+            "tiny_decode_s": tiny_decode, "text_encode_s": encode[1:]}
 
 
 def optimum_pipeline(model: Path, threads: int, size: int, steps: int, runs: int) -> dict:

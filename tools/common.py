@@ -206,21 +206,9 @@ def make_slow_tokenizer(folder: Path, pad: str):
 SD15_SCHEDULER = load_config("sd15-scheduler")
 # stabilityai/stable-diffusion-2-1 scheduler/scheduler_config.json (DDIM + v_prediction; it
 # carries a stray "skip_prk_steps" and no "timestep_spacing", so DDIM uses "leading" and
-# Euler/DPM/Heun fall back to their own default "linspace"). Only sd2-tiny-v uses it.
-SD21_SCHEDULER = {
-    "_class_name": "DDIMScheduler",
-    "_diffusers_version": "0.8.0",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "clip_sample": False,
-    "num_train_timesteps": 1000,
-    "prediction_type": "v_prediction",
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "trained_betas": None,
-}
+# Euler/DPM/Heun fall back to their own default "linspace"): tools/configs/sd21-scheduler.json,
+# shared with sd2-tiny-v and the daemon's flat-bundle import (its SD 2.x default).
+SD21_SCHEDULER = load_config("sd21-scheduler")
 
 MODEL_SPECS = {
     "sd1-tiny": dict(
@@ -255,12 +243,13 @@ def scheduler_from_config(cfg: dict):
 
 def tiny_unet(sample_size: int, use_linear_projection: bool, in_channels: int = 4, **extra):
     """The tiny models' UNet2DConditionModel (random weights from torch's current seed: the
-    caller seeds). `extra`: further constructor arguments, e.g. time_cond_proj_dim for the LCM
-    UNet; passed only when given, so the other UNets are constructed exactly as before."""
+    caller seeds). `extra`: further or overriding constructor arguments, e.g. time_cond_proj_dim
+    for the LCM UNet, SDXL's cross_attention_dim and addition embedding; the other UNets are
+    constructed exactly as before."""
     import torch
     from diffusers import UNet2DConditionModel
 
-    unet = UNet2DConditionModel(
+    config = dict(
         sample_size=sample_size,
         in_channels=in_channels,
         out_channels=4,
@@ -272,8 +261,8 @@ def tiny_unet(sample_size: int, use_linear_projection: bool, in_channels: int = 
         attention_head_dim=(2, 4),
         norm_num_groups=8,
         use_linear_projection=use_linear_projection,
-        **extra,
-    ).eval()
+    )
+    unet = UNet2DConditionModel(**{**config, **extra}).eval()
     # Random init predicts noise with std ~0.33; a trained UNet predicts ~unit variance.
     # Scale the output conv so the UNet moves the latents like a real one (and the reference
     # images depend strongly on every step being right). Still a plain UNet2DConditionModel.
@@ -562,9 +551,9 @@ def record_get_timesteps(pipe, rec: dict):
     to record the full schedule, the part that runs and the scheduler's begin_index."""
     orig = pipe.get_timesteps
 
-    def get_timesteps(num_inference_steps, strength, device):
+    def get_timesteps(num_inference_steps, strength, device, **rest):  # SDXL's adds denoising_start
         rec["full_timesteps"] = [float(t) for t in pipe.scheduler.timesteps]
-        ts, n = orig(num_inference_steps, strength, device)
+        ts, n = orig(num_inference_steps, strength, device, **rest)
         rec["timesteps"] = [float(t) for t in ts]
         rec["n_run"] = n
         rec["begin_index"] = getattr(pipe.scheduler, "begin_index", None)

@@ -83,6 +83,16 @@ pub struct GenerateOptions {
     pub decoder: pb::Decoder,
     /// Guidance stops after this fraction of the steps (0..1).
     pub guidance_cutoff: Option<f64>,
+    /// SDXL's size conditioning: original size (width, height), crop (top, left), target size
+    /// (width, height).
+    pub original_size: Option<(u32, u32)>,
+    pub crop_top_left: Option<(u32, u32)>,
+    pub target_size: Option<(u32, u32)>,
+    /// diffusers' guidance_rescale (0..1).
+    pub guidance_rescale: Option<f64>,
+    /// SDXL refiners: the aesthetic scores of the prompt and of the negative prompt.
+    pub aesthetic_score: Option<f64>,
+    pub negative_aesthetic_score: Option<f64>,
     /// How long the model stays loaded afterwards (`"5m"`, `"-1"`, `"0"`…).
     pub keep_alive: Option<String>,
 }
@@ -131,6 +141,16 @@ impl GenerateOptions {
             keep_alive: self.keep_alive.clone().unwrap_or_default(),
             decoder: self.decoder as i32,
             guidance_cutoff: self.guidance_cutoff,
+            original_size: self
+                .original_size
+                .map(|(width, height)| pb::PictureSize { width, height }),
+            crop_top_left: self.crop_top_left.map(|(top, left)| pb::CropOrigin { top, left }),
+            target_size: self
+                .target_size
+                .map(|(width, height)| pb::PictureSize { width, height }),
+            guidance_rescale: self.guidance_rescale,
+            aesthetic_score: self.aesthetic_score,
+            negative_aesthetic_score: self.negative_aesthetic_score,
         })
     }
 }

@@ -34,6 +34,36 @@ fn inputs_and_outputs_convert_to_and_from_the_declared_dtypes() {
 }
 
 #[test]
+fn a_bound_input_is_converted_once_and_fed_to_every_run() {
+    let runtime = common::runtime();
+    let path = common::fixtures().join("onnx/dtypes.onnx");
+    let mut model = OnnxModel::load(&runtime, "dtypes", &path, 1).unwrap();
+    let half = model.find_input(&["half"], None).unwrap();
+    let ints = model.find_input(&["ints"], None).unwrap();
+    let long = model.find_input(&["long"], None).unwrap();
+    // The float16 input, bound: converted from f32 here, not at each run.
+    let bound = model
+        .bind(&half, HostTensor::new(vec![3], vec![0.5, -1.25, 1000.0]))
+        .unwrap();
+    assert_eq!(bound.shape(), [3]);
+    for step in 0..3 {
+        let outputs = model
+            .run(vec![
+                (&half, Input::Bound(&bound)),
+                (&ints, Input::Int(HostTensor::new(vec![3], vec![step, -2, 49407]))),
+                (&long, Input::Float(HostTensor::new(vec![], vec![951.9]))),
+            ])
+            .unwrap();
+        assert_eq!(
+            outputs[0],
+            HostTensor::new(vec![3], vec![1.0, -2.5, 2000.0]),
+            "run {step}"
+        );
+        assert_eq!(outputs[1].data[0], step as f32, "the other inputs still change per run");
+    }
+}
+
+#[test]
 fn a_truncated_file_is_a_load_error_that_says_so() {
     let runtime = common::runtime();
     let dir = tempfile::tempdir().unwrap();

@@ -203,6 +203,11 @@ struct Img2ImgCase {
     noise: String,
     image: String,
     timesteps: Vec<f64>,
+    /// SDXL refiners: the aesthetic scores of the prompt and the negative prompt.
+    #[serde(default)]
+    aesthetic_score: Option<f64>,
+    #[serde(default)]
+    negative_aesthetic_score: Option<f64>,
 }
 
 /// img2img against diffusers' `StableDiffusionImg2ImgPipeline`: every random draw (the VAE's
@@ -223,6 +228,76 @@ fn every_inpainting_case_matches_diffusers() {
     let cases = check_from_picture("inpaint/manifest.json", 14);
     let samplers: std::collections::BTreeSet<&str> = cases.iter().map(|c| c.sampler.as_str()).collect();
     assert!(samplers.len() >= 6, "inpainting covers too few samplers: {samplers:?}");
+}
+
+/// SDXL img2img against diffusers' `StableDiffusionXLImg2ImgPipeline` (`tools/make_sdxl_fixtures.py`):
+/// the same draws replayed, SDXL's conditioning (an empty negative prompt as zeros included).
+#[test]
+fn sdxl_img2img_cases_match_diffusers() {
+    check_from_picture("sdxl/img2img-manifest.json", 6);
+}
+
+/// SDXL inpainting against diffusers' `StableDiffusionXLInpaintPipeline`: with SDXL's ordinary
+/// 4-channel UNet (the unmasked part blended back after every step) and with a dedicated
+/// 9-channel inpainting UNet, hard and soft masks.
+#[test]
+fn sdxl_inpainting_cases_match_diffusers() {
+    let cases = check_from_picture("sdxl/inpaint-manifest.json", 7);
+    assert!(
+        cases.iter().any(|c| c.model.ends_with("sdxl-inpaint-tiny")),
+        "the 9-channel SDXL inpainting cases are gone"
+    );
+}
+
+/// The SDXL refiner (the second text encoder alone, time ids ending in an aesthetic score)
+/// against diffusers' `StableDiffusionXLImg2ImgPipeline` with `requires_aesthetics_score`,
+/// default and explicit scores. Its scores do reach the picture: swapped, it changes.
+#[test]
+fn sdxl_refiner_cases_match_diffusers() {
+    let cases = check_from_picture("sdxl/refiner-manifest.json", 3);
+    assert!(cases.iter().all(|c| c.model.ends_with("sdxl-refiner-tiny")));
+    let scored = cases
+        .iter()
+        .find(|c| c.aesthetic_score != Some(6.0))
+        .expect("a case with explicit scores");
+    let mut model = load_fixture_model(&scored.model);
+    assert!(model.folder.is_refiner() && model.text_encoder_2.is_none());
+    let read = |path: &str| std::fs::read(fixtures().join(path)).unwrap();
+    let swapped = easeld::generation::Request {
+        prompt: scored.prompt.clone(),
+        negative_prompt: scored.negative_prompt.clone(),
+        steps: Some(scored.steps as u32),
+        guidance_scale: Some(scored.guidance_scale),
+        sampler: Some(scored.sampler.clone()),
+        init_image: Some(read(&scored.init_image)),
+        strength: Some(scored.strength),
+        xl_sizes: easeld::generation::XlSizeRequest {
+            aesthetic_score: scored.negative_aesthetic_score,
+            negative_aesthetic_score: scored.aesthetic_score,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let prepared = prepare(&model, swapped);
+    let mut replay = Replay {
+        data: npy(&fixtures().join(&scored.noise)).1,
+        offset: 0,
+    };
+    let image = generate_one(&mut model, &prepared, &mut replay, &mut |_| {});
+    // The tiny refiner's random time embedding moves pixels less than the tolerance, but far
+    // more than the cases' own error (mean 0.000): its mean difference tells them apart.
+    let (_, _, expected) = read_png(&fixtures().join(&scored.image));
+    let mean = image
+        .pixels
+        .iter()
+        .zip(&expected)
+        .map(|(a, b)| f64::from(a.abs_diff(*b)))
+        .sum::<f64>()
+        / expected.len() as f64;
+    assert!(
+        mean > 0.2,
+        "swapping the aesthetic scores moved the picture by {mean:.3} only"
+    );
 }
 
 fn check_from_picture(manifest: &str, min_cases: usize) -> Vec<Img2ImgCase> {
@@ -248,6 +323,11 @@ fn check_from_picture(manifest: &str, min_cases: usize) -> Vec<Img2ImgCase> {
             // diffusers does not blur the mask.
             mask_blur: case.mask.as_ref().map(|_| 0.0),
             mask_image: case.mask.as_deref().map(read),
+            xl_sizes: easeld::generation::XlSizeRequest {
+                aesthetic_score: case.aesthetic_score,
+                negative_aesthetic_score: case.negative_aesthetic_score,
+                ..Default::default()
+            },
             ..Default::default()
         };
         let prepared = prepare(model, request);
@@ -379,4 +459,101 @@ fn clip_skip_matches_diffusers() {
     assert!(error.contains("deeper than") && error.contains("2 layers"), "{error}");
     let error = encode(&mut plain, prompt, 2).unwrap_err();
     assert!(error.contains("does not"), "{error}");
+}
+
+/// An SDXL case (`tools/make_sdxl_fixtures.py`): the size conditioning and clip skip it was
+/// made with, as diffusers takes them ((height, width) sizes, (top, left) crop).
+#[derive(Deserialize)]
+struct XlCase {
+    #[serde(flatten)]
+    case: TextCase,
+    original_size: [u32; 2],
+    crops_coords_top_left: [u32; 2],
+    target_size: [u32; 2],
+    clip_skip: u32,
+    #[serde(default)]
+    guidance_rescale: f64,
+}
+
+impl XlCase {
+    fn request(&self) -> easeld::generation::Request {
+        let [oh, ow] = self.original_size;
+        let [th, tw] = self.target_size;
+        easeld::generation::Request {
+            xl_sizes: easeld::generation::XlSizeRequest {
+                original_size: Some((ow, oh)),
+                crop_top_left: Some((self.crops_coords_top_left[0], self.crops_coords_top_left[1])),
+                target_size: Some((tw, th)),
+                ..Default::default()
+            },
+            guidance_rescale: Some(self.guidance_rescale),
+            ..self.case.request(self.clip_skip)
+        }
+    }
+}
+
+/// SDXL against diffusers' `StableDiffusionXLPipeline` on a tiny SDXL-architecture model: every
+/// sampler from SDXL's own scheduler config, guided and not, a wide picture, explicit size
+/// conditioning and clip skip; and SDXL-Turbo's one-to-four steps at guidance 0 (the same
+/// weights with its `trailing` scheduler config). Two checks that the references hold what they
+/// test: the empty negative prompt's zeros (`force_zeros_for_empty_prompt`), guidance rescale
+/// and the size conditioning each change the picture beyond the tolerance when left out.
+#[test]
+fn sdxl_cases_match_diffusers() {
+    let cases: Vec<XlCase> = TextCase::read_manifest("sdxl/manifest.json");
+    assert!(cases.len() >= 17, "sdxl/manifest.json lost cases");
+    let mut models: HashMap<String, LoadedModel> = HashMap::new();
+    let mut failures = Vec::new();
+    let mut samplers = std::collections::BTreeSet::new();
+    for case in &cases {
+        let model = models
+            .entry(case.case.model.clone())
+            .or_insert_with(|| load_fixture_model(&case.case.model));
+        assert!(model.folder.is_xl() && model.unet_inputs.xl.is_some());
+        let prepared = prepare(model, case.request());
+        samplers.insert(prepared.sampler.to_string());
+        let mut replay = Replay::of(&case.case);
+        let image = generate_one(model, &prepared, &mut replay, &mut |_| {});
+        replay.assert_exhausted(&case.case.name);
+        failures.extend(compare(&case.case.name, &image, &case.case.image));
+    }
+    assert!(failures.is_empty(), "cases beyond tolerance:\n{}", failures.join("\n"));
+    assert_eq!(samplers.len(), 8, "every sampler on SDXL: {samplers:?}");
+    assert!(
+        models.contains_key("models/sdxl-turbo-tiny"),
+        "the SDXL-Turbo cases are gone"
+    );
+
+    let model = models.get_mut("models/sdxl-tiny").expect("the SDXL cases' model");
+    let case_named = |name: &str| cases.iter().find(|c| c.case.name == name).expect(name);
+    // A negative prompt of one space tokenizes to nothing, like "", but is not empty: it is
+    // encoded instead of zeroed.
+    let zeroed = case_named("euler");
+    assert!(zeroed.case.negative_prompt.is_empty());
+    let mut encoded = zeroed.request();
+    encoded.negative_prompt = " ".into();
+    let prepared = prepare(model, encoded);
+    let image = generate_one(model, &prepared, &mut Replay::of(&zeroed.case), &mut |_| {});
+    assert!(
+        compare("euler, the empty negative encoded", &image, &zeroed.case.image).is_some(),
+        "zeroing the empty negative prompt changes nothing the test can see"
+    );
+    let rescaled = case_named("euler-rescale0.7");
+    let mut plain = rescaled.request();
+    plain.guidance_rescale = None;
+    let prepared = prepare(model, plain);
+    let image = generate_one(model, &prepared, &mut Replay::of(&rescaled.case), &mut |_| {});
+    assert!(
+        compare("euler-rescale0.7, not rescaled", &image, &rescaled.case.image).is_some(),
+        "guidance rescale changes nothing the test can see"
+    );
+    let sized = case_named("euler-sizes");
+    let mut defaults = sized.request();
+    defaults.xl_sizes = Default::default();
+    let prepared = prepare(model, defaults);
+    let image = generate_one(model, &prepared, &mut Replay::of(&sized.case), &mut |_| {});
+    assert!(
+        compare("euler-sizes, default sizes", &image, &sized.case.image).is_some(),
+        "the size conditioning changes nothing the test can see"
+    );
 }

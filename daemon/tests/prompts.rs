@@ -152,8 +152,10 @@ fn a_chunk_encoded_again_comes_from_the_cache() {
     let weights = vec![1.0; ids.len()];
     let mut marker = first[0].clone();
     marker.data.iter_mut().for_each(|v| *v = 42.0);
-    model
-        .text_cache
-        .insert(ChunkKey::new(&ids, &weights, 1), marker.clone());
+    let planted = easeld::model::embedding_cache::ChunkEmbedding {
+        hidden: marker.clone(),
+        pooled: None,
+    };
+    model.text_cache.insert(ChunkKey::new(&ids, &weights, 1), planted);
     assert_eq!(common::encode(&mut model, "a red circle", 1).unwrap()[0], marker);
 }

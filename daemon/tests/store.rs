@@ -74,7 +74,6 @@ fn sd1_imports_as_a_folder_and_as_a_tar_gz_alike() {
     assert_eq!(description.family, "sd1");
     assert_eq!(description.prediction_type, "epsilon");
     assert_eq!(description.dtype, "float32");
-    assert_eq!(description.unsupported, None);
     assert_eq!(
         part_names(&description),
         ["text_encoder", "unet", "vae_decoder", "vae_encoder"]

@@ -150,6 +150,29 @@ def check_watch_events(client: easel.Client) -> dict[str, list[str]]:
     return {"finished": finished, "dropped": dropped}
 
 
+SDXL_FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "models", "sdxl-tiny")
+
+
+def check_sdxl_sizes(client: easel.Client) -> str:
+    """SDXL's size conditioning reaches the daemon (the PNG says so) and changes the picture;
+    another family refuses it."""
+    model = os.path.realpath(SDXL_FIXTURE)
+    request: dict[str, Any] = dict(model=model, width=64, height=64, steps=2, seed=3)
+    (plain,) = client.generate_images("a red circle", **request)
+    (sized,) = client.generate_images(
+        "a red circle", original_size=(768, 1024), crop_top_left=(16, 32), target_size=(384, 512), **request
+    )
+    assert sized.png != plain.png, "the size conditioning changed nothing"
+    for text in ("Original size: 768x1024", "Crop top-left: 16,32", "Target size: 384x512"):
+        assert text in sized.parameters, sized.parameters
+    try:
+        list(client.generate("not sdxl", original_size=(512, 512), **TINY_REQUEST))
+        raise AssertionError("original_size on an SD 1.x model was accepted")
+    except easel.EaselError as error:
+        assert error.code == "INVALID_ARGUMENT" and "SDXL models only" in error.message, (error.code, error.message)
+    return sized.parameters
+
+
 def check_errors(client: easel.Client, socket: str) -> dict[str, str]:
     try:
         list(client.generate("bad size", **dict(TINY_REQUEST, width=13)))
@@ -226,6 +249,7 @@ def main() -> None:
         tokens = client.tokenize("a red circle", model=BUILTIN_MODEL)
         assert tokens.tokens and len(tokens.ids) == len(tokens.tokens) and not tokens.truncated, tokens
 
+        sdxl_parameters = check_sdxl_sizes(client)
         cancelled = check_cancel(client)
         watched = check_watch_events(client)
         errors = check_errors(client, socket)
@@ -244,6 +268,7 @@ def main() -> None:
                 "cancelled": cancelled,
                 "watched": watched,
                 "errors": errors,
+                "sdxl": sdxl_parameters,
             }
         )
     )

@@ -17,7 +17,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::{DemoDaemon, status, target_dir, test_python};
+use crate::{DemoDaemon, cargo, fetch_ort, status, target_dir, test_python};
 
 struct Settings {
     quick: bool,
@@ -335,6 +335,10 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
         "the attention-fused and int8 UNets against the float32 one",
     )?;
 
+    // The VAE decode of a large picture, whole and in tiles (what the daemon does above
+    // `vae_tile_above`), each in a process of its own for its peak memory.
+    let vae_large = vae_decode_probe(root, &target, &model, &settings)?;
+
     // From a cold disk: the model's files dropped from the page cache before each load.
     let mut cold = None;
     if !settings.quick {
@@ -357,6 +361,7 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
         cache_loads,
         settings_probe,
         unet_variants,
+        vae_large,
     };
     let report = report(&settings, &model, &measured);
     let out = if settings.quick {
@@ -383,6 +388,33 @@ struct Measured {
     settings_probe: Option<Value>,
     /// The float32, attention-fused and int8 UNets' evaluations, bare.
     unet_variants: Option<Value>,
+    /// The VAE decode of a large picture: (whole, in tiles).
+    vae_large: (Value, Value),
+}
+
+/// The side of the large picture for the tiled-decode rows: 2×2 tiles in `--quick` mode, 3×3
+/// otherwise (SD's VAE tiles are 512 pixels, every 384).
+fn large_size(settings: &Settings) -> u32 {
+    if settings.quick { 768 } else { 1024 }
+}
+
+/// `daemon/examples/vae_decode.rs` (easel's own decode, whole and tiled), one process each.
+fn vae_decode_probe(root: &Path, target: &Path, model: &Path, settings: &Settings) -> Result<(Value, Value)> {
+    let mut build = cargo();
+    build.args(["build", "--release", "-p", "easeld", "--example", "vae_decode"]);
+    status(build, "cargo build --release --example vae_decode")?;
+    let library = fetch_ort(root)?;
+    let size = large_size(settings).to_string();
+    let threads = settings.threads.to_string();
+    let run = |mode: &str| {
+        let mut probe = Command::new(target.join("release/examples/vae_decode"));
+        probe
+            .arg(&library)
+            .arg(model)
+            .args([size.as_str(), mode, threads.as_str()]);
+        run_json(probe, &format!("the VAE decode at {size}², {mode}"))
+    };
+    Ok((run("whole")?, run("tiled")?))
 }
 
 fn report(settings: &Settings, model: &Path, measured: &Measured) -> String {
@@ -394,6 +426,7 @@ fn report(settings: &Settings, model: &Path, measured: &Measured) -> String {
         cache_loads,
         settings_probe,
         unet_variants,
+        vae_large: (whole, tiled),
     } = measured;
     let (resident, peak) = (*resident, *peak);
     let (cold, settings_probe, variants) = (cold.as_ref(), settings_probe.as_ref(), unet_variants.as_ref());
@@ -405,6 +438,7 @@ fn report(settings: &Settings, model: &Path, measured: &Measured) -> String {
     let optimum = stat(&numbers(baselines, "/optimum_pipeline/total_s"));
     let streaming = stat(&field_of_each(easel, "/streaming", "/wall_s"));
     let first_step = stat(&field_of_each(easel, "/plain", "/to_first_step_s"));
+    let bare_encode = stat(&numbers(baselines, "/bare/text_encode_s"));
     let decode = stat(&field_of_each(easel, "/plain", "/timings_s/decode_s"));
     let bare_decode = stat(&numbers(baselines, "/bare/vae_decode_s"));
     let load = stat(&numbers(easel, "/first/load_s"));
@@ -437,8 +471,10 @@ fn report(settings: &Settings, model: &Path, measured: &Measured) -> String {
             ratio(streaming, wall)
         ),
         format!(
-            "| warm request → first UNet call, a new prompt (queue + prompt encoding) | {} | — | — | ≤ 0.050 s |",
-            seconds(first_step)
+            "| warm request → first UNet call, a new prompt (queue + prompt encoding) | {} | the text encoder alone, one prompt, bare {} | {} | ≤ 0.050 s |",
+            seconds(first_step),
+            seconds(bare_encode),
+            ratio(first_step, bare_encode)
         ),
         format!(
             "| warm request → first UNet call, a prompt seen before (embedding cache) | {} | — | — | ≤ 0.050 s |",
@@ -526,6 +562,25 @@ fn report(settings: &Settings, model: &Path, measured: &Measured) -> String {
             ratio(int8_step, fp32_step)
         ));
     }
+    let large = large_size(settings);
+    let decode_of = |probe: &Value| stat(&numbers(probe, "/decode_s"));
+    let growth = |probe: &Value| {
+        let field = |name: &str| probe[name].as_f64().unwrap_or(0.0);
+        field("peak_rss_bytes") - field("rss_before_bytes")
+    };
+    let (whole_decode, tiled_decode) = (decode_of(whole), decode_of(tiled));
+    rows.push(format!(
+        "| VAE decode at {large}², in tiles (diffusers' tiling; the daemon tiles above `vae_tile_above`) | {} | whole {} | {} | — |",
+        seconds(tiled_decode),
+        seconds(whole_decode),
+        ratio(tiled_decode, whole_decode)
+    ));
+    rows.push(format!(
+        "| memory the VAE decode at {large}² adds (peak RSS over RSS before it), in tiles | {:.2} GiB | whole {:.2} GiB | {:.2} | — |",
+        growth(tiled) / f64::from(1u32 << 30),
+        growth(whole) / f64::from(1u32 << 30),
+        growth(tiled) / growth(whole).max(1.0)
+    ));
     rows.push(format!(
         "| daemon RSS with the model resident, after the jobs | {:.2} GiB | weights {:.2} GiB | {:.2} | ≤ 1.3 |",
         gib(resident),

@@ -120,7 +120,8 @@ pub enum ModelsCommand {
         json: bool,
     },
     /// Show a model in full: family, prediction type, dtype, size, every part's inputs and
-    /// outputs, and its files
+    /// outputs, its files, and (for a model imported from a flat bundle) how its configs were
+    /// inferred
     Show {
         /// An installed model's name or a model folder
         model: String,
@@ -129,7 +130,8 @@ pub enum ModelsCommand {
         json: bool,
     },
     /// Install a model folder or an archive of one (.zip, .tar, .tar.gz, .tar.zst), after
-    /// validating it
+    /// validating it: optimum's layout, or a flat bundle (text_encoder.onnx, unet.onnx,
+    /// vae_decoder.onnx, vocab.json, merges.txt side by side), converted into it
     Import {
         /// The folder or archive
         path: PathBuf,
@@ -142,6 +144,8 @@ pub enum ModelsCommand {
         /// Show no progress
         #[arg(long)]
         quiet: bool,
+        #[command(flatten)]
+        bundle: BundleArgs,
     },
     /// The same as `easel pull`
     Pull(PullArgs),
@@ -151,6 +155,26 @@ pub enum ModelsCommand {
         /// The installed model's name
         name: String,
     },
+}
+
+/// What a flat bundle's graphs cannot say (refused for a model in optimum's layout).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct BundleArgs {
+    /// Flat bundles: the model family, when the UNet's text width does not tell it [default:
+    /// from the UNet: 768 wide sd1, 1024 sd2, 2048 with SDXL's inputs sdxl]
+    #[arg(long, value_name = "FAMILY", value_parser = ["sd1", "sd2", "sdxl"])]
+    pub family: Option<String>,
+    /// Flat bundles: what the UNet predicts [default: the family's: v_prediction for sd2 (its
+    /// 768-pixel models), epsilon otherwise]
+    #[arg(long, value_name = "TYPE", value_parser = ["epsilon", "v_prediction", "sample"])]
+    pub prediction: Option<String>,
+    /// Flat bundles: the model's default sampler [default: the family's: sd1 pndm, sd2 ddim,
+    /// sdxl euler]
+    #[arg(long, value_name = "NAME")]
+    pub sampler: Option<String>,
+    /// Flat bundles: the VAE's latent scaling factor [default: 0.18215, sdxl 0.13025]
+    #[arg(long, value_name = "X")]
+    pub vae_scaling_factor: Option<f64>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -239,7 +263,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     name,
                     replace,
                     quiet,
-                } => store::import(&global, &path, name, replace, quiet).await,
+                    bundle,
+                } => store::import(&global, &path, name, replace, quiet, bundle).await,
                 ModelsCommand::Rm { name } => store::remove(&global, &name).await,
                 ModelsCommand::Pull(args) => store::pull(&global, args).await,
             },

@@ -52,6 +52,7 @@ fn show_json(reply: &pb::ShowModelReply) -> serde_json::Value {
             "inputs": p.inputs.iter().map(tensor).collect::<Vec<_>>(),
             "outputs": p.outputs.iter().map(tensor).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
+        "inferred": reply.inferred,
     })
 }
 
@@ -81,6 +82,11 @@ fn show_lines(reply: &pb::ShowModelReply) -> Vec<String> {
         lines.push(format!("{}:", part.name));
         lines.extend(part.inputs.iter().map(|t| format!("  in   {}", shape(t))));
         lines.extend(part.outputs.iter().map(|t| format!("  out  {}", shape(t))));
+    }
+    if !reply.inferred.is_empty() {
+        // A model converted from a flat bundle: what its generated configs are based on.
+        lines.push("inferred:".to_string());
+        lines.extend(reply.inferred.iter().map(|line| format!("  {line}")));
     }
     lines.push("files:".to_string());
     lines.extend(
@@ -140,6 +146,7 @@ pub async fn import(
     name: Option<String>,
     replace: bool,
     quiet: bool,
+    bundle: super::BundleArgs,
 ) -> anyhow::Result<()> {
     let absolute = std::path::absolute(path).with_context(|| format!("cannot use {}", path.display()))?;
     if !absolute.exists() {
@@ -155,6 +162,10 @@ pub async fn import(
             path: absolute.display().to_string(),
             name: name.unwrap_or_default(),
             replace,
+            family: bundle.family,
+            prediction_type: bundle.prediction,
+            sampler: bundle.sampler,
+            vae_scaling_factor: bundle.vae_scaling_factor,
         })
         .await?
         .into_inner();
@@ -285,8 +296,19 @@ mod tests {
             }],
             native_width: 512,
             native_height: 512,
+            inferred: vec!["family: sd1 (inferred: the UNet's `encoder_hidden_states` is 768 wide)".into()],
         };
         let lines = show_lines(&reply);
+        let inferred = lines
+            .iter()
+            .position(|l| l == "inferred:")
+            .expect("an inferred section");
+        assert_eq!(
+            lines[inferred + 1],
+            "  family: sd1 (inferred: the UNet's `encoder_hidden_states` is 768 wide)"
+        );
+        assert!(lines[inferred + 2] == "files:", "{lines:?}");
+        assert_eq!(show_json(&reply)["inferred"][0], reply.inferred[0]);
         assert!(lines.contains(&"family      sd1".to_string()), "{lines:?}");
         assert!(
             lines.contains(&"  in   sample float32 [?, 4, ?, ?]".to_string()),

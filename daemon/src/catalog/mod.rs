@@ -26,8 +26,8 @@ use std::sync::{Arc, Mutex};
 use crate::model::runtime::OrtRuntime;
 use registry::{Registry, RegistryError};
 use store::{
-    DescribeError, ImportProgress, ImportStage, Installed, ModelDescription, Staging, Store, StoreError, describe,
-    summarize,
+    BundleFlags, DescribeError, ImportProgress, ImportStage, Installed, ModelDescription, Staging, Store, StoreError,
+    bundle, describe, summarize,
 };
 
 /// Whoever runs models (the job queue): asked before a model's files are replaced or removed.
@@ -229,12 +229,14 @@ impl Catalog {
         Ok(described)
     }
 
-    /// Imports a folder or archive into the store. Blocking.
+    /// Imports a folder or archive into the store: in optimum's layout, or a flat bundle
+    /// converted under `flags` (which are refused for optimum's layout). Blocking.
     pub fn import(
         &self,
         source: &Path,
         name: Option<&str>,
         replace: bool,
+        flags: &BundleFlags,
         progress: &mut dyn FnMut(ImportProgress),
         cancelled: &dyn Fn() -> bool,
     ) -> Result<Listed, CatalogError> {
@@ -244,6 +246,11 @@ impl Catalog {
                 source.display()
             )));
         }
+        let overrides = bundle::Overrides::parse(flags).map_err(|error| StoreError::Bundle {
+            source_path: source.to_path_buf(),
+            error,
+        })?;
+        let converter = bundle::Converter::new(&self.runtime, overrides);
         let target = name.map(str::to_string);
         self.before_install(target.as_deref(), replace)?;
         let mut described = None;
@@ -255,7 +262,15 @@ impl Catalog {
                 progress(p);
             };
             self.store
-                .import(source, name, replace, &mut validate, &mut report, cancelled)
+                .import_converting(
+                    source,
+                    name,
+                    replace,
+                    Some(&converter),
+                    &mut validate,
+                    &mut report,
+                    cancelled,
+                )
                 .inspect_err(|e| self.publish_failure(&announced, e))?
         };
         Ok(self.after_install(installed, described))
@@ -286,7 +301,7 @@ impl Catalog {
         Ok(())
     }
 
-    /// Validation = a full description; models easel cannot run (SDXL for now) are refused.
+    /// Validation = a full description: a model that passes it loads.
     fn validator<'a>(
         &'a self,
         described: &'a mut Option<ModelDescription>,
@@ -297,9 +312,6 @@ impl Catalog {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
             let description = describe(&self.runtime, &name, root).map_err(|e| e.to_string())?;
-            if let Some(why) = &description.unsupported {
-                return Err(why.clone());
-            }
             *described = Some(description);
             Ok(())
         }

@@ -34,8 +34,35 @@ pub fn a1111_parameters(prepared: &Prepared, seed: u64) -> String {
     if let Some(cutoff) = p.guidance_cutoff {
         text.push_str(&format!(", Guidance cutoff: {cutoff}"));
     }
+    if p.guidance_rescale > 0.0 {
+        text.push_str(&format!(", Guidance rescale: {}", p.guidance_rescale));
+    }
     if p.decoder == Decoder::Tiny {
         text.push_str(", VAE Decoder: tiny");
+    }
+    if let Some(xl) = &p.xl_sizes {
+        let picture = (p.width, p.height);
+        if xl.original_size != picture {
+            text.push_str(&format!(
+                ", Original size: {}x{}",
+                xl.original_size.0, xl.original_size.1
+            ));
+        }
+        if xl.crop_top_left != (0, 0) {
+            text.push_str(&format!(
+                ", Crop top-left: {},{}",
+                xl.crop_top_left.0, xl.crop_top_left.1
+            ));
+        }
+        match xl.aesthetic_scores {
+            Some((score, negative)) => text.push_str(&format!(
+                ", Aesthetic score: {score}, Negative aesthetic score: {negative}"
+            )),
+            None if xl.target_size != picture => {
+                text.push_str(&format!(", Target size: {}x{}", xl.target_size.0, xl.target_size.1));
+            }
+            None => {}
+        }
     }
     text.push_str(&format!(", Version: easel {}", env!("CARGO_PKG_VERSION")));
     text
@@ -58,8 +85,16 @@ pub fn easel_json(prepared: &Prepared, seed: u64) -> String {
         "strength": p.init_image.as_ref().map(|i| i.strength),
         "clip_skip": p.clip_skip,
         "guidance_cutoff": p.guidance_cutoff,
+        "guidance_rescale": p.guidance_rescale,
         "decoder": p.decoder.as_str(),
         "inpaint": p.inpaint().map(|i| serde_json::json!({ "mask_blur": i.blur })),
+        "sdxl": p.xl_sizes.map(|xl| serde_json::json!({
+            "original_size": [xl.original_size.0, xl.original_size.1],
+            "crop_top_left": [xl.crop_top_left.0, xl.crop_top_left.1],
+            "target_size": [xl.target_size.0, xl.target_size.1],
+            "aesthetic_score": xl.aesthetic_scores.map(|s| s.0),
+            "negative_aesthetic_score": xl.aesthetic_scores.map(|s| s.1),
+        })),
         "easel_version": env!("CARGO_PKG_VERSION"),
     })
     .to_string()

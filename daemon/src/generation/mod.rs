@@ -31,7 +31,7 @@ use crate::model::tokenizer::TokenizerError;
 use crate::model::{LoadedModel, ModelError};
 
 pub use pipeline::{BatchOutput, PreviewKind, PreviewSettings, StepReport, Timings};
-pub use prepare::{Checked, Prepared, Request};
+pub use prepare::{Checked, Prepared, Request, XlSizeRequest, XlSizes};
 use sampler::NoiseSource;
 
 #[derive(Debug, thiserror::Error)]

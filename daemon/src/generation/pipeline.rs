@@ -17,7 +17,8 @@
 use std::time::{Duration, Instant};
 
 use crate::model::LoadedModel;
-use crate::model::onnx::{HostTensor, Input};
+use crate::model::embedding_cache::ChunkEmbedding;
+use crate::model::onnx::{Bound, HostTensor, Input};
 
 use super::GenerationError;
 use super::image::{RgbImage, approx_preview};
@@ -69,14 +70,63 @@ pub struct BatchOutput {
     pub timings: Timings,
 }
 
-/// The text embeddings the UNet is conditioned on, for the whole batch.
+/// What the UNet is conditioned on, for the whole batch.
+///
+/// Every tensor here is the same for all of the batch's UNet evaluations, so each is bound once
+/// (converted to the UNet's element type and fed by reference to every step).
 struct Conditioning {
-    /// `[2n, 77·k, D]` ([uncond × n; cond × n]) with classifier-free guidance, else `[n, 77·k, D]`.
-    text: HostTensor<f32>,
+    /// [uncond × n; cond × n] with classifier-free guidance, else cond × n.
+    batch: UnetConditions,
+    /// With guidance and a cut-off: cond × n alone, for the steps past it.
+    cond_only: Option<UnetConditions>,
     /// The guidance scale, when classifier-free guidance runs.
     guidance: Option<f32>,
-    /// An LCM-distilled UNet's `timestep_cond`, repeated per image.
-    guidance_embedding: Option<Vec<f32>>,
+    /// An LCM-distilled UNet's `timestep_cond`, `[n, dim]`.
+    guidance_embedding: Option<Bound>,
+    /// diffusers' `guidance_rescale` (0: off), where guidance runs.
+    rescale: f32,
+}
+
+/// The UNet's conditioning inputs for one batch of rows.
+struct UnetConditions {
+    /// `encoder_hidden_states` `[rows, 77·k, D]`.
+    text: Bound,
+    /// SDXL: `text_embeds` `[rows, P]` and `time_ids` `[rows, 6]`.
+    xl: Option<(Bound, Bound)>,
+}
+
+/// The same conditioning as host tensors, before binding.
+struct HostConditions {
+    text: HostTensor<f32>,
+    xl: Option<(HostTensor<f32>, HostTensor<f32>)>,
+}
+
+impl HostConditions {
+    /// The conditional half of a guided batch (its last half of rows).
+    fn second_half(&self) -> Self {
+        Self {
+            text: second_half(&self.text),
+            xl: self
+                .xl
+                .as_ref()
+                .map(|(pooled, time_ids)| (second_half(pooled), second_half(time_ids))),
+        }
+    }
+
+    fn bind(self, model: &LoadedModel) -> Result<UnetConditions, GenerationError> {
+        let inputs = &model.unet_inputs;
+        let xl = match (self.xl, inputs.xl.as_ref()) {
+            (Some((pooled, time_ids)), Some(specs)) => Some((
+                model.unet.bind(&specs.text_embeds, pooled)?,
+                model.unet.bind(&specs.time_ids, time_ids)?,
+            )),
+            _ => None,
+        };
+        Ok(UnetConditions {
+            text: model.unet.bind(&inputs.encoder_hidden_states, self.text)?,
+            xl,
+        })
+    }
 }
 
 /// Runs one generation per noise source, denoised together as one UNet batch, and returns the
@@ -123,7 +173,9 @@ pub fn run_batch(
             if is_cancelled() {
                 return Err(GenerationError::Cancelled);
             }
-            let mut model_input = latents.clone();
+            // Room for the guided batch [input; input], which predict_noise builds in place.
+            let mut model_input = Vec::with_capacity(latents.len() * 2);
+            model_input.extend_from_slice(&latents);
             scheduler.scale_model_input(&mut model_input, index);
             let (unet_input, input_shape) = init.unet_input(model_input, &images, &batch_shape);
             let last = index + 1 == timesteps.len();
@@ -171,23 +223,125 @@ fn condition(model: &mut LoadedModel, prepared: &Prepared, batch: usize) -> Resu
         .guidance_embedding_dim()
         .map(|dim| guidance_scale_embedding(prepared.guidance_scale - 1.0, dim).repeat(batch));
     let guided = prepared.guidance_scale > 1.0 && guidance_embedding.is_none();
-    let text = if guided {
+    let cut_off = guided && prepared.guidance_cutoff.is_some();
+    // SDXL's `force_zeros_for_empty_prompt`: no negative prompt conditions on zeros, not on the
+    // encoders' embedding of "".
+    let zero_negative = model
+        .folder
+        .xl
+        .as_ref()
+        .is_some_and(|xl| xl.force_zeros_for_empty_prompt && prepared.negative_prompt.is_empty());
+    let embedding = if guided && !zero_negative {
         let (cond, uncond) = text::encode_guided(
             model,
             &prepared.prompt_chunks,
             &prepared.negative_chunks,
             prepared.clip_skip,
         )?;
-        concat_batch(&[&repeat_batch(&uncond, batch), &repeat_batch(&cond, batch)])
+        Guided::Both { cond, uncond }
     } else {
         let cond = text::encode_chunks(model, &prepared.prompt_chunks, prepared.clip_skip)?;
-        repeat_batch(&text::concat_sequence(&cond), batch)
+        let cond = text::concat_sequence(&cond);
+        if guided {
+            Guided::ZeroNegative(cond)
+        } else {
+            Guided::No(cond)
+        }
+    };
+    let host = host_conditions(model, prepared, embedding, batch)?;
+    let cond_only = cut_off.then(|| host.second_half().bind(model)).transpose()?;
+    let guidance_embedding = match (model.unet_inputs.timestep_cond.as_ref(), guidance_embedding) {
+        (Some(spec), Some(embedding)) => {
+            let dim = embedding.len() / batch;
+            Some(model.unet.bind(spec, HostTensor::new(vec![batch, dim], embedding))?)
+        }
+        _ => None,
     };
     Ok(Conditioning {
-        text,
+        batch: host.bind(model)?,
+        cond_only,
         guidance: guided.then_some(prepared.guidance_scale),
         guidance_embedding,
+        rescale: prepared.guidance_rescale,
     })
+}
+
+/// The prompts' embeddings as guidance needs them.
+enum Guided {
+    /// No classifier-free guidance: the prompt's alone.
+    No(ChunkEmbedding),
+    /// Guided, against the negative prompt's.
+    Both {
+        cond: ChunkEmbedding,
+        uncond: ChunkEmbedding,
+    },
+    /// Guided, against zeros of the same shapes (SDXL's empty negative prompt).
+    ZeroNegative(ChunkEmbedding),
+}
+
+/// The UNet's conditioning tensors for `batch` images: the hidden states, and for SDXL the
+/// pooled embeddings and the size conditioning (the same `time_ids` for both halves, as diffusers
+/// uses when no negative sizes are given).
+fn host_conditions(
+    model: &LoadedModel,
+    prepared: &Prepared,
+    embedding: Guided,
+    batch: usize,
+) -> Result<HostConditions, GenerationError> {
+    let zeros_like = |e: &ChunkEmbedding| ChunkEmbedding {
+        hidden: HostTensor::new(e.hidden.shape.clone(), vec![0.0; e.hidden.data.len()]),
+        pooled: e
+            .pooled
+            .as_ref()
+            .map(|p| HostTensor::new(p.shape.clone(), vec![0.0; p.data.len()])),
+    };
+    let rows: Vec<(ChunkEmbedding, usize)> = match embedding {
+        Guided::No(cond) => vec![(cond, batch)],
+        Guided::Both { cond, uncond } => vec![(uncond, batch), (cond, batch)],
+        Guided::ZeroNegative(cond) => vec![(zeros_like(&cond), batch), (cond, batch)],
+    };
+    let text = concat_batch(
+        &rows
+            .iter()
+            .map(|(e, n)| repeat_batch(&e.hidden, *n))
+            .collect::<Vec<_>>(),
+    );
+    let total: usize = rows.iter().map(|(_, n)| n).sum();
+    let xl = match (&model.unet_inputs.xl, &prepared.xl_sizes) {
+        (Some(specs), Some(sizes)) => {
+            let pooled = rows
+                .iter()
+                .map(|(e, n)| {
+                    e.pooled.as_ref().map(|p| repeat_batch(p, *n)).ok_or_else(|| {
+                        GenerationError::InvalidRequest("SDXL conditioning without a pooled embedding".into())
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            // One row per image: the negative prompt's rows (the first half when guided) take the
+            // negative aesthetic score on a refiner.
+            let negative_rows = rows.len() == 2;
+            let time_ids: Vec<f32> = rows
+                .iter()
+                .enumerate()
+                .flat_map(|(half, (_, n))| sizes.time_ids(negative_rows && half == 0).repeat(*n))
+                .collect();
+            let width = time_ids.len() / total.max(1);
+            let declared = specs.time_ids.shape.get(1).copied().unwrap_or(-1);
+            if declared > 0 && declared as usize != width {
+                return Err(GenerationError::Model(crate::model::ModelError::Incompatible {
+                    model: model.folder.name.clone(),
+                    message: format!(
+                        "the UNet takes {declared} time ids where this model's config gives {width} (SDXL base \
+                         models take 6: original size, crop, target size; refiners 5: original size, crop, \
+                         aesthetic score); its model_index.json's requires_aesthetics_score does not match its UNet"
+                    ),
+                }));
+            }
+            Some((concat_batch(&pooled), HostTensor::new(vec![total, width], time_ids)))
+        }
+        _ => None,
+    };
+    Ok(HostConditions { text, xl })
 }
 
 /// Where the loop stands, for reports.
@@ -262,25 +416,25 @@ impl NoiseSource for BatchNoise<'_, '_> {
 /// Returns the noise prediction `[n, latent channels, h, w]`.
 fn predict_noise(
     model: &mut LoadedModel,
-    sample: Vec<f32>,
+    mut sample: Vec<f32>,
     shape: &[usize],
     timestep: f64,
     conditioning: &Conditioning,
     guided: bool,
     last_of_job: bool,
 ) -> Result<Vec<f32>, GenerationError> {
+    let rescale = conditioning.rescale;
     // Past the cut-off: the conditional half of [uncond; cond] alone, unguided.
-    let (guidance, text) = match conditioning.guidance {
-        Some(_) if !guided => (None, second_half(&conditioning.text)),
-        guidance => (guidance, conditioning.text.clone()),
+    let (guidance, conditions) = match (conditioning.guidance, &conditioning.cond_only) {
+        (Some(_), Some(cond_only)) if !guided => (None, cond_only),
+        (guidance, _) => (guidance, &conditioning.batch),
     };
     let mut batch_shape = shape.to_vec();
-    let sample = if guidance.is_some() {
+    if guidance.is_some() {
+        // [sample; sample], grown in the step's own buffer.
         batch_shape[0] *= 2;
-        [sample.as_slice(), sample.as_slice()].concat()
-    } else {
-        sample
-    };
+        sample.extend_from_within(..);
+    }
     let batch = batch_shape[0];
     let inputs = &model.unet_inputs;
     let timestep = if inputs.timestep.rank() == 0 {
@@ -297,14 +451,15 @@ fn predict_noise(
     let mut feed = vec![
         (&sample_spec, Input::Float(HostTensor::new(batch_shape, sample))),
         (&timestep_spec, Input::Float(timestep)),
-        (&text_spec, Input::Float(text)),
+        (&text_spec, Input::Bound(&conditions.text)),
     ];
-    if let (Some(spec), Some(embedding)) = (cond_spec.as_ref(), conditioning.guidance_embedding.as_deref()) {
-        let rows = shape[0];
-        feed.push((
-            spec,
-            Input::Float(HostTensor::new(vec![rows, embedding.len() / rows], embedding.to_vec())),
-        ));
+    let xl_specs = inputs.xl.clone();
+    if let (Some(specs), Some((pooled, time_ids))) = (xl_specs.as_ref(), conditions.xl.as_ref()) {
+        feed.push((&specs.text_embeds, Input::Bound(pooled)));
+        feed.push((&specs.time_ids, Input::Bound(time_ids)));
+    }
+    if let (Some(spec), Some(embedding)) = (cond_spec.as_ref(), conditioning.guidance_embedding.as_ref()) {
+        feed.push((spec, Input::Bound(embedding)));
     }
     // Steps reuse the arena's buffers; after the last one they go back to the system.
     let mut outputs = if last_of_job {
@@ -317,9 +472,35 @@ fn predict_noise(
         None => out,
         Some(scale) => {
             let (uncond, cond) = out.split_at(out.len() / 2);
-            uncond.iter().zip(cond).map(|(u, c)| u + scale * (c - u)).collect()
+            let mut guided: Vec<f32> = uncond.iter().zip(cond).map(|(u, c)| u + scale * (c - u)).collect();
+            if rescale > 0.0 {
+                let per_image = guided.len() / shape[0].max(1);
+                for (guided, cond) in guided.chunks_mut(per_image).zip(cond.chunks(per_image)) {
+                    rescale_guided(guided, cond, rescale);
+                }
+            }
+            guided
         }
     })
+}
+
+/// diffusers' `rescale_noise_cfg` on one image's guided prediction: mixed, by `rescale`, with
+/// itself scaled to the conditional prediction's standard deviation (unbiased, as `torch.std`).
+fn rescale_guided(guided: &mut [f32], cond: &[f32], rescale: f32) {
+    let std = |values: &[f32]| {
+        let n = values.len() as f64;
+        let mean = values.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+        let squares = values.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>();
+        (squares / (n - 1.0).max(1.0)).sqrt()
+    };
+    let (std_cond, std_guided) = (std(cond), std(guided));
+    if std_guided == 0.0 {
+        return;
+    }
+    let factor = (std_cond / std_guided) as f32;
+    for value in guided {
+        *value = rescale * (*value * factor) + (1.0 - rescale) * *value;
+    }
 }
 
 /// One UNet run on the smallest latent the UNet takes, only to have ONNX Runtime shrink the
@@ -366,8 +547,28 @@ fn repeat_batch(tensor: &HostTensor<f32>, n: usize) -> HostTensor<f32> {
     HostTensor::new(shape, tensor.data.repeat(n))
 }
 
-fn concat_batch(parts: &[&HostTensor<f32>]) -> HostTensor<f32> {
+fn concat_batch(parts: &[HostTensor<f32>]) -> HostTensor<f32> {
     let mut shape = parts[0].shape.clone();
     shape[0] = parts.iter().map(|p| p.shape[0]).sum();
     HostTensor::new(shape, parts.iter().flat_map(|p| p.data.iter().copied()).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rescale_guided;
+
+    #[test]
+    fn rescale_mixes_in_the_prediction_at_the_conditional_std() {
+        let cond = [1.0, -1.0, 1.0, -1.0];
+        // std(cond) = sqrt(4/3), std(guided) = sqrt(40/3): the factor is sqrt(1/10).
+        let factor = 0.1f32.sqrt();
+        let mut guided = [4.0, -4.0, 2.0, -2.0];
+        rescale_guided(&mut guided, &cond, 1.0);
+        for (got, want) in guided.iter().zip([4.0, -4.0, 2.0, -2.0].map(|v| v * factor)) {
+            assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        }
+        let mut half = [4.0, -4.0, 2.0, -2.0];
+        rescale_guided(&mut half, &cond, 0.5);
+        assert!((half[0] - (0.5 * 4.0 * factor + 0.5 * 4.0)).abs() < 1e-6, "{half:?}");
+    }
 }

@@ -34,6 +34,11 @@ pub const DEFAULT_INPAINT_STRENGTH: f64 = 1.0;
 pub const DEFAULT_MASK_BLUR: f32 = 4.0;
 /// The deepest clip skip accepted (CLIP ViT-L has 12 layers, OpenCLIP ViT-H 24).
 pub const MAX_CLIP_SKIP: u32 = 24;
+/// The largest size or crop coordinate SDXL's size conditioning accepts (its UNet embeds them as
+/// numbers; SDXL was trained on sizes up to a few thousand pixels).
+pub const MAX_CONDITIONING_SIZE: u32 = 16_384;
+/// The largest aesthetic score (the refiner was trained on LAION aesthetic scores, 0 to 10).
+pub const MAX_AESTHETIC_SCORE: f64 = 10.0;
 /// The largest blur accepted (a wider one turns any mask into a smudge).
 pub const MAX_MASK_BLUR: f32 = 64.0;
 
@@ -65,6 +70,68 @@ pub struct Request {
     /// Guidance stops after this fraction of the run's UNet evaluations (see
     /// [`Prepared::guided_at`]). `None`: guidance throughout.
     pub guidance_cutoff: Option<f64>,
+    /// SDXL's size conditioning (diffusers' `original_size`, `crops_coords_top_left`,
+    /// `target_size`). `None`: each takes diffusers' default. SDXL models only.
+    pub xl_sizes: XlSizeRequest,
+    /// diffusers' `guidance_rescale` in [0, 1] (see [`Prepared::guidance_rescale`]). `None`: 0.
+    pub guidance_rescale: Option<f64>,
+}
+
+/// SDXL's size conditioning as asked; each part `None` for diffusers' default.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct XlSizeRequest {
+    /// (width, height); default: the picture's size.
+    pub original_size: Option<(u32, u32)>,
+    /// (top, left); default: (0, 0).
+    pub crop_top_left: Option<(u32, u32)>,
+    /// (width, height); default: the picture's size.
+    pub target_size: Option<(u32, u32)>,
+    /// The refiner's aesthetic score for the prompt (default 6) and for the negative prompt
+    /// (default 2.5), diffusers' `aesthetic_score` / `negative_aesthetic_score`.
+    pub aesthetic_score: Option<f64>,
+    pub negative_aesthetic_score: Option<f64>,
+}
+
+impl XlSizeRequest {
+    fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// SDXL's size conditioning, resolved: what the UNet's `time_ids` say.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct XlSizes {
+    /// (width, height).
+    pub original_size: (u32, u32),
+    /// (top, left).
+    pub crop_top_left: (u32, u32),
+    /// (width, height).
+    pub target_size: (u32, u32),
+    /// The refiner: (prompt's, negative prompt's) aesthetic scores, in place of the target size.
+    pub aesthetic_scores: Option<(f32, f32)>,
+}
+
+/// diffusers' defaults for the refiner's aesthetic scores.
+pub const DEFAULT_AESTHETIC_SCORE: f64 = 6.0;
+pub const DEFAULT_NEGATIVE_AESTHETIC_SCORE: f64 = 2.5;
+
+impl XlSizes {
+    /// diffusers' `add_time_ids` for the prompt's half (or, `negative`, the negative prompt's):
+    /// `original_size + crops_coords_top_left + target_size`, sizes as (height, width); the
+    /// refiner's `original_size + crops_coords_top_left + (aesthetic_score,)`.
+    pub fn time_ids(&self, negative: bool) -> Vec<f32> {
+        let (ow, oh) = self.original_size;
+        let (top, left) = self.crop_top_left;
+        let mut ids: Vec<f32> = [oh, ow, top, left].iter().map(|&v| v as f32).collect();
+        match self.aesthetic_scores {
+            Some((score, negative_score)) => ids.push(if negative { negative_score } else { score }),
+            None => {
+                let (tw, th) = self.target_size;
+                ids.extend([th as f32, tw as f32]);
+            }
+        }
+        ids
+    }
 }
 
 /// A request whose settings are in range and consistent, not yet held against a model.
@@ -82,6 +149,7 @@ pub struct Checked {
     /// Meaningful with a mask only.
     mask_blur: f32,
     guidance_cutoff: Option<f64>,
+    guidance_rescale: f32,
 }
 
 /// Everything the denoising loop needs, checked against the model.
@@ -119,6 +187,13 @@ pub struct Prepared {
     /// In [0, 1): guidance stops after this fraction of the run (see [`Prepared::guided_at`]).
     /// `None`: guidance throughout (also when the cut-off asked for is 1).
     pub guidance_cutoff: Option<f64>,
+    /// SDXL models: the size conditioning (`None` for other families).
+    pub xl_sizes: Option<XlSizes>,
+    /// diffusers' `guidance_rescale` ("Common Diffusion Noise Schedules and Sample Steps are
+    /// Flawed", 3.4): each guided prediction is mixed, by this fraction, with itself rescaled to
+    /// the conditional prediction's standard deviation (against over-exposure at high
+    /// guidance). 0: off. Applies where guidance runs.
+    pub guidance_rescale: f32,
 }
 
 /// img2img's (and inpainting's) starting picture, at the output size.
@@ -206,6 +281,15 @@ impl Request {
                 ));
             }
         };
+        let guidance_rescale = match self.guidance_rescale {
+            None => 0.0,
+            Some(rescale) if (0.0..=1.0).contains(&rescale) => rescale as f32,
+            Some(rescale) => {
+                return invalid(format!(
+                    "guidance rescale mixes in the rescaled prediction by a fraction from 0 (off) to 1 (got {rescale}); 0.7 is the paper's"
+                ));
+            }
+        };
         Ok(Checked {
             steps: steps as usize,
             guidance_scale,
@@ -216,6 +300,7 @@ impl Request {
             strength,
             mask_blur,
             guidance_cutoff,
+            guidance_rescale,
             request: self,
         })
     }
@@ -309,6 +394,7 @@ impl Checked {
             }
         })?;
         let first_step = t_start.map_or(0, |t_start| t_start * scheduler.order());
+        let xl_sizes = xl_sizes(folder, &self.request.xl_sizes, width, height)?;
         let tokenize = |what: &'static str, pieces: &[Piece]| {
             let chunks = text::tokenize(&folder.tokenizer, pieces)?;
             text::check_chunks(what, &chunks, limits.max_prompt_chunks)
@@ -336,6 +422,8 @@ impl Checked {
             vae_tiled: u64::from(width) * u64::from(height) > limits.vae_tile_above,
             decoder: self.request.decoder,
             guidance_cutoff: self.guidance_cutoff,
+            xl_sizes,
+            guidance_rescale: self.guidance_rescale,
         })
     }
 
@@ -404,6 +492,86 @@ impl Checked {
             inpaint,
         }
     }
+}
+
+/// SDXL's size conditioning with diffusers' defaults filled in; asking for it on another family
+/// is refused (its UNet has no such input, so it would be silently ignored).
+fn xl_sizes(
+    folder: &ModelFolder,
+    asked: &XlSizeRequest,
+    width: u32,
+    height: u32,
+) -> Result<Option<XlSizes>, GenerationError> {
+    if !folder.is_xl() {
+        if asked.is_empty() {
+            return Ok(None);
+        }
+        return invalid(format!(
+            "original size, crop, target size and aesthetic scores condition SDXL models only; {} is not one: \
+             leave them out",
+            folder.name
+        ));
+    }
+    for (what, size) in [
+        ("original size", asked.original_size),
+        ("target size", asked.target_size),
+    ] {
+        if let Some((w, h)) = size
+            && (w == 0 || h == 0 || w > MAX_CONDITIONING_SIZE || h > MAX_CONDITIONING_SIZE)
+        {
+            return invalid(format!(
+                "{what} {w}x{h}: each side must be between 1 and {MAX_CONDITIONING_SIZE}"
+            ));
+        }
+    }
+    if let Some((top, left)) = asked.crop_top_left
+        && (top > MAX_CONDITIONING_SIZE || left > MAX_CONDITIONING_SIZE)
+    {
+        return invalid(format!(
+            "crop top-left {top},{left}: each coordinate must be at most {MAX_CONDITIONING_SIZE}"
+        ));
+    }
+    let asked_scores = asked.aesthetic_score.is_some() || asked.negative_aesthetic_score.is_some();
+    let aesthetic_scores = if folder.is_refiner() {
+        if asked.target_size.is_some() {
+            return invalid(format!(
+                "{} is an SDXL refiner: it conditions on an aesthetic score instead of a target size; leave the \
+                 target size out",
+                folder.name
+            ));
+        }
+        let score = |what: &str, value: Option<f64>, default: f64| {
+            let value = value.unwrap_or(default);
+            if (0.0..=MAX_AESTHETIC_SCORE).contains(&value) {
+                Ok(value as f32)
+            } else {
+                invalid(format!(
+                    "{what} {value}: it must be between 0 and {MAX_AESTHETIC_SCORE}"
+                ))
+            }
+        };
+        Some((
+            score("aesthetic score", asked.aesthetic_score, DEFAULT_AESTHETIC_SCORE)?,
+            score(
+                "negative aesthetic score",
+                asked.negative_aesthetic_score,
+                DEFAULT_NEGATIVE_AESTHETIC_SCORE,
+            )?,
+        ))
+    } else if asked_scores {
+        return invalid(format!(
+            "aesthetic scores condition SDXL refiners only; {} is not one: leave them out",
+            folder.name
+        ));
+    } else {
+        None
+    };
+    Ok(Some(XlSizes {
+        original_size: asked.original_size.unwrap_or((width, height)),
+        crop_top_left: asked.crop_top_left.unwrap_or((0, 0)),
+        target_size: asked.target_size.unwrap_or((width, height)),
+        aesthetic_scores,
+    }))
 }
 
 /// The output size: as asked, else (img2img) the picture's own rounded down to the model's

@@ -6,7 +6,7 @@
 //! A chunk is keyed by everything that decides its embedding (token ids, per-token weights as
 //! bits, clip skip), so a hit returns exactly what encoding it again would. Least recently used
 //! entries go first; a model's cache holds [`EmbeddingCache::CAPACITY`] chunks (about 4 MB for
-//! SD 1.5's 77 × 768 floats each).
+//! SD 1.5's 77 × 768 floats each, about 9 MB for SDXL's 77 × 2048).
 
 use std::collections::VecDeque;
 
@@ -31,18 +31,27 @@ impl ChunkKey {
     }
 }
 
+/// What the text encoders make of one 75-token chunk.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChunkEmbedding {
+    /// The hidden states the UNet attends to, `[1, 77, D]` (SDXL: both encoders' side by side).
+    pub hidden: HostTensor<f32>,
+    /// SDXL: the second encoder's pooled projection `[1, P]`.
+    pub pooled: Option<HostTensor<f32>>,
+}
+
 /// A small least-recently-used map from chunks to their embeddings.
 #[derive(Debug, Default)]
 pub struct EmbeddingCache {
     /// Most recently used last.
-    entries: VecDeque<(ChunkKey, HostTensor<f32>)>,
+    entries: VecDeque<(ChunkKey, ChunkEmbedding)>,
 }
 
 impl EmbeddingCache {
     pub const CAPACITY: usize = 16;
 
     /// The embedding of `key`, if it is kept (it becomes the most recently used).
-    pub fn get(&mut self, key: &ChunkKey) -> Option<HostTensor<f32>> {
+    pub fn get(&mut self, key: &ChunkKey) -> Option<ChunkEmbedding> {
         let at = self.entries.iter().position(|(k, _)| k == key)?;
         let entry = self.entries.remove(at)?;
         let embedding = entry.1.clone();
@@ -51,7 +60,7 @@ impl EmbeddingCache {
     }
 
     /// Keeps `embedding` for `key`, dropping the least recently used entry when full.
-    pub fn insert(&mut self, key: ChunkKey, embedding: HostTensor<f32>) {
+    pub fn insert(&mut self, key: ChunkKey, embedding: ChunkEmbedding) {
         self.entries.retain(|(k, _)| k != &key);
         if self.entries.len() >= Self::CAPACITY {
             self.entries.pop_front();
@@ -76,8 +85,11 @@ mod tests {
         ChunkKey::new(&[49406, id, 49407], &[1.0, weight, 1.0], clip_skip)
     }
 
-    fn tensor(value: f32) -> HostTensor<f32> {
-        HostTensor::new(vec![1, 1], vec![value])
+    fn tensor(value: f32) -> ChunkEmbedding {
+        ChunkEmbedding {
+            hidden: HostTensor::new(vec![1, 1], vec![value]),
+            pooled: None,
+        }
     }
 
     #[test]

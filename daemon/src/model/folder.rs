@@ -62,6 +62,29 @@ struct TextEncoderConfig {
     layer_norm_eps: Option<f64>,
 }
 
+/// The pipeline-wide switches `model_index.json` carries (diffusers registers them there).
+#[derive(Deserialize, Default)]
+struct ModelIndex {
+    force_zeros_for_empty_prompt: Option<bool>,
+    requires_aesthetics_score: Option<bool>,
+}
+
+/// What an SDXL model adds to SD 1.x/2.x: a second text encoder with its own tokenizer, and a
+/// UNet conditioned on the pooled text embedding and the picture's size (`time_ids`).
+#[derive(Debug)]
+pub struct XlParts {
+    /// `tokenizer_2/`: the same vocabulary, padded with its own pad token (`!` for SDXL's
+    /// OpenCLIP encoder).
+    pub tokenizer_2: ClipTokenizer,
+    /// `force_zeros_for_empty_prompt`: an empty negative prompt conditions with zeros rather than
+    /// with the encoders' embedding of "" (diffusers' default for SDXL pipelines: true).
+    pub force_zeros_for_empty_prompt: bool,
+    /// The refiner (`requires_aesthetics_score`): one text encoder (the second, OpenCLIP, with
+    /// the pooled projection; no `text_encoder/`), and `time_ids` of original size, crop and an
+    /// aesthetic score (5 values) instead of the target size.
+    pub refiner: bool,
+}
+
 #[derive(Deserialize, Default)]
 struct UnetConfig {
     sample_size: Option<usize>,
@@ -164,6 +187,8 @@ pub struct ModelFolder {
     pub text_layer_norm_eps: f64,
     /// The tiny VAE decoder, when the folder carries one.
     pub tiny_decoder: Option<TinyDecoder>,
+    /// SDXL's second text encoder and conditioning, when the folder has `text_encoder_2/`.
+    pub xl: Option<XlParts>,
 }
 
 /// The sub-model files of the layout, relative to the model root.
@@ -177,10 +202,19 @@ pub const VAE_ENCODER: &str = "vae_encoder/model.onnx";
 pub const VAE_DECODER_TINY: &str = "vae_decoder_tiny/model.onnx";
 const VAE_DECODER_TINY_CONFIG: &str = "vae_decoder_tiny/config.json";
 pub const SCHEDULER_CONFIG: &str = "scheduler/scheduler_config.json";
+/// SDXL's second text encoder (OpenCLIP ViT-bigG, with the pooled projection).
+pub const TEXT_ENCODER_2: &str = "text_encoder_2/model.onnx";
+const TOKENIZER_2: &str = "tokenizer_2";
+const MODEL_INDEX: &str = "model_index.json";
 
 /// Every file [`ModelFolder::open`] reads, relative to the model root.
-const READ_ON_OPEN: [&str; 9] = [
+const READ_ON_OPEN: [&str; 14] = [
     SCHEDULER_CONFIG,
+    MODEL_INDEX,
+    TEXT_ENCODER_2,
+    "tokenizer_2/vocab.json",
+    "tokenizer_2/merges.txt",
+    "tokenizer_2/tokenizer_config.json",
     VAE_DECODER_TINY,
     VAE_DECODER_TINY_CONFIG,
     "vae_decoder/config.json",
@@ -220,7 +254,11 @@ impl ModelFolder {
             });
         }
         let model = name.to_string();
-        for part in [TEXT_ENCODER, UNET, VAE_DECODER, SCHEDULER_CONFIG] {
+        let index: ModelIndex = read_optional_config(&model, &root.join(MODEL_INDEX))?;
+        // An SDXL refiner has only the second text encoder.
+        let refiner = index.requires_aesthetics_score == Some(true) && root.join(TEXT_ENCODER_2).is_file();
+        let first_encoder = if refiner { TEXT_ENCODER_2 } else { TEXT_ENCODER };
+        for part in [first_encoder, UNET, VAE_DECODER, SCHEDULER_CONFIG] {
             let path = root.join(part);
             if !path.is_file() {
                 return Err(ModelError::MissingPart { model, path });
@@ -229,7 +267,12 @@ impl ModelFolder {
         let scheduler = read_config(&model, &root.join(SCHEDULER_CONFIG), SchedulerConfig::from_json_str)?;
         let vae: VaeConfig = read_optional_config(&model, &root.join("vae_decoder/config.json"))?;
         let unet: UnetConfig = read_optional_config(&model, &root.join("unet/config.json"))?;
-        let text: TextEncoderConfig = read_optional_config(&model, &root.join("text_encoder/config.json"))?;
+        let text_config = if refiner {
+            "text_encoder_2/config.json"
+        } else {
+            "text_encoder/config.json"
+        };
+        let text: TextEncoderConfig = read_optional_config(&model, &root.join(text_config))?;
         let prediction_type = match scheduler.prediction_type.as_deref().unwrap_or("epsilon") {
             "epsilon" => PredictionType::Epsilon,
             "v_prediction" => PredictionType::VPrediction,
@@ -278,10 +321,17 @@ impl ModelFolder {
         } else {
             None
         };
-        let tokenizer = ClipTokenizer::from_dir(&root.join("tokenizer")).map_err(|source| ModelError::Tokenizer {
+        // The refiner's one tokenizer is tokenizer_2/ (the first one's folder is absent).
+        let tokenizer_dir = if refiner { TOKENIZER_2 } else { "tokenizer" };
+        let tokenizer = ClipTokenizer::from_dir(&root.join(tokenizer_dir)).map_err(|source| ModelError::Tokenizer {
             model: model.clone(),
             source,
         })?;
+        let xl = if root.join(TEXT_ENCODER_2).is_file() {
+            Some(open_xl_parts(&model, root, &tokenizer, &index, refiner)?)
+        } else {
+            None
+        };
         Ok(Self {
             name: model,
             root: root.to_path_buf(),
@@ -298,7 +348,18 @@ impl ModelFolder {
             tokenizer,
             text_layer_norm_eps: text.layer_norm_eps.unwrap_or(1e-5),
             tiny_decoder,
+            xl,
         })
+    }
+
+    /// Whether this is an SDXL-family model (two text encoders, size conditioning).
+    pub fn is_xl(&self) -> bool {
+        self.xl.is_some()
+    }
+
+    /// Whether this is an SDXL refiner (see [`XlParts::refiner`]).
+    pub fn is_refiner(&self) -> bool {
+        self.xl.as_ref().is_some_and(|xl| xl.refiner)
     }
 
     /// Whether the UNet is a dedicated inpainting one (it also takes the mask and the masked
@@ -311,6 +372,53 @@ impl ModelFolder {
     pub fn native_size(&self) -> u32 {
         (self.sample_size.unwrap_or(64) * self.vae_factor) as u32
     }
+}
+
+/// An SDXL folder's second tokenizer and pipeline switches. The prompt is split into 75-token
+/// chunks once, with the first tokenizer, and each chunk is fed to both encoders (as
+/// AUTOMATIC1111 does): that is only right when both tokenizers split text alike, which SDXL's
+/// do (one CLIP vocabulary, two pad tokens), so a folder whose second vocabulary differs is
+/// refused rather than conditioned on the wrong tokens.
+fn open_xl_parts(
+    model: &str,
+    root: &Path,
+    tokenizer: &ClipTokenizer,
+    index: &ModelIndex,
+    refiner: bool,
+) -> Result<XlParts, ModelError> {
+    let dir = root.join(TOKENIZER_2);
+    if !dir.join("vocab.json").is_file() {
+        return Err(ModelError::Incompatible {
+            model: model.to_string(),
+            message: format!(
+                "it has text_encoder_2/ (an SDXL model) but no {}; copy the model's tokenizer_2/ folder (vocab.json, \
+                 merges.txt, tokenizer_config.json) next to it or re-export the model with optimum",
+                dir.join("vocab.json").display()
+            ),
+        });
+    }
+    let tokenizer_2 = ClipTokenizer::from_dir(&dir).map_err(|source| ModelError::Tokenizer {
+        model: model.to_string(),
+        source,
+    })?;
+    const PROBE: &str = "a photograph of an astronaut riding a horse, masterpiece, 8k";
+    let split_alike = matches!(
+        (tokenizer.token_ids(PROBE), tokenizer_2.token_ids(PROBE)),
+        (Ok(a), Ok(b)) if a == b
+    );
+    if !split_alike {
+        return Err(ModelError::Incompatible {
+            model: model.to_string(),
+            message: "tokenizer_2/ splits text differently from tokenizer/ (another vocabulary); easel feeds one \
+                      tokenization to both text encoders, as SDXL's two CLIP tokenizers allow"
+                .to_string(),
+        });
+    }
+    Ok(XlParts {
+        tokenizer_2,
+        force_zeros_for_empty_prompt: index.force_zeros_for_empty_prompt.unwrap_or(true),
+        refiner,
+    })
 }
 
 /// The tiny decoder a `vae_decoder_tiny/config.json` describes (absent keys take

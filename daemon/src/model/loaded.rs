@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::ModelError;
 use super::embedding_cache::EmbeddingCache;
-use super::folder::{ModelFolder, TEXT_ENCODER, UNET, VAE_DECODER, VAE_DECODER_TINY, VAE_ENCODER};
+use super::folder::{ModelFolder, TEXT_ENCODER, TEXT_ENCODER_2, UNET, VAE_DECODER, VAE_DECODER_TINY, VAE_ENCODER};
 use super::onnx::{IoSpec, OnnxError, OnnxModel};
 use super::runtime::OrtRuntime;
 
@@ -26,6 +26,8 @@ pub mod ranks {
     pub const LATENT: &[usize] = &[4];
     /// LCM's guidance embedding `[B, D]`.
     pub const TIMESTEP_COND: usize = 2;
+    /// SDXL's pooled text embedding `[B, P]` and size conditioning `[B, 6]`.
+    pub const XL_CONDITION: usize = 2;
 }
 
 /// The UNet's inputs as this export names and types them.
@@ -37,6 +39,18 @@ pub struct UnetInputs {
     /// LCM-distilled UNets: the guidance embedding `[B, D]` that replaces classifier-free
     /// guidance.
     pub timestep_cond: Option<IoSpec>,
+    /// SDXL UNets (`addition_embed_type="text_time"`): the pooled text embedding and the size
+    /// conditioning.
+    pub xl: Option<XlUnetInputs>,
+}
+
+/// An SDXL UNet's extra inputs.
+#[derive(Debug, Clone)]
+pub struct XlUnetInputs {
+    /// `text_embeds` `[B, P]`: the second text encoder's pooled projection.
+    pub text_embeds: IoSpec,
+    /// `time_ids` `[B, 6]`: original size, crop top-left and target size, (height, width) each.
+    pub time_ids: IoSpec,
 }
 
 impl UnetInputs {
@@ -51,6 +65,7 @@ impl UnetInputs {
                 .iter()
                 .find(|i| i.name == "timestep_cond" && i.rank() == ranks::TIMESTEP_COND)
                 .cloned(),
+            xl: XlUnetInputs::find(unet),
         })
     }
 
@@ -62,6 +77,8 @@ impl UnetInputs {
             Some(&self.timestep.name),
             Some(&self.encoder_hidden_states.name),
             self.timestep_cond.as_ref().map(|s| &s.name),
+            self.xl.as_ref().map(|xl| &xl.text_embeds.name),
+            self.xl.as_ref().map(|xl| &xl.time_ids.name),
         ];
         unet.inputs
             .iter()
@@ -75,6 +92,57 @@ impl UnetInputs {
         self.timestep_cond.as_ref().map(|spec| match spec.shape.get(1) {
             Some(&d) if d > 0 => d as usize,
             _ => 256,
+        })
+    }
+}
+
+impl XlUnetInputs {
+    /// Both of SDXL's extra inputs, by the names diffusers and optimum give them; `None` unless
+    /// the UNet has both (one alone is reported as an input easel cannot feed).
+    fn find(unet: &OnnxModel) -> Option<Self> {
+        let named = |name: &str| {
+            unet.inputs
+                .iter()
+                .find(|i| i.name == name && i.rank() == ranks::XL_CONDITION)
+                .cloned()
+        };
+        Some(Self {
+            text_embeds: named("text_embeds")?,
+            time_ids: named("time_ids")?,
+        })
+    }
+}
+
+/// SDXL's second text encoder: its token-id input, and where its pooled projection comes out.
+#[derive(Debug)]
+pub struct SecondTextEncoder {
+    pub model: OnnxModel,
+    pub input_ids: IoSpec,
+    /// Index of the `text_embeds` output (the pooled, projected embedding `[B, P]`).
+    pub pooled: usize,
+}
+
+/// Where SDXL's second text encoder puts its pooled projection.
+fn pooled_output(model: &OnnxModel) -> Result<usize, String> {
+    model
+        .outputs
+        .iter()
+        .position(|o| o.name == "text_embeds")
+        .ok_or_else(|| {
+            "text_encoder_2 has no `text_embeds` output (the pooled projection SDXL's UNet takes); export it with \
+         optimum as a CLIPTextModelWithProjection"
+                .to_string()
+        })
+}
+
+impl SecondTextEncoder {
+    fn new(model: OnnxModel) -> Result<Self, String> {
+        let input_ids = find_text_input_ids(&model).map_err(|e| e.to_string())?;
+        let pooled = pooled_output(&model)?;
+        Ok(Self {
+            model,
+            input_ids,
+            pooled,
         })
     }
 }
@@ -127,9 +195,53 @@ pub fn find_vae_latent(vae_decoder: &OnnxModel) -> Result<IoSpec, OnnxError> {
 /// Why a UNet with inputs easel does not feed cannot run (see [`UnetInputs::unfed`]).
 pub fn unfed_inputs_message(unfed: &[&str]) -> String {
     format!(
-        "the UNet takes inputs easel cannot feed yet ({}); SDXL UNets come in a later release",
+        "the UNet takes inputs easel cannot feed ({}); easel feeds SD 1.x/2.x, SDXL base and LCM UNets as \
+         optimum exports them",
         unfed.join(", ")
     )
+}
+
+/// An SDXL UNet needs the second text encoder's pooled embedding, and a second text encoder
+/// means nothing to a UNet that does not take it: either is a broken or mixed-up folder.
+pub fn check_xl_parts(has_text_encoder_2: bool, unet_takes_xl: bool) -> Result<(), String> {
+    match (has_text_encoder_2, unet_takes_xl) {
+        (true, false) => Err(
+            "it has text_encoder_2/ (an SDXL model) but its UNet takes no `text_embeds` and \
+                              `time_ids`; the UNet is not SDXL's: re-export the model with optimum"
+                .to_string(),
+        ),
+        (false, true) => Err(
+            "its UNet is SDXL's (it takes `text_embeds` and `time_ids`) but text_encoder_2/ is \
+                              missing; copy the model's text_encoder_2/ and tokenizer_2/ folders next to it"
+                .to_string(),
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// The number of `time_ids` the folder's configs call for (6 for SDXL base models, 5 for a
+/// refiner) against what its UNet declares, when it declares a fixed number: a refiner's
+/// `model_index.json` on a base UNet, or the reverse, fails here rather than mid-generation.
+pub fn check_time_ids(folder: &ModelFolder, xl: Option<&XlUnetInputs>) -> Result<(), String> {
+    let Some(xl) = xl else { return Ok(()) };
+    let expected = if folder.is_refiner() { 5 } else { 6 };
+    match xl.time_ids.shape.get(1) {
+        Some(&declared) if declared > 0 && declared as usize != expected => Err(format!(
+            "its UNet takes {declared} time ids, but its model_index.json makes it {} ({expected} time ids: \
+             {}); fix requires_aesthetics_score in model_index.json or re-export the model",
+            if folder.is_refiner() {
+                "a refiner"
+            } else {
+                "an SDXL base model"
+            },
+            if folder.is_refiner() {
+                "original size, crop, aesthetic score"
+            } else {
+                "original size, crop, target size"
+            }
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// A model with its sessions open: what a worker keeps resident between jobs.
@@ -138,6 +250,11 @@ pub struct LoadedModel {
     pub folder: Arc<ModelFolder>,
     pub text_encoder: OnnxModel,
     pub text_input_ids: IoSpec,
+    /// SDXL's second text encoder (the folder has `text_encoder_2/`). The refiner's only
+    /// encoder is this one, kept in `text_encoder` instead (see `refiner_pooled`).
+    pub text_encoder_2: Option<SecondTextEncoder>,
+    /// The refiner: the index of `text_encoder`'s pooled `text_embeds` output.
+    pub refiner_pooled: Option<usize>,
     pub unet: OnnxModel,
     pub unet_inputs: UnetInputs,
     pub vae_decoder: OnnxModel,
@@ -161,17 +278,29 @@ impl LoadedModel {
         // (reading the file, optimizing the graph), so the text encoder and VAE decoder open
         // while the UNet does, instead of after it.
         let open = |label: &str, part: &str| OnnxModel::load(runtime, label, &folder.root.join(part), threads);
-        let (text_encoder, unet, vae_decoder) = std::thread::scope(|scope| {
-            let text_encoder = scope.spawn(|| open("text_encoder", TEXT_ENCODER));
+        let refiner = folder.is_refiner();
+        let (text_encoder, text_encoder_2, unet, vae_decoder) = std::thread::scope(|scope| {
+            let text_encoder = scope.spawn(|| match refiner {
+                true => open("text_encoder_2", TEXT_ENCODER_2),
+                false => open("text_encoder", TEXT_ENCODER),
+            });
+            let text_encoder_2 =
+                (folder.is_xl() && !refiner).then(|| scope.spawn(|| open("text_encoder_2", TEXT_ENCODER_2)));
             let vae_decoder = scope.spawn(|| open("vae_decoder", VAE_DECODER));
             let unet = open("unet", UNET);
             let joined = |handle: std::thread::ScopedJoinHandle<'_, Result<OnnxModel, OnnxError>>| {
                 handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
             };
-            (joined(text_encoder), unet, joined(vae_decoder))
+            (
+                joined(text_encoder),
+                text_encoder_2.map(joined),
+                unet,
+                joined(vae_decoder),
+            )
         });
-        let (text_encoder, unet, vae_decoder) = (
+        let (text_encoder, text_encoder_2, unet, vae_decoder) = (
             text_encoder.map_err(onnx_err)?,
+            text_encoder_2.transpose().map_err(onnx_err)?,
             unet.map_err(onnx_err)?,
             vae_decoder.map_err(onnx_err)?,
         );
@@ -186,6 +315,17 @@ impl LoadedModel {
         if !extra.is_empty() {
             return Err(incompatible(unfed_inputs_message(&extra)));
         }
+        let text_encoder_2 = text_encoder_2
+            .map(SecondTextEncoder::new)
+            .transpose()
+            .map_err(&incompatible)?;
+        let refiner_pooled = if refiner {
+            Some(pooled_output(&text_encoder).map_err(&incompatible)?)
+        } else {
+            None
+        };
+        check_xl_parts(text_encoder_2.is_some() || refiner, unet_inputs.xl.is_some()).map_err(&incompatible)?;
+        check_time_ids(&folder, unet_inputs.xl.as_ref()).map_err(&incompatible)?;
         if text_encoder.outputs.is_empty() || unet.outputs.is_empty() || vae_decoder.outputs.is_empty() {
             return Err(incompatible("a sub-model has no outputs".into()));
         }
@@ -193,6 +333,8 @@ impl LoadedModel {
             folder,
             text_encoder,
             text_input_ids,
+            text_encoder_2,
+            refiner_pooled,
             unet,
             unet_inputs,
             vae_decoder,

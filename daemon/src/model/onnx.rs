@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use half::f16;
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
-use ort::session::{RunOptions, Session};
+use ort::session::{RunOptions, Session, SessionInputValue};
 use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
 
 use super::optimized_cache::{self, OptimizedCache};
@@ -64,11 +64,30 @@ impl<T> HostTensor<T> {
     }
 }
 
-/// A value for one input, converted to the graph's declared dtype at run time.
-#[derive(Debug, Clone)]
-pub enum Input {
+/// A value for one input: host numbers converted to the graph's declared dtype at run time, or
+/// a [`Bound`] tensor converted once and fed by reference.
+#[derive(Debug)]
+pub enum Input<'a> {
     Float(HostTensor<f32>),
     Int(HostTensor<i64>),
+    Bound(&'a Bound),
+}
+
+/// A tensor already in the graph's element type, fed by reference to every run that takes it
+/// ([`OnnxModel::bind`]): a job's text embeddings are the same for all its UNet evaluations,
+/// so they are converted (to fp16 for a half-precision UNet) and laid out once per job instead
+/// of copied and converted on every step. On the CPU this is what binding an input once with
+/// ONNX Runtime's IO binding does; ONNX Runtime reads the buffer in place.
+#[derive(Debug)]
+pub struct Bound {
+    value: DynValue,
+    shape: Vec<usize>,
+}
+
+impl Bound {
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -197,6 +216,17 @@ impl OnnxModel {
         })
     }
 
+    /// `tensor` converted once to what `spec` declares, to be fed by reference
+    /// ([`Input::Bound`]) to any number of runs.
+    pub fn bind(&self, spec: &IoSpec, tensor: HostTensor<f32>) -> Result<Bound, OnnxError> {
+        let shape = tensor.shape.clone();
+        let value = owned_value(spec, Input::Float(tensor)).map_err(|source| OnnxError::Run {
+            model: self.label.clone(),
+            source,
+        })?;
+        Ok(Bound { value, shape })
+    }
+
     /// Runs the graph on named inputs and returns every output as f32, in the graph's order.
     /// The session's memory arena keeps what the run needed, ready for the next run.
     pub fn run(&mut self, inputs: Vec<(&IoSpec, Input)>) -> Result<Vec<HostTensor<f32>>, OnnxError> {
@@ -216,12 +246,17 @@ impl OnnxModel {
         inputs: Vec<(&IoSpec, Input)>,
         arena: ArenaAfterRun,
     ) -> Result<Vec<HostTensor<f32>>, OnnxError> {
-        let mut values: Vec<(String, DynValue)> = Vec::with_capacity(inputs.len());
+        let mut values: Vec<(String, SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());
         for (spec, input) in inputs {
-            let value = to_value(spec, input).map_err(|source| OnnxError::Run {
-                model: self.label.clone(),
-                source,
-            })?;
+            let value = match input {
+                Input::Bound(bound) => SessionInputValue::from(&bound.value),
+                input => owned_value(spec, input)
+                    .map_err(|source| OnnxError::Run {
+                        model: self.label.clone(),
+                        source,
+                    })?
+                    .into(),
+            };
             values.push((spec.name.clone(), value));
         }
         let label = self.label.clone();
@@ -328,13 +363,21 @@ fn io_spec(model: &str, name: &str, dtype: &ValueType) -> Result<IoSpec, OnnxErr
     })
 }
 
-fn to_value(spec: &IoSpec, input: Input) -> ort::Result<DynValue> {
+/// Host numbers → a value of the graph's element type. A bound value is one already: it is
+/// fed by reference in `run_with`, never through here.
+fn owned_value(spec: &IoSpec, input: Input<'_>) -> ort::Result<DynValue> {
     let (shape, floats): (Vec<usize>, Vec<f64>) = match input {
         // Fast paths keep the common case free of copies through f64.
         Input::Float(t) if spec.dtype == Dtype::F32 => return Ok(Tensor::from_array((t.shape, t.data))?.into_dyn()),
         Input::Int(t) if spec.dtype == Dtype::I64 => return Ok(Tensor::from_array((t.shape, t.data))?.into_dyn()),
         Input::Float(t) => (t.shape, t.data.into_iter().map(f64::from).collect()),
         Input::Int(t) => (t.shape, t.data.into_iter().map(|v| v as f64).collect()),
+        Input::Bound(_) => {
+            return Err(ort::Error::new(format!(
+                "{}: a bound value is fed by reference, not converted again",
+                spec.name
+            )));
+        }
     };
     Ok(match spec.dtype {
         Dtype::F32 => Tensor::from_array((shape, floats.into_iter().map(|v| v as f32).collect::<Vec<_>>()))?.into_dyn(),

@@ -58,6 +58,14 @@ pub fn generate_spec(request: pb::GenerateRequest) -> Result<GenerateSpec, Statu
             },
             decoder,
             guidance_cutoff: request.guidance_cutoff,
+            xl_sizes: generation::XlSizeRequest {
+                original_size: request.original_size.map(|s| (s.width, s.height)),
+                crop_top_left: request.crop_top_left.map(|c| (c.top, c.left)),
+                target_size: request.target_size.map(|s| (s.width, s.height)),
+                aesthetic_score: request.aesthetic_score,
+                negative_aesthetic_score: request.negative_aesthetic_score,
+            },
+            guidance_rescale: request.guidance_rescale,
         },
         seed: request.seed,
         count: request.count,
@@ -238,6 +246,11 @@ pub fn show_reply(listed: &Listed, loaded: &[String]) -> pb::ShowModelReply {
         parts,
         native_width: native_size,
         native_height: native_size,
+        inferred: listed
+            .description
+            .as_ref()
+            .map(|d| d.inferred.clone())
+            .unwrap_or_default(),
     }
 }
 

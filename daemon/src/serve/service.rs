@@ -22,7 +22,7 @@ use super::convert::{
 use super::status::{catalog_status, job_status};
 use crate::catalog::Catalog;
 use crate::catalog::hub::{self, Hub};
-use crate::catalog::store::ImportProgress;
+use crate::catalog::store::{BundleFlags, ImportProgress};
 use crate::config::KeepAlive;
 use crate::generation::text;
 use crate::jobs::{JobError, JobQueue};
@@ -234,10 +234,17 @@ impl pb::easel_server::Easel for EaselService {
                 let _ = tx.send(Ok(import_progress_to_proto(p)));
             };
             let name = Some(request.name.as_str()).filter(|n| !n.is_empty());
+            let flags = BundleFlags {
+                family: request.family.clone(),
+                prediction_type: request.prediction_type.clone(),
+                sampler: request.sampler.clone(),
+                vae_scaling_factor: request.vae_scaling_factor,
+            };
             let result = catalog.import(
                 std::path::Path::new(&request.path),
                 name,
                 request.replace,
+                &flags,
                 &mut progress,
                 &|| cancelled.load(Ordering::SeqCst),
             );

@@ -6,8 +6,8 @@ use tonic::Status;
 use crate::catalog::CatalogError;
 use crate::catalog::hub::HubError;
 use crate::catalog::registry::RegistryError;
-use crate::catalog::store::StoreError;
 use crate::catalog::store::archive::ArchiveError;
+use crate::catalog::store::{BundleError, StoreError};
 use crate::error_chain;
 use crate::jobs::JobError;
 use crate::model::ModelError;
@@ -62,6 +62,14 @@ fn store_status(error: &StoreError, message: String) -> Status {
         StoreError::Invalid { .. } => Status::failed_precondition(message),
         StoreError::Cancelled => Status::cancelled(message),
         StoreError::Io { .. } => Status::internal(message),
+        // A flat bundle whose graphs do not open or run is a broken model; the rest is a
+        // malformed bundle or a flag that does not fit it.
+        StoreError::Bundle { error, .. } if error.is_broken_model() => Status::failed_precondition(message),
+        StoreError::Bundle {
+            error: BundleError::Io { .. },
+            ..
+        } => Status::internal(message),
+        StoreError::Bundle { .. } => Status::invalid_argument(message),
         StoreError::InvalidName { .. }
         | StoreError::DerivedName { .. }
         | StoreError::BuiltinName { .. }
@@ -146,6 +154,12 @@ mod tests {
             assert_eq!(job_status(&error).code(), code, "{error}");
         }
         let hub = |error: HubError| CatalogError::Hub(error);
+        let bundle = |error: BundleError| {
+            CatalogError::Store(StoreError::Bundle {
+                source_path: PathBuf::from("/m"),
+                error,
+            })
+        };
         let catalog = [
             (CatalogError::Registry(unknown()), Code::NotFound),
             (CatalogError::InUse { name: "m".into() }, Code::FailedPrecondition),
@@ -167,6 +181,29 @@ mod tests {
             (
                 CatalogError::Store(StoreError::InvalidName { name: "..".into() }),
                 Code::InvalidArgument,
+            ),
+            (
+                bundle(BundleError::Missing {
+                    missing: "unet.onnx".into(),
+                }),
+                Code::InvalidArgument,
+            ),
+            (
+                bundle(BundleError::FlagsOnOptimum {
+                    flags: "--family".into(),
+                }),
+                Code::InvalidArgument,
+            ),
+            (
+                bundle(BundleError::Onnx {
+                    part: "unet",
+                    file: "unet.onnx".into(),
+                    source: Box::new(crate::model::onnx::OnnxError::Incompatible {
+                        model: "unet".into(),
+                        message: "x".into(),
+                    }),
+                }),
+                Code::FailedPrecondition,
             ),
             (hub(HubError::Cancelled), Code::Cancelled),
             (

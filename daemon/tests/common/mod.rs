@@ -117,7 +117,8 @@ pub fn encode(
 ) -> Result<Vec<HostTensor<f32>>, String> {
     let pieces = text::prompt::parse(prompt).map_err(|e| e.to_string())?;
     let chunks = text::tokenize(&model.folder.tokenizer, &pieces).map_err(|e| e.to_string())?;
-    text::encode_chunks(model, &chunks, clip_skip).map_err(|e| e.to_string())
+    let embeddings = text::encode_chunks(model, &chunks, clip_skip).map_err(|e| e.to_string())?;
+    Ok(embeddings.into_iter().map(|e| e.hidden).collect())
 }
 
 /// Prompt and negative prompt → (cond, uncond), evened out as generation does.
@@ -131,5 +132,6 @@ pub fn encode_guided(
         text::tokenize(&model.folder.tokenizer, &pieces).unwrap()
     };
     let (cond, uncond) = (chunks(prompt), chunks(negative));
-    text::encode_guided(model, &cond, &uncond, 1).unwrap()
+    let (cond, uncond) = text::encode_guided(model, &cond, &uncond, 1).unwrap();
+    (cond.hidden, uncond.hidden)
 }

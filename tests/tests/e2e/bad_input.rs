@@ -557,6 +557,29 @@ async fn each_bad_grpc_request_gets_its_code_and_the_daemon_still_generates() {
             "guidance cutoff",
         ),
         (
+            "negative guidance rescale",
+            with(&|r| r.guidance_rescale = Some(-0.1)),
+            InvalidArgument,
+            "guidance rescale",
+        ),
+        (
+            "NaN guidance rescale",
+            with(&|r| r.guidance_rescale = Some(f64::NAN)),
+            InvalidArgument,
+            "guidance rescale",
+        ),
+        (
+            "SDXL size conditioning on an SD 1.x model",
+            with(&|r| {
+                r.original_size = Some(pb::PictureSize {
+                    width: 1024,
+                    height: 1024,
+                })
+            }),
+            InvalidArgument,
+            "SDXL models only",
+        ),
+        (
             "clip skip too deep",
             with(&|r| r.clip_skip = Some(100)),
             InvalidArgument,

@@ -29,9 +29,15 @@ pub(crate) fn manifest(path: &str) -> Vec<Case> {
     serde_json::from_slice(&std::fs::read(fixtures().join(path)).unwrap()).unwrap()
 }
 
-/// `easel generate` with a reference case's settings and initial noise, writing `out`.
+/// `easel generate` with a reference case's settings and initial noise, writing `out`. The
+/// case's model is a folder under `tests/fixtures/` (`models/sd1-tiny`), an absolute folder, or
+/// the name of an installed model (no `/`).
 pub(crate) fn generate_case(daemon: &Daemon, case: &Case, out: &Path, extra: &[&str]) -> std::process::Output {
-    let model = fixtures().join(&case.model);
+    let model = if case.model.contains('/') {
+        fixtures().join(&case.model)
+    } else {
+        std::path::PathBuf::from(&case.model)
+    };
     let noise = fixtures().join(&case.init_noise);
     let (steps, cfg, width, height) = (
         case.steps.to_string(),

@@ -256,6 +256,7 @@ async fn a_daemon_killed_mid_import_leaves_a_consistent_store() {
                     path,
                     name: "half-done".into(),
                     replace: false,
+                    ..Default::default()
                 })
                 .await?
                 .into_inner();

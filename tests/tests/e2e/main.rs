@@ -3,6 +3,7 @@
 //! once), one module per area.
 
 mod bad_input;
+mod bundle;
 mod cancel;
 mod daemon;
 mod decoder;
@@ -18,4 +19,5 @@ mod memory;
 mod python_client;
 mod quality;
 mod residency;
+mod sdxl;
 mod store;

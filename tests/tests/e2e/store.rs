@@ -280,6 +280,7 @@ async fn a_daemon_killed_mid_import_leaves_nothing_after_its_next_start() {
             path: path.display().to_string(),
             name: "big".into(),
             replace: false,
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -167,6 +167,12 @@ class Client:
         init_noise: Any | None = None,
         decoder: str = "full",
         guidance_cutoff: float | None = None,
+        guidance_rescale: float | None = None,
+        original_size: tuple[int, int] | None = None,
+        crop_top_left: tuple[int, int] | None = None,
+        target_size: tuple[int, int] | None = None,
+        aesthetic_score: float | None = None,
+        negative_aesthetic_score: float | None = None,
     ) -> Generation:
         """Starts a job and returns its events as they happen.
 
@@ -187,7 +193,12 @@ class Client:
         Speed: `decoder` "tiny" decodes the final picture with the model's tiny VAE decoder
         (vae_decoder_tiny/, TAESD; several times faster, a little softer). `guidance_cutoff` in
         [0, 1] stops classifier-free guidance after that fraction of the steps (the rest run one
-        UNet pass instead of two).
+        UNet pass instead of two). `guidance_rescale` in [0, 1] is diffusers' guidance_rescale
+        (0.7 against washed-out pictures at high guidance).
+
+        SDXL models: `original_size` and `target_size` (width, height) and `crop_top_left` (top,
+        left) are SDXL's size conditioning (diffusers' original_size, crops_coords_top_left and
+        target_size); unset, the picture's size, (0, 0) and the picture's size.
 
         The request is checked by the daemon: a bad one raises EaselError("INVALID_ARGUMENT", ...)
         from the first iteration. Breaking out of the loop or closing the stream cancels the job.
@@ -224,6 +235,9 @@ class Client:
             "mask_blur": mask_blur,
             "clip_skip": clip_skip,
             "guidance_cutoff": guidance_cutoff,
+            "guidance_rescale": guidance_rescale,
+            "aesthetic_score": aesthetic_score,
+            "negative_aesthetic_score": negative_aesthetic_score,
         }
         for name, value in optional.items():
             # Proto3 `optional`: unset means "the daemon's default", distinct from 0.
@@ -231,6 +245,13 @@ class Client:
                 setattr(request, name, value)
         if init_noise is not None:
             request.init_noise.CopyFrom(_convert.tensor_from_array(init_noise))
+        for name, size in (("original_size", original_size), ("target_size", target_size)):
+            if size is not None:
+                width_, height_ = size
+                getattr(request, name).CopyFrom(pb.PictureSize(width=width_, height=height_))
+        if crop_top_left is not None:
+            top, left = crop_top_left
+            request.crop_top_left.CopyFrom(pb.CropOrigin(top=top, left=left))
         # A stream call only fails when iterated, so there is nothing to catch here.
         return Generation(self._stub.Generate(request), _convert.generate_event, self.socket)
 

@@ -6,8 +6,9 @@
 //! uses, checks their ranks, and encodes a test prompt. A model that passes loads; one that does
 //! not gets an error naming the part, its file and what is wrong.
 //!
-//! SDXL models (with `text_encoder_2/`) are described but cannot run yet: their description says
-//! so in [`ModelDescription::unsupported`], and the caller decides whether to accept them.
+//! SDXL models (with `text_encoder_2/`) must have both halves: the second text encoder with its
+//! pooled `text_embeds` output and hidden states, and a UNet that takes `text_embeds` and
+//! `time_ids`.
 
 use std::path::{Path, PathBuf};
 
@@ -23,7 +24,6 @@ const TEST_PROMPT: &str = "a photograph of an astronaut riding a horse";
 const SD2_HIDDEN_SIZE: i64 = 1024;
 /// The id of `!`, SD 2.x's pad token, in every CLIP vocabulary.
 const SD2_PAD_ID: i64 = 0;
-const TEXT_ENCODER_2: &str = "text_encoder_2/model.onnx";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DescribeError {
@@ -90,8 +90,9 @@ pub struct ModelDescription {
     pub files: Vec<(String, u64)>,
     /// text_encoder, unet, vae_decoder, then vae_encoder and text_encoder_2 when present.
     pub parts: Vec<PartIo>,
-    /// Why easel cannot run this model yet although it is well formed (SDXL); `None` if it can.
-    pub unsupported: Option<String>,
+    /// For a model converted from a flat bundle: how each generated setting was decided
+    /// ([`super::bundle::inferred_lines`]); empty otherwise.
+    pub inferred: Vec<String>,
 }
 
 /// One ONNX sub-model's inputs and outputs, as its session declares them.
@@ -113,21 +114,23 @@ pub fn describe(runtime: &OrtRuntime, name: &str, root: &Path) -> Result<ModelDe
         problem,
     };
     check_tokenizer(&folder.tokenizer).map_err(|e| tokenizer_error("tokenizer/", e))?;
-    let sdxl = root.join(TEXT_ENCODER_2).is_file();
-    if sdxl {
-        let tokenizer_2 = ClipTokenizer::from_dir(&root.join("tokenizer_2"))
-            .map_err(|e| tokenizer_error("tokenizer_2/", format!("cannot be read: {e}")))?;
-        check_tokenizer(&tokenizer_2).map_err(|e| tokenizer_error("tokenizer_2/", e))?;
+    let sdxl = folder.is_xl();
+    if let Some(xl) = &folder.xl {
+        check_tokenizer(&xl.tokenizer_2).map_err(|e| tokenizer_error("tokenizer_2/", e))?;
     }
 
     let open = |part: &'static str, file: &'static str| Part::open(runtime, &model, root, part, file);
     let mut parts = Vec::new();
 
-    let text_encoder = open("text_encoder", folder::TEXT_ENCODER)?;
-    let input_ids = text_encoder.find(loaded::find_text_input_ids)?;
-    text_encoder.check_rank(&input_ids, ranks::INPUT_IDS)?;
-    let hidden_size = text_encoder.hidden_size();
-    parts.push(text_encoder.finish()?);
+    // A refiner's only text encoder is SDXL's second one, checked below.
+    let mut hidden_size = None;
+    if !folder.is_refiner() {
+        let text_encoder = open("text_encoder", folder::TEXT_ENCODER)?;
+        let input_ids = text_encoder.find(loaded::find_text_input_ids)?;
+        text_encoder.check_rank(&input_ids, ranks::INPUT_IDS)?;
+        hidden_size = text_encoder.hidden_size();
+        parts.push(text_encoder.finish()?);
+    }
 
     let unet = open("unet", folder::UNET)?;
     let unet_inputs = unet.find(UnetInputs::find)?;
@@ -157,30 +160,43 @@ pub fn describe(runtime: &OrtRuntime, name: &str, root: &Path) -> Result<ModelDe
     }
 
     if sdxl {
-        let text_encoder_2 = open("text_encoder_2", TEXT_ENCODER_2)?;
+        let text_encoder_2 = open("text_encoder_2", folder::TEXT_ENCODER_2)?;
         let input_ids = text_encoder_2.find(loaded::find_text_input_ids)?;
         text_encoder_2.check_rank(&input_ids, ranks::INPUT_IDS)?;
+        let outputs: Vec<&str> = text_encoder_2.model.outputs.iter().map(|o| o.name.as_str()).collect();
+        if !outputs.contains(&"text_embeds") || !outputs.iter().any(|o| o.starts_with("hidden_states.")) {
+            return Err(DescribeError::Incompatible {
+                model,
+                message: format!(
+                    "text_encoder_2 ({}) must output `text_embeds` (the pooled projection) and its hidden states; \
+                     it has {}: re-export the model with optimum",
+                    root.join(folder::TEXT_ENCODER_2).display(),
+                    outputs.join(", ")
+                ),
+            });
+        }
         parts.push(text_encoder_2.finish()?);
     }
 
     let unfed: Vec<&str> = unfed.iter().map(String::as_str).collect();
-    let unsupported = match (sdxl, unfed.is_empty()) {
-        (_, true) => None,
-        (true, false) => Some(format!(
-            "SDXL models cannot run in easel yet ({})",
-            loaded::unfed_inputs_message(&unfed)
-        )),
-        (false, false) => {
-            return Err(DescribeError::Incompatible {
-                model,
-                message: loaded::unfed_inputs_message(&unfed),
-            });
-        }
-    };
+    if !unfed.is_empty() {
+        return Err(DescribeError::Incompatible {
+            model,
+            message: loaded::unfed_inputs_message(&unfed),
+        });
+    }
+    loaded::check_xl_parts(sdxl, unet_inputs.xl.is_some()).map_err(|message| DescribeError::Incompatible {
+        model: model.clone(),
+        message,
+    })?;
+    loaded::check_time_ids(&folder, unet_inputs.xl.as_ref()).map_err(|message| DescribeError::Incompatible {
+        model: model.clone(),
+        message,
+    })?;
     let sd2 = folder.tokenizer.pad_id() == SD2_PAD_ID || hidden_size == Some(SD2_HIDDEN_SIZE);
-    let family = family(sdxl, sd2, folder.is_inpainting(), unet_inputs.timestep_cond.is_some());
+    let family = family_of(&folder, sd2, unet_inputs.timestep_cond.is_some());
     let dtype = unet_inputs.sample.dtype.to_string();
-    described(&folder, root, family, dtype, parts, unsupported)
+    described(&folder, root, family, dtype, parts)
 }
 
 /// What `easel models list` shows, read from the configs, the tokenizer and file sizes only —
@@ -206,10 +222,14 @@ pub fn summarize(name: &str, root: &Path) -> Result<ModelDescription, DescribeEr
     let folder = ModelFolder::open(name, root)?;
     let unet: UnetConfig = read(&root.join("unet/config.json"));
     let text: TextConfig = read(&root.join("text_encoder/config.json"));
-    let sdxl = root.join(TEXT_ENCODER_2).is_file();
     let sd2 = folder.tokenizer.pad_id() == SD2_PAD_ID || text.hidden_size == Some(SD2_HIDDEN_SIZE);
-    let family = family(sdxl, sd2, folder.is_inpainting(), unet.time_cond_proj_dim.is_some());
-    described(&folder, root, family, String::new(), Vec::new(), None)
+    let family = family(
+        folder.is_xl(),
+        sd2,
+        folder.is_inpainting(),
+        unet.time_cond_proj_dim.is_some(),
+    );
+    described(&folder, root, family, String::new(), Vec::new())
 }
 
 /// A description: what the caller found out, and what the folder and its files say.
@@ -219,7 +239,6 @@ fn described(
     family: String,
     dtype: String,
     parts: Vec<PartIo>,
-    unsupported: Option<String>,
 ) -> Result<ModelDescription, DescribeError> {
     let files = list_files(root).map_err(|source| DescribeError::Files {
         model: folder.name.clone(),
@@ -237,7 +256,7 @@ fn described(
         native_size: folder.native_size(),
         files,
         parts,
-        unsupported,
+        inferred: super::bundle::inferred_lines(root),
     })
 }
 
@@ -335,6 +354,16 @@ fn check_tokenizer(tokenizer: &ClipTokenizer) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// A folder's family: [`family`], with `sdxl-refiner` for SDXL's refiner.
+fn family_of(folder: &ModelFolder, sd2: bool, lcm: bool) -> String {
+    let family = family(folder.is_xl(), sd2, folder.is_inpainting(), lcm);
+    if folder.is_refiner() {
+        family.replacen("sdxl", "sdxl-refiner", 1)
+    } else {
+        family
+    }
 }
 
 /// `sd1`, `sd2` or `sdxl`, then `-inpaint` and/or `-lcm`.

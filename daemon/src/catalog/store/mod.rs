@@ -1,7 +1,9 @@
 //! The model store: installed models under `$EASEL_HOME/models/NAME/`, and how they get there.
 //!
 //! Layout: every non-dot sub-folder of `models_dir` is an installed model (a folder in optimum's
-//! layout, see DESIGN.md "Model format"). Dot-prefixed folders are the store's own work in
+//! layout, see DESIGN.md "Model format"). An import also takes a flat bundle (graphs side by
+//! side, no configs): [`bundle`] converts it into that layout in the staging folder, before
+//! validation. Dot-prefixed folders are the store's own work in
 //! progress: `.import-*` (an import or pull being filled and validated) and `.removing-*` (a
 //! model on its way out).
 //!
@@ -23,12 +25,14 @@
 //! All of this is blocking file I/O; callers run it off the async runtime.
 
 pub mod archive;
+pub mod bundle;
 pub mod describe;
 
 use std::io;
 use std::path::{Path, PathBuf};
 
 pub use archive::ArchiveError;
+pub use bundle::{BundleError, BundleFlags, Layout, Layouts};
 pub use describe::{DescribeError, ModelDescription, PartIo, describe, list_files, summarize};
 
 /// Folders being imported (or pulled): deleted by [`Store::open`] if an import was interrupted.
@@ -65,6 +69,8 @@ impl Default for ImportLimits {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ImportStage {
     Extracting,
+    /// A flat bundle being turned into optimum's layout (only for those).
+    Converting,
     Validating,
     Installing,
 }
@@ -74,6 +80,7 @@ impl ImportStage {
     pub fn as_str(self) -> &'static str {
         match self {
             ImportStage::Extracting => "extracting",
+            ImportStage::Converting => "converting",
             ImportStage::Validating => "validating",
             ImportStage::Installing => "installing",
         }
@@ -110,11 +117,17 @@ pub enum StoreError {
     )]
     SpecialSource { path: PathBuf, kind: &'static str },
     #[error(
-        "{source_path} is not a model folder: no {MODEL_INDEX} at its top level or in a single top-level folder; pass the folder optimum exported (or an archive of it)"
+        "{source_path} is not a model folder: no {MODEL_INDEX} (optimum's layout) nor unet.onnx (a flat bundle) at its top level or in a single top-level folder; pass the folder optimum exported, a folder of text_encoder.onnx, unet.onnx, vae_decoder.onnx, vocab.json and merges.txt, or an archive of either"
     )]
     NotAModel { source_path: PathBuf },
     #[error(transparent)]
     Archive(ArchiveError),
+    #[error("{source_path} cannot be imported: {error}")]
+    Bundle {
+        source_path: PathBuf,
+        #[source]
+        error: BundleError,
+    },
     #[error("model `{name}` was not installed: {message}")]
     Invalid { name: String, message: String },
     #[error("the import was cancelled; nothing was installed")]
@@ -249,12 +262,29 @@ impl Store {
     /// the source: the folder's name, or the archive's without `.zip`, `.tar`, `.tar.gz`, `.tgz`,
     /// `.tar.zst` or `.tzst`). An installed model of that name is refused unless `replace`.
     /// `cancelled` is polled between entries and chunks; a cancelled or failed import leaves
-    /// nothing behind.
+    /// nothing behind. Only optimum's layout: [`Store::import_converting`] also takes flat
+    /// bundles.
     pub fn import(
         &self,
         source: &Path,
         name: Option<&str>,
         replace: bool,
+        validate: &mut dyn FnMut(&Path) -> Result<(), String>,
+        progress: &mut dyn FnMut(ImportProgress),
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Installed, StoreError> {
+        self.import_converting(source, name, replace, None, validate, progress, cancelled)
+    }
+
+    /// [`Store::import`], where `layouts` (when given) decides on each layout found and converts
+    /// a flat bundle into optimum's layout in the staging folder, before `validate` sees it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn import_converting(
+        &self,
+        source: &Path,
+        name: Option<&str>,
+        replace: bool,
+        layouts: Option<&dyn Layouts>,
         validate: &mut dyn FnMut(&Path) -> Result<(), String>,
         progress: &mut dyn FnMut(ImportProgress),
         cancelled: &dyn Fn() -> bool,
@@ -297,16 +327,19 @@ impl Store {
         progress(ImportProgress::Stage(ImportStage::Extracting));
         if metadata.is_dir() {
             // Find the model first, so a wrong folder is refused before anything is copied.
-            let root = find_model_root(source)
+            let (root, layout) = locate(source, layouts.is_some())
                 .map_err(io_error("read", source))?
                 .ok_or_else(|| StoreError::NotAModel {
                     source_path: source.to_path_buf(),
                 })?;
+            if let Some(layouts) = layouts {
+                layouts.check(layout).map_err(bundle_error(source))?;
+            }
             archive::copy_folder(&root, staging.path(), self.limits, progress, cancelled)?;
         } else {
             archive::extract(source, staging.path(), self.limits, progress, cancelled)?;
         }
-        self.install_checked(staging, &name, replace, source, validate, progress, cancelled)
+        self.install_checked(staging, &name, replace, source, layouts, validate, progress, cancelled)
     }
 
     /// A fresh folder inside the store for a caller that fills it itself (hub pulls download
@@ -332,10 +365,11 @@ impl Store {
         refuse_builtin(name)?;
         let source = staging.path().to_path_buf();
         archive::verify_links(&source)?;
-        self.install_checked(staging, name, replace, &source, validate, &mut |_| {}, &|| false)
+        self.install_checked(staging, name, replace, &source, None, validate, &mut |_| {}, &|| false)
     }
 
-    /// Finds the model root in `staging`, validates it and renames it into place.
+    /// Finds the model root in `staging` (converting a flat bundle when `layouts` allows),
+    /// validates it and renames it into place.
     #[allow(clippy::too_many_arguments)]
     fn install_checked(
         &self,
@@ -343,6 +377,7 @@ impl Store {
         name: &str,
         replace: bool,
         source: &Path,
+        layouts: Option<&dyn Layouts>,
         validate: &mut dyn FnMut(&Path) -> Result<(), String>,
         progress: &mut dyn FnMut(ImportProgress),
         cancelled: &dyn Fn() -> bool,
@@ -350,11 +385,21 @@ impl Store {
         if cancelled() {
             return Err(StoreError::Cancelled);
         }
-        let root = find_model_root(staging.path())
+        let (root, layout) = locate(staging.path(), layouts.is_some())
             .map_err(io_error("read", staging.path()))?
             .ok_or_else(|| StoreError::NotAModel {
                 source_path: source.to_path_buf(),
             })?;
+        if let Some(layouts) = layouts {
+            layouts.check(layout).map_err(bundle_error(source))?;
+            if layout == Layout::Flat {
+                progress(ImportProgress::Stage(ImportStage::Converting));
+                layouts.convert(&root).map_err(bundle_error(source))?;
+                if cancelled() {
+                    return Err(StoreError::Cancelled);
+                }
+            }
+        }
         if root != staging.path() {
             // Links checked against the whole extraction may leave a sub-folder root.
             archive::verify_links(&root)?;
@@ -526,6 +571,12 @@ pub fn find_model_root(dir: &Path) -> io::Result<Option<PathBuf>> {
     if dir.join(MODEL_INDEX).is_file() {
         return Ok(Some(dir.to_path_buf()));
     }
+    Ok(single_visible_folder(dir)?.filter(|folder| folder.join(MODEL_INDEX).is_file()))
+}
+
+/// The one visible entry of `dir` when it is a folder (hidden entries and macOS's `__MACOSX`
+/// do not count).
+fn single_visible_folder(dir: &Path) -> io::Result<Option<PathBuf>> {
     let mut visible = Vec::new();
     for item in std::fs::read_dir(dir)? {
         let item = item?;
@@ -535,13 +586,27 @@ pub fn find_model_root(dir: &Path) -> io::Result<Option<PathBuf>> {
             visible.push(item);
         }
     }
-    if let [single] = visible.as_slice()
-        && single.file_type()?.is_dir()
-        && single.path().join(MODEL_INDEX).is_file()
-    {
-        return Ok(Some(single.path()));
+    match visible.as_slice() {
+        [single] if single.file_type()?.is_dir() => Ok(Some(single.path())),
+        _ => Ok(None),
     }
-    Ok(None)
+}
+
+/// The model in `dir` and its layout: optimum's first ([`find_model_root`]), then, when
+/// `flat_too`, a flat bundle ([`bundle::find_bundle_root`]).
+fn locate(dir: &Path, flat_too: bool) -> io::Result<Option<(PathBuf, Layout)>> {
+    if let Some(root) = find_model_root(dir)? {
+        return Ok(Some((root, Layout::Optimum)));
+    }
+    if !flat_too {
+        return Ok(None);
+    }
+    Ok(bundle::find_bundle_root(dir)?.map(|root| (root, Layout::Flat)))
+}
+
+fn bundle_error(source: &Path) -> impl FnOnce(BundleError) -> StoreError {
+    let source_path = source.to_path_buf();
+    move |error| StoreError::Bundle { source_path, error }
 }
 
 /// `rename(2)` that fails if `to` exists (even as an empty folder, which a plain rename would
@@ -972,6 +1037,113 @@ mod tests {
             "{err}"
         );
         assert_eq!(entries(&store), Vec::<String>::new());
+    }
+
+    /// Converts a "flat bundle" by writing `model_index.json` and moving `unet.onnx` into
+    /// `unet/`; refuses optimum folders when `refuse_optimum`.
+    struct FakeLayouts {
+        refuse_optimum: bool,
+        converted: Cell<u32>,
+    }
+
+    impl Layouts for FakeLayouts {
+        fn check(&self, layout: Layout) -> Result<(), BundleError> {
+            if self.refuse_optimum && layout == Layout::Optimum {
+                return Err(BundleError::FlagsOnOptimum {
+                    flags: "--family".into(),
+                });
+            }
+            Ok(())
+        }
+
+        fn convert(&self, root: &Path) -> Result<(), BundleError> {
+            self.converted.set(self.converted.get() + 1);
+            assert!(!root.join(MODEL_INDEX).exists());
+            std::fs::create_dir(root.join("unet")).unwrap();
+            std::fs::rename(root.join("Unet.onnx"), root.join("unet/model.onnx")).unwrap();
+            std::fs::write(root.join(MODEL_INDEX), "{}").unwrap();
+            Ok(())
+        }
+    }
+
+    fn fake_layouts(refuse_optimum: bool) -> FakeLayouts {
+        FakeLayouts {
+            refuse_optimum,
+            converted: Cell::new(0),
+        }
+    }
+
+    #[test]
+    fn flat_bundles_are_converted_in_staging_from_folders_and_archives() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let layouts = fake_layouts(false);
+        let import_flat = |source: &Path, layouts: Option<&dyn Layouts>| {
+            let mut stages = Vec::new();
+            let result = store.import_converting(
+                source,
+                None,
+                false,
+                layouts,
+                &mut |root| {
+                    // Validation sees the converted folder.
+                    assert!(root.join("unet/model.onnx").is_file());
+                    Ok(())
+                },
+                &mut |p| stages.push(p),
+                &|| false,
+            );
+            (result, stages)
+        };
+        let folder = dir.path().join("flat-folder");
+        fs_write(&folder.join("Unet.onnx"), "w");
+        fs_write(&folder.join("vocab.json"), "{}");
+        let (installed, stages) = import_flat(&folder, Some(&layouts));
+        let installed = installed.unwrap();
+        assert!(installed.path.join("unet/model.onnx").is_file());
+        assert!(stages.contains(&ImportProgress::Stage(ImportStage::Converting)));
+        // The user's folder is untouched.
+        assert!(folder.join("Unet.onnx").is_file() && !folder.join(MODEL_INDEX).exists());
+
+        let items = [Item::File("Unet.onnx", b"w"), Item::File("merges.txt", b"#")];
+        let top = [
+            Item::File("bundle/Unet.onnx", b"w"),
+            Item::File("bundle/vocab.json", b"{}"),
+        ];
+        for (file, bytes) in [
+            ("flat-root.tar.gz", gzip(&tar_bytes(&items))),
+            ("flat-top.zip", zip_bytes(&top)),
+        ] {
+            let archive = dir.path().join(file);
+            std::fs::write(&archive, bytes).unwrap();
+            let (installed, _) = import_flat(&archive, Some(&layouts));
+            assert!(installed.unwrap().path.join("unet/model.onnx").is_file(), "{file}");
+        }
+        assert_eq!(layouts.converted.get(), 3);
+        assert_eq!(entries(&store), ["flat-folder", "flat-root", "flat-top"]);
+
+        // Without a converter a flat bundle is not a model.
+        let other = dir.path().join("other-flat");
+        fs_write(&other.join("unet.onnx"), "w");
+        let (result, _) = import_flat(&other, None);
+        assert!(matches!(result, Err(StoreError::NotAModel { .. })));
+        // An optimum folder the converter refuses is refused before it is copied.
+        let refusing = fake_layouts(true);
+        let optimum = fake_model(&dir.path().join("optimum"), "w");
+        let err = store
+            .import_converting(
+                &optimum,
+                None,
+                false,
+                Some(&refusing),
+                &mut accept,
+                &mut |p| assert!(!matches!(p, ImportProgress::Bytes { .. }), "nothing is copied"),
+                &|| false,
+            )
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Bundle { .. }), "{err}");
+        assert!(err.to_string().contains("only applies to flat bundles"), "{err}");
+        assert_eq!(entries(&store), ["flat-folder", "flat-root", "flat-top"]);
     }
 
     #[test]

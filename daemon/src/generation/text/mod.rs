@@ -6,12 +6,19 @@
 //!
 //! [`tokenize`] runs while a request is prepared (so the `Tokenize` call shows exactly what
 //! generation feeds); [`encode_chunks`] and [`encode_guided`] run the text encoder on the worker.
+//!
+//! SDXL has two text encoders. Each chunk goes through both, as AUTOMATIC1111 does: each
+//! encoder's penultimate hidden state (diffusers' `hidden_states[-2]`, no final norm; clip skip
+//! N reads one layer further back per step, diffusers' `clip_skip = N − 1`), weighted on its
+//! own, then the two side by side per token; the pooled embedding the UNet also takes is the
+//! second encoder's projection of the first chunk. A single chunk is exactly diffusers'
+//! `StableDiffusionXLPipeline.encode_prompt`. The refiner has the second encoder alone.
 
 pub mod clip_skip;
 pub mod prompt;
 
 use crate::model::LoadedModel;
-use crate::model::embedding_cache::ChunkKey;
+use crate::model::embedding_cache::{ChunkEmbedding, ChunkKey};
 use crate::model::onnx::{HostTensor, Input};
 use crate::model::tokenizer::{ClipTokenizer, TokenizerError};
 
@@ -79,7 +86,7 @@ pub fn encode_chunks(
     model: &mut LoadedModel,
     chunks: &[Chunk],
     clip_skip: usize,
-) -> Result<Vec<HostTensor<f32>>, GenerationError> {
+) -> Result<Vec<ChunkEmbedding>, GenerationError> {
     chunks
         .iter()
         .map(|(ids, weights)| encode_chunk(model, ids, weights, clip_skip))
@@ -93,7 +100,7 @@ pub fn encode_guided(
     prompt: &[Chunk],
     negative: &[Chunk],
     clip_skip: usize,
-) -> Result<(HostTensor<f32>, HostTensor<f32>), GenerationError> {
+) -> Result<(ChunkEmbedding, ChunkEmbedding), GenerationError> {
     let (mut cond, mut uncond) = (
         encode_chunks(model, prompt, clip_skip)?,
         encode_chunks(model, negative, clip_skip)?,
@@ -110,13 +117,14 @@ pub fn encode_guided(
 }
 
 /// One chunk (ids without BOS/EOS, and their weights) → the text encoder's hidden state
-/// `[1, 77, D]` (the last layer's, or the one `clip_skip` names), with the weights applied.
+/// `[1, 77, D]` (the last layer's, or the one `clip_skip` names), with the weights applied; for
+/// SDXL, both encoders' and the pooled embedding.
 fn encode_chunk(
     model: &mut LoadedModel,
     body: &[i64],
     weights: &[f64],
     clip_skip: usize,
-) -> Result<HostTensor<f32>, GenerationError> {
+) -> Result<ChunkEmbedding, GenerationError> {
     let ids = model.folder.tokenizer.wrap_chunk(body);
     let mut token_weights = vec![1.0; ids.len()];
     token_weights[1..1 + weights.len()].copy_from_slice(weights);
@@ -127,10 +135,112 @@ fn encode_chunk(
     let input = Input::Int(HostTensor::new(vec![1, ids.len()], ids));
     let spec = model.text_input_ids.clone();
     let outputs = model.text_encoder.run_releasing(vec![(&spec, input)])?;
-    let mut embedding = select_layer(model, outputs, clip_skip)?;
-    prompt::apply_weights(&mut embedding.data, &token_weights);
+    let embedding = if model.folder.is_refiner() {
+        // The refiner's one encoder is SDXL's second: its penultimate state and its projection.
+        let pooled = model.refiner_pooled.and_then(|i| outputs.get(i).cloned());
+        let names: Vec<String> = model.text_encoder.outputs.iter().map(|o| o.name.clone()).collect();
+        let mut hidden = xl_layer(&model.folder.name, "text_encoder_2", &names, outputs, clip_skip)?;
+        prompt::apply_weights(&mut hidden.data, &token_weights);
+        ChunkEmbedding { hidden, pooled }
+    } else if model.folder.is_xl() {
+        encode_chunk_xl(model, outputs, body, &token_weights, clip_skip)?
+    } else {
+        let mut hidden = select_layer(model, outputs, clip_skip)?;
+        prompt::apply_weights(&mut hidden.data, &token_weights);
+        ChunkEmbedding { hidden, pooled: None }
+    };
     model.text_cache.insert(key, embedding.clone());
     Ok(embedding)
+}
+
+/// SDXL: the first encoder's `outputs` and a run of the second on the same chunk (padded with
+/// its own pad token) → both penultimate (or clip-skipped) hidden states, each weighted, side by
+/// side per token, and the second encoder's pooled projection.
+fn encode_chunk_xl(
+    model: &mut LoadedModel,
+    outputs: Vec<HostTensor<f32>>,
+    body: &[i64],
+    token_weights: &[f64],
+    clip_skip: usize,
+) -> Result<ChunkEmbedding, GenerationError> {
+    let names = |encoder: &crate::model::onnx::OnnxModel| -> Vec<String> {
+        encoder.outputs.iter().map(|o| o.name.clone()).collect()
+    };
+    let mut first = xl_layer(
+        &model.folder.name,
+        "text_encoder",
+        &names(&model.text_encoder),
+        outputs,
+        clip_skip,
+    )?;
+    prompt::apply_weights(&mut first.data, token_weights);
+
+    let folder = model.folder.clone();
+    let (Some(xl), Some(second_encoder)) = (folder.xl.as_ref(), model.text_encoder_2.as_mut()) else {
+        // LoadedModel::load refuses an SDXL folder without its second encoder.
+        return Err(GenerationError::Model(crate::model::ModelError::Incompatible {
+            model: folder.name.clone(),
+            message: "the second text encoder is not loaded".to_string(),
+        }));
+    };
+    let ids = xl.tokenizer_2.wrap_chunk(body);
+    let spec = second_encoder.input_ids.clone();
+    let input = Input::Int(HostTensor::new(vec![1, ids.len()], ids));
+    let outputs = second_encoder.model.run_releasing(vec![(&spec, input)])?;
+    let pooled = outputs[second_encoder.pooled].clone();
+    let second_names = names(&second_encoder.model);
+    let mut second = xl_layer(&folder.name, "text_encoder_2", &second_names, outputs, clip_skip)?;
+    prompt::apply_weights(&mut second.data, token_weights);
+    Ok(ChunkEmbedding {
+        hidden: side_by_side(&first, &second),
+        pooled: Some(pooled),
+    })
+}
+
+/// SDXL's layer of one encoder: `hidden_states` `clip_skip` + 1 from the end (the penultimate
+/// for clip skip 1), as it is: SDXL's pipelines skip the final layer norm.
+fn xl_layer(
+    model: &str,
+    part: &str,
+    names: &[String],
+    mut outputs: Vec<HostTensor<f32>>,
+    clip_skip: usize,
+) -> Result<HostTensor<f32>, GenerationError> {
+    let layers: Vec<(usize, usize)> = names
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| Some((n.strip_prefix("hidden_states.")?.parse().ok()?, i)))
+        .collect();
+    let depth = layers.iter().map(|&(k, _)| k).max().unwrap_or(0);
+    let chosen = clip_skip::hidden_state_index(clip_skip + 1, depth)
+        .and_then(|k| layers.iter().find(|&&(layer, _)| layer == k).map(|&(_, i)| i));
+    match chosen {
+        Some(index) if index < outputs.len() => Ok(outputs.swap_remove(index)),
+        _ if layers.is_empty() => Err(GenerationError::Model(crate::model::ModelError::Incompatible {
+            model: model.to_string(),
+            message: format!(
+                "{part} exports no hidden states, and SDXL conditions on the penultimate one; re-export the model \
+                 with optimum, which exports them"
+            ),
+        })),
+        _ => Err(GenerationError::InvalidRequest(format!(
+            "clip skip {clip_skip} is deeper than {model}'s {part}, which has {depth} layers"
+        ))),
+    }
+}
+
+/// `[1, T, A]` and `[1, T, B]` → `[1, T, A + B]`: each token's two vectors one after the other
+/// (`torch.concat(…, dim=-1)`).
+fn side_by_side(a: &HostTensor<f32>, b: &HostTensor<f32>) -> HostTensor<f32> {
+    let (wa, wb) = (*a.shape.last().unwrap_or(&1), *b.shape.last().unwrap_or(&1));
+    let mut data = Vec::with_capacity(a.data.len() + b.data.len());
+    for (row_a, row_b) in a.data.chunks_exact(wa).zip(b.data.chunks_exact(wb)) {
+        data.extend_from_slice(row_a);
+        data.extend_from_slice(row_b);
+    }
+    let mut shape = a.shape.clone();
+    *shape.last_mut().expect("a rank-3 hidden state") = wa + wb;
+    HostTensor::new(shape, data)
 }
 
 /// The text encoder's `last_hidden_state`, or for clip skip N ≥ 2 the `hidden_states.K` output
@@ -176,16 +286,32 @@ fn select_layer(
     Ok(HostTensor::new(outputs[last].shape.clone(), data))
 }
 
-/// Chunks `[1, 77, D]` → `[1, 77·k, D]`.
-pub fn concat_sequence(chunks: &[HostTensor<f32>]) -> HostTensor<f32> {
-    let mut shape = chunks[0].shape.clone();
-    shape[1] = chunks.iter().map(|c| c.shape[1]).sum();
-    HostTensor::new(shape, chunks.iter().flat_map(|c| c.data.iter().copied()).collect())
+/// Chunks `[1, 77, D]` → `[1, 77·k, D]`; the pooled embedding is the first chunk's (as
+/// AUTOMATIC1111 takes it for SDXL).
+pub fn concat_sequence(chunks: &[ChunkEmbedding]) -> ChunkEmbedding {
+    let mut shape = chunks[0].hidden.shape.clone();
+    shape[1] = chunks.iter().map(|c| c.hidden.shape[1]).sum();
+    ChunkEmbedding {
+        hidden: HostTensor::new(
+            shape,
+            chunks.iter().flat_map(|c| c.hidden.data.iter().copied()).collect(),
+        ),
+        pooled: chunks[0].pooled.clone(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn side_by_side_puts_each_tokens_two_vectors_together() {
+        let a = HostTensor::new(vec![1, 2, 2], vec![1.0, 2.0, 3.0, 4.0]);
+        let b = HostTensor::new(vec![1, 2, 3], vec![10.0, 20.0, 30.0, 40.0, 50.0, 60.0]);
+        let both = side_by_side(&a, &b);
+        assert_eq!(both.shape, [1, 2, 5]);
+        assert_eq!(both.data, [1.0, 2.0, 10.0, 20.0, 30.0, 3.0, 4.0, 40.0, 50.0, 60.0]);
+    }
 
     #[test]
     fn prompt_length_counts_characters_not_bytes() {
