@@ -37,6 +37,7 @@ import shutil
 
 import numpy as np
 
+import make_fewstep_fixtures as fewstep
 from common import (  # also sets HF_HUB_OFFLINE etc.
     FIX, MAX_LEN, NEGATIVE, SCHED_MODULE, STOCHASTIC, TINY_TOKENIZER, VAE_MODULE, NoiseTape, check_strength_schedule,
     expected_step_draws, finish, fixture_args, fresh_dir, load_config, load_ort_pipeline, log, make_scheduler,
@@ -49,24 +50,8 @@ MODEL = FIX / "models" / NAME
 # The same model with stabilityai/sdxl-turbo's scheduler config (Euler ancestral, `trailing`):
 # what makes SDXL-Turbo's one-to-four-step pictures, at guidance 0.
 TURBO = "sdxl-turbo-tiny"
-TURBO_SCHEDULER = {
-    "_class_name": "EulerAncestralDiscreteScheduler",
-    "_diffusers_version": "0.24.0.dev0",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "clip_sample": False,
-    "interpolation_type": "linear",
-    "num_train_timesteps": 1000,
-    "prediction_type": "epsilon",
-    "sample_max_value": 1.0,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "timestep_spacing": "trailing",
-    "trained_betas": None,
-    "use_karras_sigmas": False,
-}
+# stabilityai/sdxl-turbo ships SD-Turbo's config with Euler ancestral in place of Euler.
+TURBO_SCHEDULER = dict(fewstep.TURBO_SCHEDULER, _class_name="EulerAncestralDiscreteScheduler")
 OUT = FIX / "sdxl"
 # stabilityai/stable-diffusion-xl-base-1.0's scheduler/scheduler_config.json.
 SDXL_SCHEDULER = load_config("sdxl-scheduler")
@@ -75,6 +60,24 @@ PROMPT = "a red circle on a blue background"
 # The widths that make the concatenation order visible: 32 from the first encoder, 48 from the
 # second, its pooled projection 40; the UNet's time embedding of each of the 6 time ids is 8.
 TE1_WIDTH, TE2_WIDTH, POOLED, TIME_EMBED = 32, 48, 40, 8
+
+
+def xl_unet(seed: int | None, text_width: int, time_ids: int, in_channels: int = 4):
+    """The tiny SDXL UNet: `text_width`-wide cross-attention, conditioned on the pooled embedding
+    and `time_ids` size (and score) ids, each embedded TIME_EMBED wide. Seeded with `seed`, or
+    (None) drawn from torch's generator as it stands."""
+    import torch
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    return tiny_unet(
+        8, True, in_channels=in_channels,
+        cross_attention_dim=text_width,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=TIME_EMBED,
+        projection_class_embeddings_input_dim=POOLED + time_ids * TIME_EMBED,
+        transformer_layers_per_block=(1, 2),
+    )
 
 
 def build():
@@ -97,14 +100,7 @@ def build():
 
     text_encoder = CLIPTextModel(clip_config(TE1_WIDTH, 3, "quick_gelu", 32)).eval()
     text_encoder_2 = CLIPTextModelWithProjection(clip_config(TE2_WIDTH, 3, "gelu", POOLED)).eval()
-    unet = tiny_unet(
-        8, True,
-        cross_attention_dim=TE1_WIDTH + TE2_WIDTH,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=TIME_EMBED,
-        projection_class_embeddings_input_dim=POOLED + 6 * TIME_EMBED,
-        transformer_layers_per_block=(1, 2),
-    )
+    unet = xl_unet(None, TE1_WIDTH + TE2_WIDTH, 6)
     vae = AutoencoderKL(
         in_channels=3, out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
@@ -271,18 +267,9 @@ INPAINT9_CASES = [
 def make_inpaint9_model(pipe, work):
     """The 9-channel SDXL inpainting pipeline, exported; its folder is sdxl-tiny's with the
     exported unet/ and model_index.json. Returns the PyTorch pipeline."""
-    import torch
     from diffusers import StableDiffusionXLInpaintPipeline
 
-    torch.manual_seed(12)
-    unet = tiny_unet(
-        8, True, in_channels=9,
-        cross_attention_dim=TE1_WIDTH + TE2_WIDTH,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=TIME_EMBED,
-        projection_class_embeddings_input_dim=POOLED + 6 * TIME_EMBED,
-        transformer_layers_per_block=(1, 2),
-    )
+    unet = xl_unet(12, TE1_WIDTH + TE2_WIDTH, 6, in_channels=9)
     components = dict(pipe.components, unet=unet)
     pt = StableDiffusionXLInpaintPipeline(**components, requires_aesthetics_score=False)
     pt.set_progress_bar_config(disable=True)
@@ -359,18 +346,9 @@ REFINER_CASES = [
 
 def make_refiner(pipe, work):
     """The tiny refiner pipeline (seeded), exported; returns it."""
-    import torch
     from diffusers import StableDiffusionXLImg2ImgPipeline
 
-    torch.manual_seed(13)
-    unet = tiny_unet(
-        8, True,
-        cross_attention_dim=TE2_WIDTH,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=TIME_EMBED,
-        projection_class_embeddings_input_dim=POOLED + 5 * TIME_EMBED,
-        transformer_layers_per_block=(1, 2),
-    )
+    unet = xl_unet(13, TE2_WIDTH, 5)
     refiner = StableDiffusionXLImg2ImgPipeline(
         vae=pipe.vae, text_encoder=None, text_encoder_2=pipe.text_encoder_2, tokenizer=None,
         tokenizer_2=pipe.tokenizer_2, unet=unet, scheduler=pipe.scheduler, requires_aesthetics_score=True,

@@ -628,19 +628,25 @@ fn report(settings: &Settings, model: &Path, measured: &Measured) -> String {
     );
     // What bounds the end-to-end ratios: the UNet's evaluations alone (PNDM runs steps + 1).
     let evaluations = f64::from(settings.steps + 1);
-    let unet_share = match (step, optimum) {
-        (Some(step), Some(optimum)) if optimum.median > 0.0 => step.median * evaluations / optimum.median,
+    let share_of_optimum = |seconds: f64| match optimum {
+        Some(optimum) if optimum.median > 0.0 => seconds / optimum.median,
         _ => f64::NAN,
     };
+    let median = |stat: Option<Stat>| stat.map_or(f64::NAN, |s| s.median);
+    let unet_share = share_of_optimum(median(step) * evaluations);
+    let with_decode = share_of_optimum(median(step) * evaluations + median(decode));
     let bounds = format!(
         "## What bounds the end-to-end figures\n\n\
          easel and optimum run the same ONNX Runtime kernels on the same graphs, and easel's UNet \
          evaluation is the bare session's. The {evaluations:.0} UNet evaluations of a request alone \
          take {share:.2} of optimum's whole request, so no glue and no decoder can bring request → \
-         PNG below that ratio; what is left above it is the VAE decode (the tiny decoder's row) and \
-         the encode/PNG glue. Halving the UNet's evaluations (the guidance cut-off) or their cost \
-         (the attention-fused UNet's row) is what moves these figures.\n",
+         PNG below that ratio (the tiny decoder's target is under it); with easel's full VAE decode \
+         they take {with_decode:.2}, so the glue left to win with the full decoder is the difference \
+         between that and the request's ratio. A new prompt's first UNet call waits for the text \
+         encoder, whose run alone takes {encode} here. Halving the UNet's evaluations (the guidance \
+         cut-off) or their cost (the attention-fused UNet's row) is what moves these figures.\n",
         share = unet_share,
+        encode = seconds(bare_encode),
     );
     let cutoff = &easel["cutoff_difference"];
     let cutoff_note = format!(

@@ -1352,8 +1352,13 @@ pub fn scheduler_config(plan: &Plan) -> Value {
 /// say (channels, sample size, text width, LCM's embedding).
 pub fn unet_config(plan: &Plan) -> Value {
     let (heads, blocks, down, up, linear, extra) = match plan.family {
-        Family::Sd1 => (
-            json!(8),
+        // SD 1.x and 2.x share the block layout; 2.x has per-level heads and linear projections.
+        Family::Sd1 | Family::Sd2 => (
+            if plan.family == Family::Sd1 {
+                json!(8)
+            } else {
+                json!([5, 10, 20, 20])
+            },
             json!([320, 640, 1280, 1280]),
             json!([
                 "CrossAttnDownBlock2D",
@@ -1367,25 +1372,7 @@ pub fn unet_config(plan: &Plan) -> Value {
                 "CrossAttnUpBlock2D",
                 "CrossAttnUpBlock2D"
             ]),
-            false,
-            json!({}),
-        ),
-        Family::Sd2 => (
-            json!([5, 10, 20, 20]),
-            json!([320, 640, 1280, 1280]),
-            json!([
-                "CrossAttnDownBlock2D",
-                "CrossAttnDownBlock2D",
-                "CrossAttnDownBlock2D",
-                "DownBlock2D"
-            ]),
-            json!([
-                "UpBlock2D",
-                "CrossAttnUpBlock2D",
-                "CrossAttnUpBlock2D",
-                "CrossAttnUpBlock2D"
-            ]),
-            true,
+            plan.family == Family::Sd2,
             json!({}),
         ),
         Family::Sdxl => (

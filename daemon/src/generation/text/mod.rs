@@ -206,14 +206,9 @@ fn xl_layer(
     mut outputs: Vec<HostTensor<f32>>,
     clip_skip: usize,
 ) -> Result<HostTensor<f32>, GenerationError> {
-    let layers: Vec<(usize, usize)> = names
-        .iter()
-        .enumerate()
-        .filter_map(|(i, n)| Some((n.strip_prefix("hidden_states.")?.parse().ok()?, i)))
-        .collect();
-    let depth = layers.iter().map(|&(k, _)| k).max().unwrap_or(0);
-    let chosen = clip_skip::hidden_state_index(clip_skip + 1, depth)
-        .and_then(|k| layers.iter().find(|&&(layer, _)| layer == k).map(|&(_, i)| i));
+    let layers = HiddenStates::of(names.iter().map(String::as_str));
+    let depth = layers.depth();
+    let chosen = clip_skip::hidden_state_index(clip_skip + 1, depth).and_then(|k| layers.output_of(k));
     match chosen {
         Some(index) if index < outputs.len() => Ok(outputs.swap_remove(index)),
         _ if layers.is_empty() => Err(GenerationError::Model(crate::model::ModelError::Incompatible {
@@ -226,6 +221,34 @@ fn xl_layer(
         _ => Err(GenerationError::InvalidRequest(format!(
             "clip skip {clip_skip} is deeper than {model}'s {part}, which has {depth} layers"
         ))),
+    }
+}
+
+/// A text encoder's `hidden_states.K` outputs: (K, output index) for each.
+struct HiddenStates(Vec<(usize, usize)>);
+
+impl HiddenStates {
+    fn of<'a>(names: impl Iterator<Item = &'a str>) -> Self {
+        Self(
+            names
+                .enumerate()
+                .filter_map(|(i, n)| Some((n.strip_prefix("hidden_states.")?.parse().ok()?, i)))
+                .collect(),
+        )
+    }
+
+    /// The deepest K (the number of layers: `hidden_states.0` is the embeddings).
+    fn depth(&self) -> usize {
+        self.0.iter().map(|&(k, _)| k).max().unwrap_or(0)
+    }
+
+    /// The output index of `hidden_states.K`.
+    fn output_of(&self, k: usize) -> Option<usize> {
+        self.0.iter().find(|&&(layer, _)| layer == k).map(|&(_, i)| i)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 
@@ -255,16 +278,10 @@ fn select_layer(
     if clip_skip <= 1 {
         return Ok(outputs.swap_remove(last));
     }
-    // `hidden_states.K` outputs, by K.
-    let layers: Vec<(usize, usize)> = names
-        .iter()
-        .enumerate()
-        .filter_map(|(i, n)| Some((n.strip_prefix("hidden_states.")?.parse().ok()?, i)))
-        .collect();
-    let depth = layers.iter().map(|&(k, _)| k).max().unwrap_or(0);
-    let output_of = |k: usize| layers.iter().find(|&&(layer, _)| layer == k).map(|&(_, i)| i);
-    let skipped = clip_skip::hidden_state_index(clip_skip, depth).and_then(output_of);
-    let (Some(chosen), Some(deepest)) = (skipped, output_of(depth)) else {
+    let layers = HiddenStates::of(names.iter().copied());
+    let depth = layers.depth();
+    let skipped = clip_skip::hidden_state_index(clip_skip, depth).and_then(|k| layers.output_of(k));
+    let (Some(chosen), Some(deepest)) = (skipped, layers.output_of(depth)) else {
         let name = &model.folder.name;
         return Err(GenerationError::InvalidRequest(if layers.is_empty() {
             format!(
