@@ -400,6 +400,67 @@ def refiner_references(pipe, ort_pipe, diffs, work) -> list:
     return manifest
 
 
+# force_upcast: a float16 VAE decoder whose activations pass float16's range (the middle block's
+# first convolution scaled by 1e5, its weights still within float16; the group norm after it
+# scales that back, so in float32 the picture is the same), and the picture diffusers decodes
+# with it in float32. ONNX Runtime's CPU kernels compute this graph in float32 behind casts (the
+# recorded as-is difference is within rounding); GPU kernels compute in float16, where it would
+# overflow.
+OVERFLOW_SCALE = 1e5
+OVERFLOWING = ("decoder.mid_block.resnets.0.conv1.weight", "decoder.mid_block.resnets.0.conv1.bias")
+
+
+def fp16_vae_fixture(pipe) -> dict:
+    import copy
+
+    import onnx
+    import torch
+    from onnx import numpy_helper
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    out = OUT / "fp16-vae"
+    (out / "vae_decoder").mkdir(parents=True)
+    vae = copy.deepcopy(pipe.vae).float()
+    params = dict(vae.named_parameters())
+    with torch.no_grad():
+        for name in OVERFLOWING:
+            params[name].mul_(OVERFLOW_SCALE)
+    graph = onnx.load(str(MODEL / "vae_decoder" / "model.onnx"))
+    scaled = 0
+    for init in graph.graph.initializer:
+        if init.name in OVERFLOWING:
+            values = numpy_helper.to_array(init) * np.float32(OVERFLOW_SCALE)
+            # The weights themselves fit float16: only the activations they make overflow it.
+            assert np.abs(values).max() < 65504, np.abs(values).max()
+            init.CopyFrom(numpy_helper.from_array(values, init.name))
+            scaled += 1
+    assert scaled == len(OVERFLOWING), scaled
+    half = convert_float_to_float16(graph, keep_io_types=False)
+    onnx.save(half, str(out / "vae_decoder" / "model.onnx"))
+    config = json.loads((MODEL / "vae_decoder" / "config.json").read_text())
+    assert config["force_upcast"] is True
+    write_json(out / "vae_decoder" / "config.json", config)
+
+    latent = np.random.default_rng(9600).standard_normal((1, 4, 8, 8), dtype=np.float32)
+    np.save(out / "latent.npy", latent)
+    with torch.no_grad():
+        decoded = vae.decode(torch.from_numpy(latent) / vae.config.scaling_factor).sample
+    picture = (decoded / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()[0]
+    save_png(out / "decoded.png", to_pil(picture))
+    # What the float16 graph makes without the upcast (ONNX Runtime on the CPU), recorded.
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(out / "vae_decoder" / "model.onnx"), providers=["CPUExecutionProvider"])
+    raw = session.run(None, {"latent_sample": (latent / vae.config.scaling_factor).astype(np.float16)})[0]
+    as_is = np.clip(raw.astype(np.float32) / 2 + 0.5, 0, 1)[0].transpose(1, 2, 0)
+    off = np.abs(np.asarray(to_pil(as_is), dtype=np.float64) - np.asarray(to_pil(picture), dtype=np.float64))
+    facts = dict(overflow_scale=OVERFLOW_SCALE, scaled=list(OVERFLOWING),
+                 float16_as_is_vs_float32=dict(mean=float(off.mean()), max=float(off.max())))
+    write_json(out / "facts.json", facts)
+    log(f"  fp16 VAE run as float16 vs diffusers' float32 decode: mean {off.mean():.2f}, max {off.max():.0f} (0-255)")
+    return facts
+
+
 def run(pipe, case, noise, sched_file, extra, tape_kwargs):
     """common.run_pipe's call with SDXL's own arguments (time ids, clip skip) added."""
     import torch
@@ -486,6 +547,7 @@ def main():
     write_json(OUT / "img2img-manifest.json", img2img_references(pipe, ort_pipe, diffs))
     write_json(OUT / "inpaint-manifest.json", inpaint_references(pipe, ort_pipe, diffs, work))
     write_json(OUT / "refiner-manifest.json", refiner_references(pipe, ort_pipe, diffs, work))
+    fp16_vae_fixture(pipe)
     finish(OUT, manifest, diffs)
 
 

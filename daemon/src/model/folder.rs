@@ -33,6 +33,7 @@ impl PredictionType {
 #[derive(Deserialize, Default)]
 struct VaeConfig {
     scaling_factor: Option<f64>,
+    force_upcast: Option<bool>,
     sample_size: Option<usize>,
     mid_block_add_attention: Option<bool>,
     block_out_channels: Option<Vec<usize>>,
@@ -165,6 +166,9 @@ pub struct ModelFolder {
     pub prediction_type: PredictionType,
     /// The VAE's latent scaling (`scaling_factor`, 0.18215 for SD 1.x).
     pub scaling_factor: f32,
+    /// The VAE's `force_upcast` (SDXL's VAE overflows float16): an SDXL model's float16 VAE
+    /// export is run in float32, as diffusers' SDXL pipelines do.
+    pub vae_force_upcast: bool,
     /// Pixels per latent cell along each side: 2^(len(block_out_channels) - 1).
     pub vae_factor: usize,
     /// The VAE's `sample_size` (pixels): the tile size of a tiled decode, as diffusers'
@@ -338,6 +342,7 @@ impl ModelFolder {
             scheduler,
             prediction_type,
             scaling_factor: vae.scaling_factor.unwrap_or(0.18215) as f32,
+            vae_force_upcast: vae.force_upcast.unwrap_or(false),
             vae_factor,
             vae_sample_size: vae.sample_size.unwrap_or(512).max(vae_factor),
             latent_channels,

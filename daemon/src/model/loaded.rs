@@ -244,6 +244,17 @@ pub fn check_time_ids(folder: &ModelFolder, xl: Option<&XlUnetInputs>) -> Result
     }
 }
 
+/// Whether a VAE part is run widened to float32: an SDXL model (diffusers' SDXL pipelines read
+/// `force_upcast`; the SD 1.x/2.x ones ignore it, and `AutoencoderKL` defaults it to true) whose
+/// VAE config says `force_upcast`, with a graph that takes float16.
+fn upcasts(folder: &ModelFolder, vae_part: &OnnxModel) -> bool {
+    let takes_float16 = vae_part
+        .inputs
+        .iter()
+        .any(|input| input.dtype == super::onnx::Dtype::F16);
+    folder.is_xl() && folder.vae_force_upcast && takes_float16
+}
+
 /// A model with its sessions open: what a worker keeps resident between jobs.
 #[derive(Debug)]
 pub struct LoadedModel {
@@ -306,7 +317,14 @@ impl LoadedModel {
         );
         let text_input_ids = find_text_input_ids(&text_encoder).map_err(onnx_err)?;
         let unet_inputs = UnetInputs::find(&unet).map_err(onnx_err)?;
-        let vae_latent = find_vae_latent(&vae_decoder).map_err(onnx_err)?;
+        let mut vae_decoder = vae_decoder;
+        let mut vae_latent = find_vae_latent(&vae_decoder).map_err(onnx_err)?;
+        if upcasts(&folder, &vae_decoder) {
+            // diffusers' `force_upcast`: this float16 VAE decodes in float32.
+            vae_decoder = OnnxModel::load_upcast(runtime, "vae_decoder", &folder.root.join(VAE_DECODER), threads)
+                .map_err(onnx_err)?;
+            vae_latent = find_vae_latent(&vae_decoder).map_err(onnx_err)?;
+        }
         let incompatible = |message: String| ModelError::Incompatible {
             model: model.clone(),
             message,
@@ -365,7 +383,10 @@ impl LoadedModel {
                 model: model_name.clone(),
                 source,
             };
-            let model = OnnxModel::load(&self.runtime, "vae_encoder", &path, self.threads).map_err(onnx_err)?;
+            let mut model = OnnxModel::load(&self.runtime, "vae_encoder", &path, self.threads).map_err(onnx_err)?;
+            if upcasts(&self.folder, &model) {
+                model = OnnxModel::load_upcast(&self.runtime, "vae_encoder", &path, self.threads).map_err(onnx_err)?;
+            }
             self.vae_encoder = Some(VaeEncoder::new(model).map_err(onnx_err)?);
         }
         Ok(self.vae_encoder.as_mut().expect("loaded above"))

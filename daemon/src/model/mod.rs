@@ -21,6 +21,7 @@ pub mod optimized_cache;
 pub mod runtime;
 pub mod scheduler_config;
 pub mod tokenizer;
+pub mod upcast;
 
 use std::path::PathBuf;
 

@@ -99,6 +99,10 @@ pub enum OnnxError {
         source: ort::Error,
     },
     #[error(
+        "cannot decode {path} in float32 as its config's force_upcast asks (its float16 activations overflow): {message}"
+    )]
+    Upcast { path: PathBuf, message: String },
+    #[error(
         "{model}: input or output `{name}` has element type {found:?}, which easel does not support (expected float32, float16, int64 or int32)"
     )]
     UnsupportedType { model: String, name: String, found: String },
@@ -143,6 +147,31 @@ impl OnnxModel {
         Self::open(runtime, label, path, threads, false)
     }
 
+    /// Opens `path` with every float16 tensor, type and cast widened to float32 first
+    /// ([`super::upcast`]): diffusers' `force_upcast` for a float16 VAE.
+    pub fn load_upcast(runtime: &OrtRuntime, label: &str, path: &Path, threads: usize) -> Result<Self, OnnxError> {
+        let bytes = std::fs::read(path).map_err(|source| OnnxError::Upcast {
+            path: path.to_path_buf(),
+            message: source.to_string(),
+        })?;
+        let widened = super::upcast::to_float32(&bytes).map_err(|source| OnnxError::Upcast {
+            path: path.to_path_buf(),
+            message: source.to_string(),
+        })?;
+        drop(bytes);
+        let load_error = |source: ort::Error| OnnxError::Load {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut builder = Session::builder(&runtime.environment).map_err(load_error)?;
+        if threads > 0 {
+            builder = builder.with_intra_threads(threads).map_err(|e| load_error(e.into()))?;
+        }
+        builder = builder.with_memory_pattern(false).map_err(|e| load_error(e.into()))?;
+        let session = builder.commit_from_memory(&widened).map_err(load_error)?;
+        Self::from_session(label, session)
+    }
+
     /// Opens `path` only to read and check its inputs and outputs: no graph optimization, which
     /// makes opening a full-size UNet several times faster (the session is not run).
     pub fn inspect(runtime: &OrtRuntime, label: &str, path: &Path) -> Result<Self, OnnxError> {
@@ -174,6 +203,10 @@ impl OnnxModel {
             Some(cache) => open_through_cache(cache, builder, path).map_err(load_error)?,
             None => builder.commit_from_file(path).map_err(load_error)?,
         };
+        Self::from_session(label, session)
+    }
+
+    fn from_session(label: &str, session: Session) -> Result<Self, OnnxError> {
         let inputs = session
             .inputs()
             .iter()
