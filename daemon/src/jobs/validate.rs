@@ -78,12 +78,43 @@ mod tests {
     use crate::model::onnx::HostTensor;
 
     fn sd1_tiny() -> String {
+        fixture_model("sd1-tiny")
+    }
+
+    fn fixture_model(name: &str) -> String {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../tests/fixtures/models/sd1-tiny")
+            .join("../tests/fixtures/models")
+            .join(name)
             .canonicalize()
             .unwrap()
             .display()
             .to_string()
+    }
+
+    /// SDXL's conditioning settings: usually sensible, sometimes anything.
+    fn xl_settings() -> impl Strategy<Value = (generation::XlSizeRequest, Option<f64>)> {
+        let size = || maybe((1u32..4096, 1u32..4096), (any::<u32>(), any::<u32>()));
+        let score = || maybe(0.0f64..=10.0, any::<f64>());
+        (
+            size(),
+            size(),
+            size(),
+            score(),
+            score(),
+            maybe(0.0f64..=1.0, any::<f64>()),
+        )
+            .prop_map(
+                |(original_size, crop_top_left, target_size, aesthetic_score, negative_aesthetic_score, rescale)| {
+                    let sizes = generation::XlSizeRequest {
+                        original_size,
+                        crop_top_left,
+                        target_size,
+                        aesthetic_score,
+                        negative_aesthetic_score,
+                    };
+                    (sizes, rescale)
+                },
+            )
     }
 
     fn png(width: u32, height: u32) -> Vec<u8> {
@@ -211,6 +242,36 @@ mod tests {
                     prop_assert_eq!(p.decoder, generation::vae::Decoder::Full, "sd1-tiny has no tiny decoder");
                     prop_assert!((1..=limits.max_count).contains(&job.count));
                     prop_assert!(job.batch_size >= 1 && job.batch_size <= job.count);
+                }
+                Err(JobError::InvalidArgument(message)) => prop_assert!(!message.is_empty()),
+                Err(JobError::Model(_) | JobError::Registry(_)) => {}
+                Err(other) => prop_assert!(false, "unexpected error kind: {other:?}"),
+            }
+        }
+
+        /// SDXL's conditioning on the SDXL base and refiner fixtures, and on an SD 1.x model
+        /// (where it is refused): resolved within bounds, or a clear error.
+        #[test]
+        fn any_sdxl_conditioning_validates_or_fails_cleanly(
+            picture in request(),
+            (xl_sizes, guidance_rescale) in xl_settings(),
+            model in prop_oneof![Just("sdxl-tiny"), Just("sdxl-refiner-tiny"), Just("sd1-tiny")],
+        ) {
+            let home = tempfile::tempdir().unwrap();
+            let registry = Registry::new(home.path());
+            let limits = Limits { max_pixels: 256 * 256, max_steps: 30, ..Limits::default() };
+            let picture = generation::Request { xl_sizes, guidance_rescale, ..picture };
+            let spec = GenerateSpec { model: fixture_model(model), picture, ..Default::default() };
+            match validate(&registry, &limits, spec) {
+                Ok(job) => {
+                    let p = &job.prepared;
+                    prop_assert!((0.0..=1.0).contains(&p.guidance_rescale));
+                    prop_assert_eq!(p.xl_sizes.is_some(), model != "sd1-tiny");
+                    if let Some(xl) = p.xl_sizes {
+                        let ids = xl.time_ids(false);
+                        prop_assert_eq!(ids.len(), if model == "sdxl-refiner-tiny" { 5 } else { 6 });
+                        prop_assert!(ids.iter().all(|v| v.is_finite() && *v >= 0.0 && *v <= 16_384.0));
+                    }
                 }
                 Err(JobError::InvalidArgument(message)) => prop_assert!(!message.is_empty()),
                 Err(JobError::Model(_) | JobError::Registry(_)) => {}
