@@ -10,7 +10,7 @@
 //! - `png-info` reads a picture's `parameters` back.
 //!
 //! Fields easel cannot honour and that change the picture (hires fix, face restoration,
-//! tiling, variation seeds, scripts, styles) are refused with a message naming them, rather
+//! tiling, variation seeds, scripts, styles, a second-stage refiner) are refused with a message naming them, rather
 //! than ignored: the picture would not be the one asked for. Layout-only choices with no easel
 //! equivalent (`resize_mode`, `inpaint_full_res`, `inpainting_fill`) are accepted: easel
 //! resizes the init image to the requested size and inpaints the whole picture.
@@ -239,6 +239,10 @@ const UNSUPPORTED: &[(&str, &str)] = &[
     ("subseed_strength", "variation seeds"),
     ("script_name", "scripts"),
     ("styles", "prompt styles"),
+    (
+        "refiner_checkpoint",
+        "second-stage refiner yet (an SDXL refiner can run as an img2img model of its own)",
+    ),
 ];
 
 async fn plan(gateway: &Gateway, fields: Fields<'_>) -> Result<Plan, A1111Error> {

@@ -537,3 +537,56 @@ fn a1111_requests_can_name_their_checkpoint_and_leave_the_images_out() {
     assert_eq!(info["sd_model_name"], "tiny-shapes");
     assert_eq!(answer["parameters"]["send_images"], false, "the request is echoed");
 }
+
+/// An SDXL model through both HTTP APIs: listed by A1111's `sd-models`, drawn at its own size
+/// when the request names no size, named in the answer; OpenAI's `model` picks it too. A1111's
+/// second-stage refiner field is refused with what to do instead.
+#[test]
+fn sdxl_models_serve_through_both_http_apis() {
+    let daemon = Daemon::start();
+    let model = fixture_model("sdxl-tiny");
+    let import = daemon.easel(&["models", "import", model.to_str().unwrap(), "--name", "xl"]);
+    assert!(import.status.success(), "{}", stderr(&import));
+    let gateway = Gateway::start(&daemon, &[]);
+    let listed = gateway.request("GET", "/sdapi/v1/sd-models", &[], b"");
+    assert_eq!(listed.status, 200, "{}", listed.text());
+    assert!(
+        listed
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["model_name"] == "xl"),
+        "{}",
+        listed.text()
+    );
+    let body = json!({
+        "prompt": "a red circle", "steps": 2, "seed": 3,
+        "override_settings": {"sd_model_checkpoint": "xl"},
+    });
+    let answer = gateway.post_json("/sdapi/v1/txt2img", &body);
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let answer = answer.json();
+    let info: Value = serde_json::from_str(answer["info"].as_str().unwrap()).unwrap();
+    assert_eq!(info["sd_model_name"], "xl");
+    let png = STANDARD.decode(answer["images"][0].as_str().unwrap()).unwrap();
+    let (width, height, _) = read_png(&png);
+    assert_eq!(
+        (width, height),
+        (64, 64),
+        "sdxl-tiny's own size: UNet sample 8 × VAE factor 8"
+    );
+
+    let openai = gateway.post_json(
+        "/v1/images/generations",
+        &json!({"prompt": "a red circle", "model": "xl", "size": "64x64", "response_format": "b64_json"}),
+    );
+    assert_eq!(openai.status, 200, "{}", openai.text());
+
+    let refined = gateway.post_json(
+        "/sdapi/v1/txt2img",
+        &json!({"prompt": "x", "steps": 1, "refiner_checkpoint": "refiner", "refiner_switch_at": 0.8}),
+    );
+    assert_eq!(refined.status, 422, "{}", refined.text());
+    assert!(refined.text().contains("refiner_checkpoint"), "{}", refined.text());
+}
