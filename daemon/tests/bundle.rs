@@ -54,12 +54,7 @@ fn import(source: &Path, flags: BundleFlags) -> (Result<(Installed, ModelDescrip
         &mut |_| {},
         &|| false,
     );
-    let leftovers: Vec<_> = std::fs::read_dir(store.models_dir())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with('.'))
-        .collect();
-    assert!(leftovers.is_empty(), "staging left behind: {leftovers:?}");
+    common::assert_no_staging_left(store.models_dir());
     (result.map(|installed| (installed, description.unwrap())), home)
 }
 

@@ -39,6 +39,16 @@ pub fn load_fixture_model(relative: &str) -> easeld::model::LoadedModel {
     easeld::model::LoadedModel::load(&runtime(), std::sync::Arc::new(folder), 1).unwrap()
 }
 
+/// Fails if an import left a staging folder (a hidden entry) in the store's models folder.
+pub fn assert_no_staging_left(models_dir: &Path) {
+    let leftovers: Vec<_> = std::fs::read_dir(models_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "staging left behind: {leftovers:?}");
+}
+
 /// A text-to-image reference case as the fixture manifests write it (`references/`, `fewstep/`,
 /// `fp16/`, `clipskip/`; fields a manifest adds are read by the test that needs them).
 #[derive(Debug, serde::Deserialize)]
