@@ -24,6 +24,9 @@ Run from the repository root:
 Also sdxl-turbo-tiny: the same weights with SDXL-Turbo's scheduler config (Euler ancestral,
 `trailing`), for one-to-four-step pictures at guidance 0.
 
+Also the base + refiner ensemble (ensemble-manifest.json): the base with `denoising_end` hands
+its latents to the refiner (sdxl-refiner-tiny) with `denoising_start`.
+
 Writes tests/fixtures/models/sdxl-tiny/, tests/fixtures/models/sdxl-turbo-tiny/ and
 tests/fixtures/sdxl/ (manifest.json with the
 references/ manifest's fields plus `original_size`, `crops_coords_top_left`, `target_size`
@@ -366,10 +369,9 @@ def make_refiner(pipe, work):
     return refiner
 
 
-def refiner_references(pipe, ort_pipe, diffs, work) -> list:
+def refiner_references(pipe, ort_pipe, diffs, work, refiner) -> list:
     from PIL import Image
 
-    refiner = make_refiner(pipe, work)
     ort = None if ort_pipe is None else load_ort_pipeline("ORTStableDiffusionXLImg2ImgPipeline", FIX / "models" / REFINER)
     init_pil = Image.open(FIX / INIT).convert("RGB")
     sched_file = FIX / "models" / REFINER / "scheduler" / "scheduler_config.json"
@@ -396,6 +398,88 @@ def refiner_references(pipe, ort_pipe, diffs, work) -> list:
             sampler=sampler, noise=noise_path, noise_draws=labels, image=image_path, timesteps=facts["timesteps"],
             aesthetic_score=score, negative_aesthetic_score=negative_score,
             notes="diffusers StableDiffusionXLImg2ImgPipeline (PyTorch) with the refiner; every draw replayed",
+        ))
+    return manifest
+
+
+# Base + refiner in one request, as diffusers' "ensemble of expert denoisers": the base runs the
+# schedule's timesteps down to the switch (`denoising_end`, `output_type="latent"`) and hands its
+# latents as they are to the refiner, which runs the rest (`denoising_start`: no VAE encode, no
+# add_noise). The same noise tape serves both, as one generator passed to both would.
+# name, sampler, steps, guidance, negative prompt, switch, (width, height), extra
+ENSEMBLE_CASES = [
+    ("ensemble-euler-0.8", "euler", 10, 7.5, NEGATIVE, 0.8, (64, 64), {}),
+    ("ensemble-euler_a-0.5-empty-negative", "euler_a", 8, 7.5, "", 0.5, (64, 64), {}),
+    ("ensemble-heun-0.7", "heun", 6, 5.0, NEGATIVE, 0.7, (64, 64), {}),
+    ("ensemble-heun-0.5", "heun", 6, 5.0, NEGATIVE, 0.5, (64, 64), {}),
+    ("ensemble-dpmpp_2m-0.8", "dpmpp_2m", 10, 7.5, NEGATIVE, 0.8, (64, 64), {}),
+    ("ensemble-ddim-0.6", "ddim", 10, 7.5, NEGATIVE, 0.6, (64, 64), {}),
+    ("ensemble-pndm-0.8", "pndm", 10, 7.5, NEGATIVE, 0.8, (64, 64), {}),
+    ("ensemble-euler-0.75-sizes-scores", "euler", 10, 7.5, NEGATIVE, 0.75, (96, 64),
+     dict(original_size=(128, 192), crops_coords_top_left=(8, 16), target_size=(64, 96),
+          aesthetic_score=7.0, negative_aesthetic_score=2.0)),
+]
+
+
+def ensemble_references(pipe, refiner) -> list:
+    """Base (denoising_end) then refiner (denoising_start) on the same prompts and noise tape."""
+    import torch
+
+    base_sched = MODEL / "scheduler" / "scheduler_config.json"
+    refiner_sched = FIX / "models" / REFINER / "scheduler" / "scheduler_config.json"
+    manifest = []
+    for idx, (name, sampler, steps, guidance, negative, switch, (width, height), extra) in enumerate(ENSEMBLE_CASES):
+        noise = np.random.default_rng(9700 + idx).standard_normal((1, 4, height // 8, width // 8), dtype=np.float32)
+        pipe.scheduler = make_scheduler(sampler, base_sched)
+        refiner.scheduler = make_scheduler(sampler, refiner_sched)
+        ran = {"base": [], "refiner": []}
+
+        def record(stage):
+            def callback(_pipe, _i, t, kwargs):
+                ran[stage].append(float(t))
+                return kwargs
+
+            return callback
+
+        sizes = {k: extra[k] for k in ("original_size", "crops_coords_top_left") if k in extra}
+        scores = {k: extra[k] for k in ("aesthetic_score", "negative_aesthetic_score") if k in extra}
+        common = dict(prompt="a lighthouse on a rocky coast", negative_prompt=negative or None,
+                      num_inference_steps=steps, guidance_scale=guidance)
+        tape = NoiseTape({"step": SCHED_MODULE[sampler], "add_noise": I2I_MODULE, "vae_sample": VAE_MODULE},
+                         rng=np.random.default_rng(9800 + idx))
+        with tape, torch.no_grad():
+            latents = pipe(**common, width=width, height=height, latents=torch.from_numpy(noise.copy()),
+                           denoising_end=switch, output_type="latent", callback_on_step_end=record("base"),
+                           **sizes, **({"target_size": extra["target_size"]} if "target_size" in extra else {}),
+                           ).images
+            img = refiner(**common, image=latents, denoising_start=switch, output_type="np",
+                          callback_on_step_end=record("refiner"), **sizes, **scores).images[0]
+        assert set(tape.labels) <= {"step"}, tape.labels
+        n_evals = len(ran["base"]) + len(ran["refiner"])
+        assert len(tape.drawn) == expected_step_draws(sampler, len(ran["base"])) + expected_step_draws(
+            sampler, len(ran["refiner"])), (name, len(tape.drawn))
+        pil = to_pil(img)
+        noise_path, image_path = f"sdxl/noise/{name}.npy", f"sdxl/images/{name}.png"
+        np.save(FIX / noise_path, noise)
+        step_noise = None
+        if tape.drawn:
+            step_noise = f"sdxl/noise/{name}.steps.npy"
+            np.save(FIX / step_noise, np.stack(tape.drawn).astype(np.float32))
+        save_png(FIX / image_path, pil)
+        log(f"  {name}: {sampler} {steps} steps, switch {switch}: base {len(ran['base'])} + refiner "
+            f"{len(ran['refiner'])} of {n_evals} UNet evaluations")
+        manifest.append(dict(
+            name=name, model=f"models/{NAME}", refiner=f"models/{REFINER}", prompt=common["prompt"],
+            negative_prompt=negative, width=width, height=height, steps=steps, guidance_scale=guidance,
+            sampler=sampler, switch=switch, init_noise=noise_path, step_noise=step_noise, image=image_path,
+            base_timesteps=ran["base"], refiner_timesteps=ran["refiner"],
+            original_size=list(extra["original_size"]) if "original_size" in extra else None,
+            crops_coords_top_left=list(extra["crops_coords_top_left"]) if "crops_coords_top_left" in extra else None,
+            target_size=list(extra["target_size"]) if "target_size" in extra else None,
+            aesthetic_score=extra.get("aesthetic_score"), negative_aesthetic_score=extra.get("negative_aesthetic_score"),
+            notes="diffusers StableDiffusionXLPipeline (denoising_end, output_type='latent') then "
+                  "StableDiffusionXLImg2ImgPipeline with the refiner (denoising_start, image = those latents); "
+                  "one noise tape for both",
         ))
     return manifest
 
@@ -546,7 +630,9 @@ def main():
         ))
     write_json(OUT / "img2img-manifest.json", img2img_references(pipe, ort_pipe, diffs))
     write_json(OUT / "inpaint-manifest.json", inpaint_references(pipe, ort_pipe, diffs, work))
-    write_json(OUT / "refiner-manifest.json", refiner_references(pipe, ort_pipe, diffs, work))
+    refiner = make_refiner(pipe, work)
+    write_json(OUT / "refiner-manifest.json", refiner_references(pipe, ort_pipe, diffs, work, refiner))
+    write_json(OUT / "ensemble-manifest.json", ensemble_references(pipe, refiner))
     fp16_vae_fixture(pipe)
     finish(OUT, manifest, diffs)
 

@@ -93,6 +93,9 @@ pub struct GenerateOptions {
     /// SDXL refiners: the aesthetic scores of the prompt and of the negative prompt.
     pub aesthetic_score: Option<f64>,
     pub negative_aesthetic_score: Option<f64>,
+    /// Base + refiner: the refiner (resolved with [`resolve_model`]) and where it takes over.
+    pub refiner: Option<String>,
+    pub refiner_switch: Option<f64>,
     /// How long the model stays loaded afterwards (`"5m"`, `"-1"`, `"0"`…).
     pub keep_alive: Option<String>,
 }
@@ -151,6 +154,8 @@ impl GenerateOptions {
             guidance_rescale: self.guidance_rescale,
             aesthetic_score: self.aesthetic_score,
             negative_aesthetic_score: self.negative_aesthetic_score,
+            refiner: self.refiner.clone().unwrap_or_default(),
+            refiner_switch: self.refiner_switch,
         })
     }
 }

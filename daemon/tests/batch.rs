@@ -38,7 +38,7 @@ fn batch_vs_single(model: &mut LoadedModel, request: &Request, seeds: &[u64]) ->
     let mut sources: Vec<SeededNoise> = seeds.iter().map(|&s| SeededNoise::new(s)).collect();
     let mut noises: Vec<&mut dyn NoiseSource> = sources.iter_mut().map(|s| s as &mut dyn NoiseSource).collect();
     let mut reports = vec![Vec::new(); seeds.len()];
-    let batch = run_batch(model, &prepared, &mut noises, &|| false, &mut |image, report| {
+    let batch = run_batch(model, &prepared, &mut noises, None, &|| false, &mut |image, report| {
         reports[image].push((report.step, report.latent.is_some(), report.preview.is_some()));
     })
     .unwrap();
@@ -111,6 +111,6 @@ fn every_image_of_a_batch_differs() {
     let prepared = prepare(&sd1, request("euler", 7.5));
     let mut sources: Vec<SeededNoise> = [1, 2].iter().map(|&s| SeededNoise::new(s)).collect();
     let mut noises: Vec<&mut dyn NoiseSource> = sources.iter_mut().map(|s| s as &mut dyn NoiseSource).collect();
-    let batch = run_batch(&mut sd1, &prepared, &mut noises, &|| false, &mut |_, _| {}).unwrap();
+    let batch = run_batch(&mut sd1, &prepared, &mut noises, None, &|| false, &mut |_, _| {}).unwrap();
     assert_ne!(batch.images[0], batch.images[1], "two seeds gave the same picture");
 }

@@ -557,3 +557,139 @@ fn sdxl_cases_match_diffusers() {
         "the size conditioning changes nothing the test can see"
     );
 }
+
+/// A base + refiner case (`tools/make_sdxl_fixtures.py`'s ensemble): the base's
+/// `StableDiffusionXLPipeline` with `denoising_end`, its latents handed to the refiner's
+/// `StableDiffusionXLImg2ImgPipeline` with `denoising_start`, one noise tape for both.
+#[derive(Deserialize)]
+struct EnsembleCase {
+    name: String,
+    model: String,
+    refiner: String,
+    prompt: String,
+    negative_prompt: String,
+    width: u32,
+    height: u32,
+    steps: u32,
+    guidance_scale: f32,
+    sampler: String,
+    switch: f64,
+    init_noise: String,
+    step_noise: Option<String>,
+    image: String,
+    /// The timesteps each pipeline ran.
+    base_timesteps: Vec<f64>,
+    refiner_timesteps: Vec<f64>,
+    /// diffusers' (height, width) and (top, left).
+    original_size: Option<[u32; 2]>,
+    crops_coords_top_left: Option<[u32; 2]>,
+    target_size: Option<[u32; 2]>,
+    aesthetic_score: Option<f64>,
+    negative_aesthetic_score: Option<f64>,
+}
+
+impl EnsembleCase {
+    /// The base's request (`refiner`: false) or the refiner's, as the job splits them.
+    fn request(&self, refiner: bool) -> easeld::generation::Request {
+        let (shape, data) = npy(&fixtures().join(&self.init_noise));
+        let flip = |[h, w]: [u32; 2]| (w, h);
+        easeld::generation::Request {
+            prompt: self.prompt.clone(),
+            negative_prompt: self.negative_prompt.clone(),
+            width: Some(self.width),
+            height: Some(self.height),
+            steps: Some(self.steps),
+            guidance_scale: Some(self.guidance_scale),
+            sampler: Some(self.sampler.clone()),
+            init_noise: (!refiner).then(|| HostTensor::new(shape, data)),
+            xl_sizes: easeld::generation::XlSizeRequest {
+                original_size: self.original_size.map(flip),
+                crop_top_left: self.crops_coords_top_left.map(|[top, left]| (top, left)),
+                target_size: if refiner { None } else { self.target_size.map(flip) },
+                aesthetic_score: if refiner { self.aesthetic_score } else { None },
+                negative_aesthetic_score: if refiner { self.negative_aesthetic_score } else { None },
+            },
+            denoising_end: (!refiner).then_some(self.switch),
+            denoising_start: refiner.then_some(self.switch),
+            ..Default::default()
+        }
+    }
+}
+
+/// Base + refiner against diffusers' ensemble of expert denoisers on the tiny SDXL base and
+/// refiner: the same split of the schedule (each stage's timesteps, Heun's whole-step rule
+/// included), the base's latents handed over as they are, and the same picture. Without the
+/// refiner's stage the picture is not the reference's.
+#[test]
+fn sdxl_base_and_refiner_match_diffusers_ensemble() {
+    let cases: Vec<EnsembleCase> =
+        serde_json::from_slice(&std::fs::read(fixtures().join("sdxl/ensemble-manifest.json")).unwrap()).unwrap();
+    assert!(cases.len() >= 8, "sdxl/ensemble-manifest.json lost cases");
+    let mut base = load_fixture_model(&cases[0].model);
+    let mut refiner = load_fixture_model(&cases[0].refiner);
+    let mut failures = Vec::new();
+    for case in &cases {
+        let mut replay = Replay {
+            data: case
+                .step_noise
+                .as_ref()
+                .map(|p| npy(&fixtures().join(p)).1)
+                .unwrap_or_default(),
+            offset: 0,
+        };
+        let first = prepare(&base, case.request(false));
+        let second = prepare(&refiner, case.request(true));
+        let ran = |p: &easeld::generation::Prepared| p.scheduler.timesteps()[p.first_step..p.end_step].to_vec();
+        assert_eq!(ran(&first), case.base_timesteps, "{}: the base's timesteps", case.name);
+        assert_eq!(
+            ran(&second),
+            case.refiner_timesteps,
+            "{}: the refiner's timesteps",
+            case.name
+        );
+        let handed = easeld::generation::pipeline::run_batch(
+            &mut base,
+            &first,
+            &mut [&mut replay],
+            None,
+            &|| false,
+            &mut |_, _| {},
+        )
+        .unwrap();
+        assert!(handed.images.is_empty(), "the base decodes nothing");
+        let latents = handed.latents.expect("the base hands its latents over");
+        let output = easeld::generation::pipeline::run_batch(
+            &mut refiner,
+            &second,
+            &mut [&mut replay],
+            Some(&latents),
+            &|| false,
+            &mut |_, _| {},
+        )
+        .unwrap();
+        replay.assert_exhausted(&case.name);
+        failures.extend(compare(&case.name, &output.images[0], &case.image));
+    }
+    assert!(failures.is_empty(), "cases beyond tolerance:\n{}", failures.join("\n"));
+
+    // The base alone, to the end of the schedule, is another picture.
+    let case = &cases[0];
+    let alone = easeld::generation::Request {
+        denoising_end: None,
+        ..case.request(false)
+    };
+    let prepared = prepare(&base, alone);
+    let image = generate_one(
+        &mut base,
+        &prepared,
+        &mut Replay {
+            data: vec![],
+            offset: 0,
+        },
+        &mut |_| {},
+    );
+    assert!(
+        compare(&format!("{}, base alone", case.name), &image, &case.image).is_some(),
+        "the refiner's stage changes nothing the test can see"
+    );
+}

@@ -173,6 +173,31 @@ def check_sdxl_sizes(client: easel.Client) -> str:
     return sized.parameters
 
 
+REFINER_FIXTURE = os.path.join(os.path.dirname(SDXL_FIXTURE), "sdxl-refiner-tiny")
+
+
+def check_refiner(client: easel.Client) -> str:
+    """Base + refiner: the refiner takes over (the PNG names it, progress counts both stages,
+    the picture changes); a switch out of range is refused."""
+    request: dict[str, Any] = dict(model=os.path.realpath(SDXL_FIXTURE), steps=4, seed=5, sampler="euler")
+    (plain,) = client.generate_images("a lighthouse", **request)
+    with client.generate(
+        "a lighthouse", refiner=os.path.realpath(REFINER_FIXTURE), refiner_switch=0.5, **request
+    ) as events:
+        seen = list(events)
+    totals = {event.total for event in seen if isinstance(event, easel.Progress)}
+    (refined,) = [event for event in seen if isinstance(event, easel.Image)]
+    assert totals == {4}, totals
+    assert refined.png != plain.png, "the refiner changed nothing"
+    assert "Refiner: sdxl-refiner-tiny, Refiner switch at: 0.5" in refined.parameters, refined.parameters
+    try:
+        list(client.generate("x", refiner=os.path.realpath(REFINER_FIXTURE), refiner_switch=1.5, **request))
+        raise AssertionError("a refiner switch of 1.5 was accepted")
+    except easel.EaselError as error:
+        assert error.code == "INVALID_ARGUMENT" and "refiner switch" in error.message, (error.code, error.message)
+    return refined.parameters
+
+
 def check_errors(client: easel.Client, socket: str) -> dict[str, str]:
     try:
         list(client.generate("bad size", **dict(TINY_REQUEST, width=13)))
@@ -250,6 +275,7 @@ def main() -> None:
         assert tokens.tokens and len(tokens.ids) == len(tokens.tokens) and not tokens.truncated, tokens
 
         sdxl_parameters = check_sdxl_sizes(client)
+        refiner_parameters = check_refiner(client)
         cancelled = check_cancel(client)
         watched = check_watch_events(client)
         errors = check_errors(client, socket)
@@ -269,6 +295,7 @@ def main() -> None:
                 "watched": watched,
                 "errors": errors,
                 "sdxl": sdxl_parameters,
+                "refiner": refiner_parameters,
             }
         )
     )

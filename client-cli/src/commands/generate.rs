@@ -134,6 +134,15 @@ pub struct GenerateArgs {
     #[arg(long, value_name = "X", allow_negative_numbers = true)]
     pub negative_aesthetic_score: Option<f64>,
 
+    /// Base + refiner: this model (a name or folder) takes over the base's latents at
+    /// --refiner-switch and draws the rest of the picture (an SDXL refiner for an SDXL model)
+    #[arg(long, value_name = "NAME|DIR")]
+    pub refiner: Option<String>,
+
+    /// Where --refiner takes over, as a fraction of the noise schedule (0..1) [default: 0.8]
+    #[arg(long, value_name = "F", allow_negative_numbers = true, requires = "refiner")]
+    pub refiner_switch: Option<f64>,
+
     /// A file (later images: NAME-1.png, NAME-2.png…) or a folder (easel-SEED.png)
     /// [default: ./easel-SEED.png]
     #[arg(short, long, value_name = "FILE.png|DIR")]
@@ -177,6 +186,12 @@ impl GenerateArgs {
             .map(resolve_model)
             .transpose()
             .context("invalid --model")?;
+        let refiner = self
+            .refiner
+            .as_deref()
+            .map(resolve_model)
+            .transpose()
+            .context("invalid --refiner")?;
         let init_noise = self
             .init_noise
             .as_deref()
@@ -202,6 +217,8 @@ impl GenerateArgs {
             guidance_rescale: self.guidance_rescale,
             aesthetic_score: self.aesthetic_score,
             negative_aesthetic_score: self.negative_aesthetic_score,
+            refiner,
+            refiner_switch: self.refiner_switch,
             original_size: self.original_size,
             crop_top_left: self.crop_top_left,
             target_size: self.target_size,

@@ -42,6 +42,18 @@ pub struct ImageDraws {
     pub masked_latent: Option<Vec<f32>>,
 }
 
+impl ImageDraws {
+    /// An image that draws nothing before its first step: one that takes over handed-over
+    /// latents.
+    pub fn none() -> Self {
+        Self {
+            noise: Vec::new(),
+            picture_latent: None,
+            masked_latent: None,
+        }
+    }
+}
+
 impl<'p> EncodedInit<'p> {
     /// Runs the VAE encoder on what the request starts from (nothing for text-to-image).
     pub fn encode(model: &mut LoadedModel, prepared: &'p Prepared) -> Result<Self, GenerationError> {

@@ -31,7 +31,7 @@ use crate::model::tokenizer::TokenizerError;
 use crate::model::{LoadedModel, ModelError};
 
 pub use pipeline::{BatchOutput, PreviewKind, PreviewSettings, StepReport, Timings};
-pub use prepare::{Checked, Prepared, Request, XlSizeRequest, XlSizes};
+pub use prepare::{Checked, Handover, Prepared, Request, XlSizeRequest, XlSizes};
 use sampler::NoiseSource;
 
 #[derive(Debug, thiserror::Error)]
@@ -49,17 +49,18 @@ pub enum GenerationError {
     Cancelled,
 }
 
-/// Generates a batch of pictures, one per noise source (see [`pipeline::run_batch`]); an
-/// inpainting result is composited over the original through the (blurred) mask, as
-/// AUTOMATIC1111 does, so the pixels outside it come back exactly as they were.
+/// Generates a batch of pictures, one per noise source (see [`pipeline::run_batch`], also for
+/// `handed_over`); an inpainting result is composited over the original through the (blurred)
+/// mask, as AUTOMATIC1111 does, so the pixels outside it come back exactly as they were.
 pub fn generate_batch(
     model: &mut LoadedModel,
     prepared: &Prepared,
     noises: &mut [&mut dyn NoiseSource],
+    handed_over: Option<&[f32]>,
     is_cancelled: &dyn Fn() -> bool,
     on_step: &mut dyn FnMut(usize, StepReport),
 ) -> Result<BatchOutput, GenerationError> {
-    let mut output = pipeline::run_batch(model, prepared, noises, is_cancelled, on_step)?;
+    let mut output = pipeline::run_batch(model, prepared, noises, handed_over, is_cancelled, on_step)?;
     if let Some(inpaint) = prepared.inpaint() {
         for image in &mut output.images {
             *image = inpaint::composite(&inpaint.original, image, &inpaint.mask.soft);

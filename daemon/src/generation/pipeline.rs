@@ -10,6 +10,10 @@
 //!    guidance cut-off, the UNet runs on the conditional half alone.
 //! 4. Decode the final latents with the VAE (or the model's tiny decoder, when asked).
 //!
+//! A base + refiner request runs this loop twice, as diffusers' "ensemble of expert
+//! denoisers": the base model's run stops at the switch and hands its latents over; the
+//! refiner's run takes them over there and runs the rest of the schedule (see `Handover`).
+//!
 //! It consumes a [`Prepared`] request (every check was made there) and knows nothing of jobs or
 //! gRPC: a caller passes noise sources, a cancellation check and a progress callback. It runs
 //! on a worker thread, never on the async runtime.
@@ -23,7 +27,7 @@ use crate::model::onnx::{Bound, HostTensor, Input};
 use super::GenerationError;
 use super::image::{RgbImage, approx_preview};
 use super::latents::{EncodedInit, ImageDraws};
-use super::prepare::Prepared;
+use super::prepare::{Handover, Prepared};
 use super::sampler::{NoiseSource, StepOutput};
 use super::{text, vae};
 
@@ -63,10 +67,15 @@ pub struct Timings {
     pub decode: Duration,
 }
 
-/// A batch's pictures, in the order of its noise sources.
+/// A batch's pictures, in the order of its noise sources — or, from a stage that hands over,
+/// its latents.
 #[derive(Debug)]
 pub struct BatchOutput {
+    /// Empty from a stage that hands over.
     pub images: Vec<RgbImage>,
+    /// A stage that hands over: the batch's latents `[n, C, h, w]`, as they stand at the switch
+    /// (diffusers' `output_type="latent"`), for the stage that takes over.
+    pub latents: Option<Vec<f32>>,
     pub timings: Timings,
 }
 
@@ -134,15 +143,37 @@ impl HostConditions {
 /// draws all its randomness from `noises[i]`, in the order a lone run draws it, so each image
 /// equals the one a single run with that noise source makes. `on_step` gets each image's
 /// report (image index in the batch, report) after every step.
+///
+/// A stage of a two-stage request (see [`Handover`]): the first returns its latents at the
+/// switch instead of pictures; the second takes them (`handed_over`, `[n, C, h, w]`) as its
+/// starting latents, as they are — no picture is encoded and nothing is drawn before its first
+/// step, as diffusers' `denoising_start` does.
 pub fn run_batch(
     model: &mut LoadedModel,
     prepared: &Prepared,
     noises: &mut [&mut dyn NoiseSource],
+    handed_over: Option<&[f32]>,
     is_cancelled: &dyn Fn() -> bool,
     on_step: &mut dyn FnMut(usize, StepReport),
 ) -> Result<BatchOutput, GenerationError> {
     let batch = noises.len();
     assert!(batch > 0, "a batch needs at least one noise source");
+    let plane: usize = prepared.latent_shape.iter().product();
+    match (prepared.handover, handed_over) {
+        (Handover::TakesOver(_), Some(latents)) if latents.len() == batch * plane => {}
+        (Handover::TakesOver(_), _) => {
+            return Err(GenerationError::InvalidRequest(format!(
+                "a stage that takes over needs the first stage's latents: {batch} of shape {:?}",
+                prepared.latent_shape
+            )));
+        }
+        (_, Some(_)) => {
+            return Err(GenerationError::InvalidRequest(
+                "only a stage that takes over (denoising start) starts from handed-over latents".into(),
+            ));
+        }
+        _ => {}
+    }
     let mut timings = Timings::default();
     let started = Instant::now();
     let conditioning = condition(model, prepared, batch)?;
@@ -151,25 +182,30 @@ pub fn run_batch(
     let denoise_started = Instant::now();
     let mut scheduler = prepared.scheduler.clone();
     let shape = &prepared.latent_shape;
-    let plane: usize = shape.iter().product();
-    let first = prepared.first_step;
+    let (first, end) = (prepared.first_step, prepared.end_step);
     let init = EncodedInit::encode(model, prepared)?;
-    let images: Vec<ImageDraws> = noises
-        .iter_mut()
-        .map(|noise| init.draw(&mut **noise, prepared.init_noise.as_ref(), plane))
-        .collect();
-    let mut latents: Vec<f32> = images
-        .iter()
-        .flat_map(|image| init.starting_latent(image, scheduler.as_ref(), first))
-        .collect();
+    let (images, mut latents) = match handed_over {
+        Some(latents) => ((0..batch).map(|_| ImageDraws::none()).collect(), latents.to_vec()),
+        None => {
+            let images: Vec<ImageDraws> = noises
+                .iter_mut()
+                .map(|noise| init.draw(&mut **noise, prepared.init_noise.as_ref(), plane))
+                .collect();
+            let latents: Vec<f32> = images
+                .iter()
+                .flat_map(|image| init.starting_latent(image, scheduler.as_ref(), first))
+                .collect();
+            (images, latents)
+        }
+    };
     let mut batch_shape = shape.clone();
     batch_shape[0] = batch;
 
     let timesteps = scheduler.timesteps().to_vec();
-    let total = timesteps.len() - first;
+    let total = end - first;
     let mut batch_noise = BatchNoise(noises);
     let mut denoise = |model: &mut LoadedModel| -> Result<(), GenerationError> {
-        for (index, &t) in timesteps.iter().enumerate().skip(first) {
+        for (index, &t) in timesteps.iter().enumerate().take(end).skip(first) {
             if is_cancelled() {
                 return Err(GenerationError::Cancelled);
             }
@@ -178,7 +214,7 @@ pub fn run_batch(
             model_input.extend_from_slice(&latents);
             scheduler.scale_model_input(&mut model_input, index);
             let (unet_input, input_shape) = init.unet_input(model_input, &images, &batch_shape);
-            let last = index + 1 == timesteps.len();
+            let last = index + 1 == end;
             let guided = prepared.guided_at(index - first, total);
             let noise_pred = predict_noise(model, unet_input, &input_shape, t, &conditioning, guided, last)?;
             let StepOutput {
@@ -203,6 +239,13 @@ pub fn run_batch(
         return Err(error);
     }
     timings.denoise = denoise_started.elapsed();
+    if let Handover::Hands(_) = prepared.handover {
+        return Ok(BatchOutput {
+            images: Vec::new(),
+            latents: Some(latents),
+            timings,
+        });
+    }
 
     let decode_started = Instant::now();
     let images = latents
@@ -210,7 +253,11 @@ pub fn run_batch(
         .map(|latent| vae::decode_with(model, prepared.decoder, latent, shape, prepared.vae_tiled))
         .collect::<Result<Vec<_>, _>>()?;
     timings.decode = decode_started.elapsed();
-    Ok(BatchOutput { images, timings })
+    Ok(BatchOutput {
+        images,
+        latents: None,
+        timings,
+    })
 }
 
 /// The text embeddings for a batch of `batch` images, and how guidance applies. An

@@ -75,6 +75,14 @@ pub struct Request {
     pub xl_sizes: XlSizeRequest,
     /// diffusers' `guidance_rescale` in [0, 1] (see [`Prepared::guidance_rescale`]). `None`: 0.
     pub guidance_rescale: Option<f64>,
+    /// diffusers' `denoising_end` in (0, 1): the run stops at this fraction of the noise
+    /// schedule and hands its latents over instead of decoding them (the first stage of a
+    /// base + refiner request). See [`Prepared::end_step`].
+    pub denoising_end: Option<f64>,
+    /// diffusers' `denoising_start` in (0, 1): the run takes over latents handed over by a
+    /// first stage at this fraction of the noise schedule (the refiner's stage). See
+    /// [`Prepared::first_step`].
+    pub denoising_start: Option<f64>,
 }
 
 /// SDXL's size conditioning as asked; each part `None` for diffusers' default.
@@ -150,6 +158,18 @@ pub struct Checked {
     mask_blur: f32,
     guidance_cutoff: Option<f64>,
     guidance_rescale: f32,
+    handover: Handover,
+}
+
+/// Where a stage of a two-stage (base + refiner) run hands over.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Handover {
+    /// A whole run: from noise or a picture to a picture.
+    None,
+    /// The first stage: stops at this fraction of the schedule, its latents are the output.
+    Hands(f64),
+    /// The second stage: starts at this fraction of the schedule from handed-over latents.
+    TakesOver(f64),
 }
 
 /// Everything the denoising loop needs, checked against the model.
@@ -169,8 +189,14 @@ pub struct Prepared {
     pub sampler: SamplerKind,
     /// The sampler, set up for `steps` and never stepped: each batch walks its own copy.
     pub scheduler: Box<dyn Scheduler>,
-    /// The entry of the scheduler's timesteps the run starts at (0, or later for img2img).
+    /// The entry of the scheduler's timesteps the run starts at (0, or later for img2img and for
+    /// a stage that takes over).
     pub first_step: usize,
+    /// One past the last entry of the scheduler's timesteps the run evaluates: all of them,
+    /// or fewer for a stage that hands over.
+    pub end_step: usize,
+    /// Whether this run is a stage of a two-stage request, and where it hands over.
+    pub handover: Handover,
     /// `[1, C, H/f, W/f]`.
     pub latent_shape: Vec<usize>,
     /// Unit-variance noise every image starts from (else drawn per image from its seed). For
@@ -290,7 +316,9 @@ impl Request {
                 ));
             }
         };
+        let handover = self.check_handover()?;
         Ok(Checked {
+            handover,
             steps: steps as usize,
             guidance_scale,
             sampler,
@@ -303,6 +331,37 @@ impl Request {
             guidance_rescale,
             request: self,
         })
+    }
+
+    /// `denoising_end` / `denoising_start`: each a fraction in (0, 1), one at a time, and a stage
+    /// that takes over starts from latents, never from a picture.
+    fn check_handover(&self) -> Result<Handover, GenerationError> {
+        let fraction = |what: &str, value: f64| {
+            if value > 0.0 && value < 1.0 {
+                Ok(value)
+            } else {
+                invalid(format!(
+                    "{what} is a fraction of the noise schedule between 0 and 1, both excluded (got {value})"
+                ))
+            }
+        };
+        match (self.denoising_end, self.denoising_start) {
+            (None, None) => Ok(Handover::None),
+            (Some(end), None) => Ok(Handover::Hands(fraction("denoising end", end)?)),
+            (None, Some(start)) => {
+                if self.init_image.is_some() || self.mask_image.is_some() {
+                    return invalid(
+                        "a stage that takes over starts from the first stage's latents: it takes no init image or mask"
+                            .into(),
+                    );
+                }
+                Ok(Handover::TakesOver(fraction("denoising start", start)?))
+            }
+            (Some(_), Some(_)) => invalid(
+                "a run either hands its latents over (denoising end) or takes them over (denoising start), not both"
+                    .into(),
+            ),
+        }
     }
 
     /// Strength and mask blur, and which img2img/inpainting inputs need which.
@@ -348,6 +407,13 @@ fn parse_sampler(name: &str) -> Result<SamplerKind, GenerationError> {
 }
 
 impl Checked {
+    /// The same request at an explicit size (a refiner's stage runs at its base's size).
+    pub fn at_size(mut self, width: u32, height: u32) -> Self {
+        self.request.width = Some(width);
+        self.request.height = Some(height);
+        self
+    }
+
     /// Holds the request against `folder` (reading nothing but what the folder already holds)
     /// and against the size limit.
     pub fn prepare(self, folder: &ModelFolder, limits: &Limits) -> Result<Prepared, GenerationError> {
@@ -394,6 +460,10 @@ impl Checked {
             }
         })?;
         let first_step = t_start.map_or(0, |t_start| t_start * scheduler.order());
+        let (first_step, end_step) = stage_bounds(scheduler.as_ref(), &folder.scheduler, first_step, self.handover)
+            .map_err(|message| {
+                GenerationError::InvalidRequest(format!("{message} ({} steps on {})", self.steps, folder.name))
+            })?;
         let xl_sizes = xl_sizes(folder, &self.request.xl_sizes, width, height)?;
         let tokenize = |what: &'static str, pieces: &[Piece]| {
             let chunks = text::tokenize(&folder.tokenizer, pieces)?;
@@ -414,6 +484,8 @@ impl Checked {
             sampler,
             scheduler,
             first_step,
+            end_step,
+            handover: self.handover,
             latent_shape,
             init_noise: self.request.init_noise,
             init_image,
@@ -625,6 +697,57 @@ fn output_size(
         ));
     }
     Ok((width, height))
+}
+
+/// The entries of the schedule a run evaluates, `first..end`, as diffusers' SDXL pipelines cut
+/// it for a two-stage run, at the timestep `round(T − fraction · T)` (`T`: the training
+/// timesteps):
+/// - a stage that hands over (`denoising_end`) keeps the entries from `first` at or above it;
+/// - a stage that takes over (`denoising_start`) runs the entries below it, one more for a
+///   second-order sampler when their count is even (so that it starts on a whole step).
+///
+/// Refused when the stage would run no step.
+fn stage_bounds(
+    scheduler: &dyn Scheduler,
+    config: &crate::model::scheduler_config::SchedulerConfig,
+    first: usize,
+    handover: Handover,
+) -> Result<(usize, usize), String> {
+    let timesteps = scheduler.timesteps();
+    let cutoff = |fraction: f64| {
+        let train = config.num_train_timesteps.unwrap_or(1000) as f64;
+        // Python's `round`, which rounds halves to even.
+        (train - fraction * train).round_ties_even()
+    };
+    match handover {
+        Handover::None => Ok((first, timesteps.len())),
+        Handover::Hands(end) => {
+            let cutoff = cutoff(end);
+            let kept = timesteps[first..].iter().filter(|&&t| t >= cutoff).count();
+            if kept == 0 {
+                return Err(format!(
+                    "the first stage runs no step before the switch at {end}: every timestep it would start at is \
+                     already below {cutoff}; switch later or raise the strength"
+                ));
+            }
+            Ok((first, first + kept))
+        }
+        Handover::TakesOver(start) => {
+            let cutoff = cutoff(start);
+            let mut below = timesteps.iter().filter(|&&t| t < cutoff).count();
+            if scheduler.order() == 2 && below % 2 == 0 {
+                below += 1;
+            }
+            let below = below.min(timesteps.len());
+            if below == 0 {
+                return Err(format!(
+                    "the second stage runs no step after the switch at {start}: no timestep is below {cutoff}; \
+                     switch earlier or raise the steps"
+                ));
+            }
+            Ok((timesteps.len() - below, timesteps.len()))
+        }
+    }
 }
 
 /// Where an img2img run enters the schedule, as diffusers' `get_timesteps` computes it:

@@ -69,6 +69,17 @@ pub struct GenerateSpec {
     pub keep_alive: Option<String>,
     /// Who asked (for fair queueing): the peer process, or anything that tells clients apart.
     pub client: String,
+    /// A second model that takes over the last part of the noise schedule.
+    pub refiner: Option<RefinerSpec>,
+}
+
+/// A base + refiner request's refiner, as the client names it.
+#[derive(Debug, Clone, Default)]
+pub struct RefinerSpec {
+    /// A model name or folder.
+    pub model: String,
+    /// The fraction of the noise schedule after which the refiner takes over. Unset: 0.8.
+    pub switch: Option<f64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -181,12 +192,14 @@ pub struct JobSettings {
 /// What the workers generate with: loads models (through residency) and runs a prepared
 /// request on one. The real one is [`OrtBackend`]; the queue's unit tests use a fake.
 pub trait Generator: Backend<Spec = Arc<ModelFolder>> + 'static {
-    /// Generates one picture per noise source (see `generation::generate_batch`).
+    /// Generates one picture per noise source (see `generation::generate_batch`), or for a
+    /// stage that hands over, their latents; a stage that takes over starts from `handed_over`.
     fn generate_batch(
         &self,
         model: &mut Self::Model,
         prepared: &Prepared,
         noises: &mut [&mut dyn NoiseSource],
+        handed_over: Option<&[f32]>,
         is_cancelled: &dyn Fn() -> bool,
         on_step: &mut dyn FnMut(usize, StepReport),
     ) -> Result<BatchOutput, GenerationError>;
@@ -328,6 +341,13 @@ impl<G: Generator> JobQueue<G> {
         valid.working = self.residency.working_estimate(&key, valid.modelled_working.peak());
         self.residency
             .check_fits(&key, &valid.folder.name, &valid.folder, valid.working)?;
+        if let Some(refiner) = &mut valid.refiner {
+            // The stages run one after the other, each model leased on its own.
+            let key = residency_key(&refiner.folder.root);
+            refiner.working = self.residency.working_estimate(&key, refiner.modelled_working.peak());
+            self.residency
+                .check_fits(&key, &refiner.folder.name, &refiner.folder, refiner.working)?;
+        }
         let (tx, rx) = outbox::channel(outbox::DEFAULT_CAPACITY);
         let cancel = Arc::new(AtomicBool::new(false));
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();

@@ -38,13 +38,26 @@ impl Gate {
     }
 }
 
-/// Draws a grey picture of the asked size after reporting every step; records which prompts it
-/// ran, in order.
+/// Draws a grey picture of the asked size after reporting every step of its run; records which
+/// prompts it ran, in order. A stage that hands over returns latents instead: image `i`'s filled
+/// with a draw from its noise source; a stage that takes over draws once more per image and
+/// records what it was handed and drew.
 #[derive(Default)]
 struct FakeGenerator {
     gate: Arc<Gate>,
     started: Arc<Mutex<Vec<String>>>,
     loads: Arc<AtomicUsize>,
+    stages: Arc<Mutex<Vec<StageSeen>>>,
+}
+
+/// What the fake saw of one batch of one stage.
+#[derive(Debug, Clone, PartialEq)]
+struct StageSeen {
+    model: String,
+    /// The first value of each image's handed-over latent.
+    handed: Vec<f32>,
+    /// Each image's draw.
+    drawn: Vec<f32>,
 }
 
 impl Backend for FakeGenerator {
@@ -67,6 +80,7 @@ impl Generator for FakeGenerator {
         _: &mut (),
         prepared: &Prepared,
         noises: &mut [&mut dyn NoiseSource],
+        handed_over: Option<&[f32]>,
         is_cancelled: &dyn Fn() -> bool,
         on_step: &mut dyn FnMut(usize, StepReport),
     ) -> Result<BatchOutput, GenerationError> {
@@ -74,20 +88,38 @@ impl Generator for FakeGenerator {
         if !self.gate.pass(is_cancelled) {
             return Err(GenerationError::Cancelled);
         }
-        for step in 1..=prepared.steps {
+        let total = prepared.end_step - prepared.first_step;
+        for step in 1..=total {
             if is_cancelled() {
                 return Err(GenerationError::Cancelled);
             }
             for image in 0..noises.len() {
                 let report = StepReport {
                     step,
-                    total: prepared.steps,
+                    total,
                     elapsed: Duration::ZERO,
                     latent: None,
                     preview: None,
                 };
                 on_step(image, report);
             }
+        }
+        let plane: usize = prepared.latent_shape.iter().product();
+        let drawn: Vec<f32> = noises.iter_mut().map(|n| n.standard_normal(1)[0]).collect();
+        self.stages.lock().unwrap().push(StageSeen {
+            model: prepared.model.clone(),
+            handed: handed_over
+                .map(|latents| latents.chunks(plane).map(|l| l[0]).collect())
+                .unwrap_or_default(),
+            drawn: drawn.clone(),
+        });
+        if let generation::Handover::Hands(_) = prepared.handover {
+            let latents = drawn.iter().flat_map(|&v| vec![v; plane]).collect();
+            return Ok(BatchOutput {
+                images: Vec::new(),
+                latents: Some(latents),
+                timings: Timings::default(),
+            });
         }
         let picture = RgbImage {
             width: prepared.width,
@@ -96,6 +128,7 @@ impl Generator for FakeGenerator {
         };
         Ok(BatchOutput {
             images: vec![picture; noises.len()],
+            latents: None,
             timings: Timings::default(),
         })
     }
@@ -106,6 +139,7 @@ struct Fixture {
     gate: Arc<Gate>,
     started: Arc<Mutex<Vec<String>>>,
     loads: Arc<AtomicUsize>,
+    stages: Arc<Mutex<Vec<StageSeen>>>,
     _home: tempfile::TempDir,
 }
 
@@ -117,10 +151,11 @@ fn sd1_tiny() -> String {
 fn start(limits: Limits) -> Fixture {
     let home = tempfile::tempdir().unwrap();
     let generator = FakeGenerator::default();
-    let (gate, started, loads) = (
+    let (gate, started, loads, stages) = (
         generator.gate.clone(),
         generator.started.clone(),
         generator.loads.clone(),
+        generator.stages.clone(),
     );
     let settings = JobSettings {
         parallel: 1,
@@ -134,6 +169,7 @@ fn start(limits: Limits) -> Fixture {
         gate,
         started,
         loads,
+        stages,
         _home: home,
     }
 }
@@ -229,12 +265,98 @@ async fn a_job_reports_queued_started_progress_images_and_finished_in_order() {
             other => panic!("unexpected {other:?}"),
         }
     }
-    // Both images fit in one batch: each reports every step.
-    assert_eq!(steps, [(0, 1, 2), (1, 1, 2), (0, 2, 2), (1, 2, 2)]);
+    // Both images fit in one batch: each reports every UNet evaluation (sd1-tiny's PLMS runs
+    // 3 for 2 steps).
+    assert_eq!(
+        steps,
+        [(0, 1, 3), (1, 1, 3), (0, 2, 3), (1, 2, 3), (0, 3, 3), (1, 3, 3)]
+    );
     assert_eq!(images, [(0, 40), (1, 41)], "image i uses seed + i");
     assert_eq!(fixture.loads.load(Ordering::SeqCst), 1);
     let status = fixture.queue.status();
     assert_eq!((status.queued, status.running), (0, 0));
+}
+
+/// A base + refiner job: the base's stage for every image (in batches), then the refiner's from
+/// the latents it handed over; progress counts on across both; each image's noise stream goes on
+/// from one stage to the next; only the refiner's pictures are sent, and they name it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refiner_takes_over_each_images_latents_and_progress_counts_on() {
+    let fixture = start(Limits {
+        batch_pixels: 64 * 64 * 2,
+        ..Limits::default()
+    });
+    fixture.gate.open();
+    let mut request = spec("a lighthouse", "a");
+    request.picture.steps = Some(10);
+    request.picture.sampler = Some("euler".into());
+    request.count = Some(3);
+    request.seed = Some(7);
+    request.refiner = Some(RefinerSpec {
+        model: sd1_tiny(),
+        switch: Some(0.5),
+    });
+    let mut handle = fixture.queue.submit(request).await.unwrap();
+    let mut steps = Vec::new();
+    let mut images = Vec::new();
+    let mut started = 0;
+    let mut progress_before_images = None;
+    loop {
+        match next(&mut handle).await {
+            JobEvent::Queued { .. } => {}
+            JobEvent::Started { .. } => started += 1,
+            JobEvent::Progress {
+                image_index,
+                step,
+                total,
+                ..
+            } => steps.push((image_index, step, total)),
+            JobEvent::Image {
+                index,
+                seed,
+                parameters,
+                ..
+            } => {
+                progress_before_images.get_or_insert(steps.len());
+                assert!(
+                    parameters.contains("Refiner: sd1-tiny, Refiner switch at: 0.5"),
+                    "{parameters}"
+                );
+                images.push((index, seed));
+            }
+            JobEvent::Finished { .. } => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(started, 1);
+    assert_eq!(images, [(0, 7), (1, 8), (2, 9)]);
+    // Euler's 10 timesteps from 901 down: 5 at or above 500 for the base, 5 below for the refiner.
+    let first_image: Vec<_> = steps.iter().filter(|s| s.0 == 0).map(|s| (s.1, s.2)).collect();
+    assert_eq!(first_image, (1..=10).map(|step| (step, 10)).collect::<Vec<_>>());
+    // Every image's base stage runs before the first picture.
+    let before = progress_before_images.unwrap();
+    assert!(steps[before..].iter().all(|s| s.1 > 5), "{steps:?}");
+    let seen = fixture.stages.lock().unwrap().clone();
+    let draws = |seed: u64| {
+        let mut noise = crate::generation::sampler::SeededNoise::new(seed);
+        let first = noise.standard_normal(1)[0];
+        (first, noise.standard_normal(1)[0])
+    };
+    let (d7, d8, d9) = (draws(7), draws(8), draws(9));
+    let stage = |handed: Vec<f32>, drawn: Vec<f32>| StageSeen {
+        model: "sd1-tiny".into(),
+        handed,
+        drawn,
+    };
+    assert_eq!(
+        seen,
+        [
+            stage(vec![], vec![d7.0, d8.0]),
+            stage(vec![], vec![d9.0]),
+            stage(vec![d7.0, d8.0], vec![d7.1, d8.1]),
+            stage(vec![d9.0], vec![d9.1]),
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

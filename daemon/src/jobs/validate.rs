@@ -8,11 +8,15 @@ use std::sync::Arc;
 
 use crate::catalog::registry::Registry;
 use crate::config::{KeepAlive, Limits};
-use crate::generation::Prepared;
 use crate::generation::memory::{self, WorkingMemory};
+use crate::generation::{Prepared, Request};
 use crate::model::ModelFolder;
 
-use super::{GenerateSpec, JobError};
+use super::{GenerateSpec, JobError, RefinerSpec};
+
+/// Where the refiner takes over when the request does not say: AUTOMATIC1111's and diffusers'
+/// examples' 0.8 (the base draws the first 80% of the noise schedule).
+pub const DEFAULT_REFINER_SWITCH: f64 = 0.8;
 
 /// A request checked against its model and the limits: everything a worker needs.
 #[derive(Debug)]
@@ -30,6 +34,54 @@ pub struct ValidJob {
     /// What the job holds in the memory budget while it runs: the modelled peak scaled by what
     /// this model's jobs measured (set by the queue, which knows the measurements).
     pub working: u64,
+    /// A base + refiner request: the second stage, which takes over the base's latents.
+    pub refiner: Option<RefinerStage>,
+}
+
+/// The refiner's stage of a base + refiner request, checked against the refiner model.
+#[derive(Debug)]
+pub struct RefinerStage {
+    pub folder: Arc<ModelFolder>,
+    /// The refiner's run: the same prompts, steps, sampler and guidance, from the switch on.
+    pub prepared: Prepared,
+    /// The fraction of the noise schedule at which it takes over.
+    pub switch: f64,
+    pub modelled_working: WorkingMemory,
+    /// As [`ValidJob::working`], for the refiner.
+    pub working: u64,
+}
+
+/// One stage of a job: a model and its run.
+pub struct Stage<'a> {
+    pub folder: &'a Arc<ModelFolder>,
+    pub prepared: &'a Prepared,
+    pub modelled_working: &'a WorkingMemory,
+    pub working: u64,
+}
+
+impl ValidJob {
+    /// The job's stages in order: the base, then the refiner if there is one.
+    pub fn stages(&self) -> Vec<Stage<'_>> {
+        let base = Stage {
+            folder: &self.folder,
+            prepared: &self.prepared,
+            modelled_working: &self.modelled_working,
+            working: self.working,
+        };
+        let refiner = self.refiner.as_ref().map(|r| Stage {
+            folder: &r.folder,
+            prepared: &r.prepared,
+            modelled_working: &r.modelled_working,
+            working: r.working,
+        });
+        std::iter::once(base).chain(refiner).collect()
+    }
+
+    /// UNet evaluations of one image from start to end, over both stages.
+    pub fn evaluations(&self) -> usize {
+        let stage = |p: &Prepared| p.end_step - p.first_step;
+        stage(&self.prepared) + self.refiner.as_ref().map_or(0, |r| stage(&r.prepared))
+    }
 }
 
 /// Checks a request against its model and the limits; fills in defaults.
@@ -45,11 +97,38 @@ pub fn validate(registry: &Registry, limits: &Limits, spec: GenerateSpec) -> Res
         Some(text) => Some(KeepAlive::parse(text).map_err(JobError::InvalidArgument)?),
         None => None,
     };
-    let checked = spec.picture.check(limits)?;
+    let (picture, refiner_picture) = match &spec.refiner {
+        None => (spec.picture, None),
+        Some(refiner) => {
+            let (base, second) = split_stages(spec.picture, refiner)?;
+            (base, Some(second))
+        }
+    };
+    let checked = picture.check(limits)?;
+    let refiner_checked = refiner_picture.map(|p| p.check(limits)).transpose()?;
     let folder = registry.open(&spec.model)?;
     let prepared = checked.prepare(&folder, limits)?;
     let batch_size = batch_size(limits, prepared.width, prepared.height, count);
     let modelled_working = memory::estimate(&folder, &prepared, batch_size);
+    let refiner = match (spec.refiner, refiner_checked) {
+        (Some(asked), Some(checked)) => {
+            let refiner_folder = registry.open(&asked.model)?;
+            check_refiner(&folder, &refiner_folder)?;
+            // The base's size, whether asked for, the init picture's or the model's own.
+            let refiner_prepared = checked
+                .at_size(prepared.width, prepared.height)
+                .prepare(&refiner_folder, limits)?;
+            let modelled_working = memory::estimate(&refiner_folder, &refiner_prepared, batch_size);
+            Some(RefinerStage {
+                switch: asked.switch.unwrap_or(DEFAULT_REFINER_SWITCH),
+                folder: refiner_folder,
+                prepared: refiner_prepared,
+                working: modelled_working.peak(),
+                modelled_working,
+            })
+        }
+        _ => None,
+    };
     Ok(ValidJob {
         batch_size,
         modelled_working,
@@ -59,7 +138,87 @@ pub fn validate(registry: &Registry, limits: &Limits, spec: GenerateSpec) -> Res
         seed: spec.seed.unwrap_or_else(rand::random),
         count,
         keep_alive,
+        refiner,
     })
+}
+
+/// A base + refiner request as two runs, as diffusers' ensemble of expert denoisers: the base
+/// stops at the switch and hands its latents over (`denoising_end`); the refiner takes them over
+/// (`denoising_start`) with the same prompts, steps, sampler and guidance. SDXL's target size
+/// conditions the base alone, the aesthetic scores the refiner alone; the requested decoder
+/// makes the refiner's pictures (the base decodes none).
+fn split_stages(picture: Request, refiner: &RefinerSpec) -> Result<(Request, Request), JobError> {
+    if refiner.model.trim().is_empty() {
+        return Err(JobError::InvalidArgument(
+            "a refiner switch needs a refiner: name the refiner model too".into(),
+        ));
+    }
+    let switch = refiner.switch.unwrap_or(DEFAULT_REFINER_SWITCH);
+    if !(switch > 0.0 && switch < 1.0) {
+        return Err(JobError::InvalidArgument(format!(
+            "the refiner switch is the fraction of the noise schedule after which the refiner takes over, \
+             between 0 and 1, both excluded (got {switch}); {DEFAULT_REFINER_SWITCH} hands it the last fifth"
+        )));
+    }
+    if picture.mask_image.is_some() {
+        return Err(JobError::InvalidArgument(
+            "inpainting with a refiner is not supported: inpaint with the base model, then refine the result as \
+             img2img with the refiner"
+                .into(),
+        ));
+    }
+    let second = Request {
+        init_image: None,
+        strength: None,
+        init_noise: None,
+        width: None,
+        height: None,
+        xl_sizes: crate::generation::XlSizeRequest {
+            target_size: None,
+            ..picture.xl_sizes
+        },
+        denoising_start: Some(switch),
+        ..picture.clone()
+    };
+    let first = Request {
+        xl_sizes: crate::generation::XlSizeRequest {
+            aesthetic_score: None,
+            negative_aesthetic_score: None,
+            ..picture.xl_sizes
+        },
+        decoder: crate::generation::vae::Decoder::Full,
+        denoising_end: Some(switch),
+        ..picture
+    };
+    Ok((first, second))
+}
+
+/// A refiner continues the base's latents as they are, so both must share a latent space: the
+/// same channels, VAE factor and scaling (an SDXL refiner for an SDXL model, an SD 1.x model for
+/// an SD 1.x one).
+fn check_refiner(base: &ModelFolder, refiner: &ModelFolder) -> Result<(), JobError> {
+    if refiner.is_inpainting() {
+        return Err(JobError::InvalidArgument(format!(
+            "{} is an inpainting model, which cannot refine: pick an SDXL refiner or another model of {}'s family",
+            refiner.name, base.name
+        )));
+    }
+    let space = |f: &ModelFolder| (f.latent_channels, f.vae_factor, f.scaling_factor);
+    if space(base) != space(refiner) {
+        let describe = |f: &ModelFolder| {
+            format!(
+                "{} ({} latent channels, 1/{} scale, VAE scaling factor {})",
+                f.name, f.latent_channels, f.vae_factor, f.scaling_factor
+            )
+        };
+        return Err(JobError::InvalidArgument(format!(
+            "the refiner takes over the base's latents, so both must share a latent space, but {} and {} do not: \
+             pick a refiner of the base's family (an SDXL refiner for an SDXL model)",
+            describe(base),
+            describe(refiner)
+        )));
+    }
+    Ok(())
 }
 
 /// How many images go through the UNet together: as many as fit in `batch_pixels`, at least
@@ -216,6 +375,54 @@ mod tests {
         }
     }
 
+    /// The split of a base + refiner request: the base's timesteps at or above the switch, the
+    /// refiner's below it, the refiner at the base's size with the aesthetic scores, the base
+    /// with the target size; an SD 1.x refiner for an SDXL base refused.
+    #[test]
+    fn a_refiner_request_splits_the_schedule_at_the_switch() {
+        let home = tempfile::tempdir().unwrap();
+        let registry = Registry::new(home.path());
+        let limits = Limits::default();
+        let spec = |refiner: &str| GenerateSpec {
+            model: fixture_model("sdxl-tiny"),
+            picture: generation::Request {
+                prompt: "a lighthouse".into(),
+                steps: Some(10),
+                sampler: Some("euler".into()),
+                width: Some(96),
+                xl_sizes: generation::XlSizeRequest {
+                    target_size: Some((48, 32)),
+                    aesthetic_score: Some(7.0),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            refiner: Some(RefinerSpec {
+                model: fixture_model(refiner),
+                switch: None,
+            }),
+            ..Default::default()
+        };
+        let job = validate(&registry, &limits, spec("sdxl-refiner-tiny")).unwrap();
+        let refiner = job.refiner.as_ref().unwrap();
+        assert_eq!(refiner.switch, DEFAULT_REFINER_SWITCH);
+        let ran = |p: &Prepared| p.scheduler.timesteps()[p.first_step..p.end_step].to_vec();
+        assert_eq!(
+            ran(&job.prepared),
+            [901.0, 801.0, 701.0, 601.0, 501.0, 401.0, 301.0, 201.0]
+        );
+        assert_eq!(ran(&refiner.prepared), [101.0, 1.0]);
+        assert_eq!(job.evaluations(), 10);
+        assert_eq!((refiner.prepared.width, refiner.prepared.height), (96, 64));
+        let (base_xl, refiner_xl) = (job.prepared.xl_sizes.unwrap(), refiner.prepared.xl_sizes.unwrap());
+        assert_eq!((base_xl.target_size, base_xl.aesthetic_scores), ((48, 32), None));
+        assert_eq!(refiner_xl.aesthetic_scores, Some((7.0, 2.5)));
+        match validate(&registry, &limits, spec("sd1-tiny")) {
+            Err(JobError::InvalidArgument(message)) => assert!(message.contains("latent space"), "{message}"),
+            other => panic!("an SD 1.x refiner for an SDXL base: {other:?}"),
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(200))]
 
@@ -242,6 +449,43 @@ mod tests {
                     prop_assert_eq!(p.decoder, generation::vae::Decoder::Full, "sd1-tiny has no tiny decoder");
                     prop_assert!((1..=limits.max_count).contains(&job.count));
                     prop_assert!(job.batch_size >= 1 && job.batch_size <= job.count);
+                }
+                Err(JobError::InvalidArgument(message)) => prop_assert!(!message.is_empty()),
+                Err(JobError::Model(_) | JobError::Registry(_)) => {}
+                Err(other) => prop_assert!(false, "unexpected error kind: {other:?}"),
+            }
+        }
+
+        /// Base + refiner requests with any switch, on the SDXL base with its refiner (or an
+        /// SD 1.x model, another latent space): two stages that each run at least one step and
+        /// meet at the switch, or a clear error.
+        #[test]
+        fn any_refiner_request_validates_or_fails_cleanly(
+            picture in request(),
+            switch in maybe(0.0f64..=1.0, any::<f64>()),
+            refiner in prop_oneof![3 => Just("sdxl-refiner-tiny"), 1 => Just("sd1-tiny")],
+        ) {
+            let home = tempfile::tempdir().unwrap();
+            let registry = Registry::new(home.path());
+            let limits = Limits { max_pixels: 256 * 256, max_steps: 30, ..Limits::default() };
+            let spec = GenerateSpec {
+                model: fixture_model("sdxl-tiny"),
+                picture,
+                refiner: Some(RefinerSpec { model: fixture_model(refiner), switch }),
+                ..Default::default()
+            };
+            match validate(&registry, &limits, spec) {
+                Ok(job) => {
+                    prop_assert_eq!(refiner, "sdxl-refiner-tiny");
+                    let second = job.refiner.as_ref().expect("a refiner stage");
+                    let (base, refined) = (&job.prepared, &second.prepared);
+                    prop_assert!(second.switch > 0.0 && second.switch < 1.0);
+                    prop_assert!(base.first_step < base.end_step);
+                    prop_assert!(refined.first_step < refined.end_step);
+                    prop_assert_eq!(refined.end_step, refined.scheduler.timesteps().len());
+                    prop_assert_eq!((refined.width, refined.height), (base.width, base.height));
+                    prop_assert!(refined.init_image.is_none() && base.inpaint().is_none());
+                    prop_assert_eq!(job.evaluations(), (base.end_step - base.first_step) + (refined.end_step - refined.first_step));
                 }
                 Err(JobError::InvalidArgument(message)) => prop_assert!(!message.is_empty()),
                 Err(JobError::Model(_) | JobError::Registry(_)) => {}

@@ -12,7 +12,7 @@ use crate::catalog::store::ImportProgress;
 use crate::generation::{self, PreviewKind, PreviewSettings};
 use crate::jobs::events::{DaemonEvent, Stamped};
 use crate::jobs::residency::Running;
-use crate::jobs::{GenerateSpec, JobEvent, residency_key};
+use crate::jobs::{GenerateSpec, JobEvent, RefinerSpec, residency_key};
 use crate::model::onnx::{HostTensor, IoSpec};
 
 use super::status::job_status;
@@ -31,7 +31,12 @@ pub fn generate_spec(request: pb::GenerateRequest) -> Result<GenerateSpec, Statu
             )));
         }
     };
+    let refiner = (!request.refiner.trim().is_empty() || request.refiner_switch.is_some()).then(|| RefinerSpec {
+        model: request.refiner.trim().to_string(),
+        switch: request.refiner_switch,
+    });
     Ok(GenerateSpec {
+        refiner,
         model: request.model,
         picture: generation::Request {
             prompt: request.prompt,
@@ -66,6 +71,9 @@ pub fn generate_spec(request: pb::GenerateRequest) -> Result<GenerateSpec, Statu
                 negative_aesthetic_score: request.negative_aesthetic_score,
             },
             guidance_rescale: request.guidance_rescale,
+            // The stages of a base + refiner request are the job's to set (`refiner` below).
+            denoising_end: None,
+            denoising_start: None,
         },
         seed: request.seed,
         count: request.count,

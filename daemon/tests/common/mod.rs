@@ -114,8 +114,9 @@ pub fn generate_one(
     on_step: &mut dyn FnMut(StepReport),
 ) -> RgbImage {
     let mut on_batch_step = |_: usize, report: StepReport| on_step(report);
-    let output = easeld::generation::pipeline::run_batch(model, prepared, &mut [noise], &|| false, &mut on_batch_step)
-        .unwrap_or_else(|e| panic!("generating: {e}"));
+    let output =
+        easeld::generation::pipeline::run_batch(model, prepared, &mut [noise], None, &|| false, &mut on_batch_step)
+            .unwrap_or_else(|e| panic!("generating: {e}"));
     output.images.into_iter().next().expect("one picture")
 }
 

@@ -10,7 +10,7 @@
 //! - `png-info` reads a picture's `parameters` back.
 //!
 //! Fields easel cannot honour and that change the picture (hires fix, face restoration,
-//! tiling, variation seeds, scripts, styles, a second-stage refiner) are refused with a message naming them, rather
+//! tiling, variation seeds, scripts, styles) are refused with a message naming them, rather
 //! than ignored: the picture would not be the one asked for. Layout-only choices with no easel
 //! equivalent (`resize_mode`, `inpaint_full_res`, `inpainting_fill`) are accepted: easel
 //! resizes the init image to the requested size and inpaints the whole picture.
@@ -239,10 +239,6 @@ const UNSUPPORTED: &[(&str, &str)] = &[
     ("subseed_strength", "variation seeds"),
     ("script_name", "scripts"),
     ("styles", "prompt styles"),
-    (
-        "refiner_checkpoint",
-        "second-stage refiner yet (an SDXL refiner can run as an img2img model of its own)",
-    ),
 ];
 
 async fn plan(gateway: &Gateway, fields: Fields<'_>) -> Result<Plan, A1111Error> {
@@ -270,6 +266,7 @@ async fn plan(gateway: &Gateway, fields: Fields<'_>) -> Result<Plan, A1111Error>
         fields.string("sampler_name")?.or(fields.string("sampler_index")?),
         fields.string("scheduler")?,
     )?;
+    let (refiner, refiner_switch) = refiner(gateway, fields).await?;
     let batch_size = fields.u32_in("batch_size", 1, 1000)?.unwrap_or(1);
     let n_iter = fields.u32_in("n_iter", 1, 1000)?.unwrap_or(1);
     // A1111's seed is -1 (or any negative) for a random one, drawn below 2^32 as A1111 draws
@@ -290,6 +287,8 @@ async fn plan(gateway: &Gateway, fields: Fields<'_>) -> Result<Plan, A1111Error>
         seed: Some(seed),
         count: Some(batch_size * n_iter),
         clip_skip: clip_skip.filter(|&c| c > 1),
+        refiner,
+        refiner_switch,
         // Cheap previews, for `progress`'s current_image.
         preview: Some(pb::PreviewOptions {
             stream_latents: false,
@@ -299,6 +298,25 @@ async fn plan(gateway: &Gateway, fields: Fields<'_>) -> Result<Plan, A1111Error>
         ..Default::default()
     };
     Ok(Plan { request, batch_size })
+}
+
+/// A1111's second-stage refiner: `refiner_checkpoint` (a title; none, empty or "None": no
+/// refiner) takes over at `refiner_switch_at` (a fraction; 1 or more: never, as A1111 reads it;
+/// unset: 0.8). easel switches on the noise schedule's timesteps, as diffusers does; A1111 at
+/// that fraction of the sampling steps, which is the same point for evenly spaced schedules.
+async fn refiner(gateway: &Gateway, fields: Fields<'_>) -> Result<(String, Option<f64>), A1111Error> {
+    let title = fields
+        .string("refiner_checkpoint")?
+        .map(str::trim)
+        .filter(|title| !title.is_empty() && !title.eq_ignore_ascii_case("none"));
+    let Some(title) = title else {
+        return Ok((String::new(), None));
+    };
+    let switch = fields.number("refiner_switch_at")?;
+    if switch.is_some_and(|s| s >= 1.0) {
+        return Ok((String::new(), None));
+    }
+    Ok((resolve_checkpoint(gateway, title).await?, switch))
 }
 
 async fn txt2img(State(gateway): State<Arc<Gateway>>, peer: Option<Extension<Peer>>, body: Body) -> Response {

@@ -539,8 +539,8 @@ fn a1111_requests_can_name_their_checkpoint_and_leave_the_images_out() {
 }
 
 /// An SDXL model through both HTTP APIs: listed by A1111's `sd-models`, drawn at its own size
-/// when the request names no size, named in the answer; OpenAI's `model` picks it too. A1111's
-/// second-stage refiner field is refused with what to do instead.
+/// when the request names no size, named in the answer; OpenAI's `model` picks it too; A1111's
+/// second-stage refiner takes over an SDXL picture.
 #[test]
 fn sdxl_models_serve_through_both_http_apis() {
     let daemon = Daemon::start();
@@ -583,10 +583,39 @@ fn sdxl_models_serve_through_both_http_apis() {
     );
     assert_eq!(openai.status, 200, "{}", openai.text());
 
-    let refined = gateway.post_json(
-        "/sdapi/v1/txt2img",
-        &json!({"prompt": "x", "steps": 1, "refiner_checkpoint": "refiner", "refiner_switch_at": 0.8}),
+    // A1111's refiner: `refiner_checkpoint` takes over at `refiner_switch_at`; the infotext
+    // names it. A switch of 1 is A1111's "never"; an unknown checkpoint is a 404.
+    let refiner = fixture_model("sdxl-refiner-tiny");
+    let import = daemon.easel(&["models", "import", refiner.to_str().unwrap(), "--name", "refiner"]);
+    assert!(import.status.success(), "{}", stderr(&import));
+    let refine = |extra: Value| {
+        let mut body = json!({"prompt": "a lighthouse", "steps": 4, "seed": 3, "sampler_name": "Euler",
+                              "override_settings": {"sd_model_checkpoint": "xl"}});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        gateway.post_json("/sdapi/v1/txt2img", &body)
+    };
+    let refined = refine(json!({"refiner_checkpoint": "refiner", "refiner_switch_at": 0.5}));
+    assert_eq!(refined.status, 200, "{}", refined.text());
+    let refined = refined.json();
+    let info: Value = serde_json::from_str(refined["info"].as_str().unwrap()).unwrap();
+    let infotext = info["infotexts"][0].as_str().unwrap();
+    assert!(
+        infotext.contains("Refiner: refiner, Refiner switch at: 0.5"),
+        "{infotext}"
     );
-    assert_eq!(refined.status, 422, "{}", refined.text());
-    assert!(refined.text().contains("refiner_checkpoint"), "{}", refined.text());
+    let never = refine(json!({"refiner_checkpoint": "refiner", "refiner_switch_at": 1.0}));
+    assert_eq!(never.status, 200, "{}", never.text());
+    let plain = refine(json!({"refiner_checkpoint": "None"}));
+    assert_eq!(plain.status, 200, "{}", plain.text());
+    assert_eq!(
+        never.json()["images"],
+        plain.json()["images"],
+        "a switch at 1 never refines"
+    );
+    assert_ne!(refined["images"], plain.json()["images"], "the refiner changed nothing");
+    let unknown = refine(json!({"refiner_checkpoint": "nosuch", "refiner_switch_at": 0.8}));
+    assert_eq!(unknown.status, 404, "{}", unknown.text());
+    let bad = refine(json!({"refiner_checkpoint": "refiner", "refiner_switch_at": 0}));
+    assert_eq!(bad.status, 422, "{}", bad.text());
+    assert!(bad.text().contains("refiner switch"), "{}", bad.text());
 }

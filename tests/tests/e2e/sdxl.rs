@@ -258,3 +258,85 @@ fn the_sdxl_refiner_refines_a_picture_with_its_aesthetic_scores() {
     assert!(!output.status.success());
     assert!(stderr(&output).contains("SDXL refiners only"), "{}", stderr(&output));
 }
+
+/// Base + refiner in one request from the CLI (`--refiner NAME --refiner-switch F`): diffusers'
+/// ensemble picture (the base to the switch, the refiner from there), progress counting both
+/// stages' UNet evaluations, the refiner named in the metadata, both models resident after; and
+/// the requests that cannot work refused with what to do instead.
+#[test]
+fn base_and_refiner_in_one_request_draw_diffusers_ensemble_picture() {
+    let daemon = Daemon::start();
+    let refiner = fixture_model("sdxl-refiner-tiny");
+    let import = daemon.easel(&["models", "import", refiner.to_str().unwrap(), "--name", "refiner"]);
+    assert!(import.status.success(), "{}", stderr(&import));
+    let cases = generate::manifest("sdxl/ensemble-manifest.json");
+    // Euler: deterministic, so the CLI's own seed draws nothing the reference did not.
+    let case = cases
+        .iter()
+        .find(|c| c.name == "ensemble-euler-0.8")
+        .expect("the Euler case");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("refined.png");
+    let output = generate::generate_case(
+        &daemon,
+        case,
+        &out,
+        &["--refiner", "refiner", "--refiner-switch", "0.8", "--json"],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let png = std::fs::read(&out).unwrap();
+    let want = read_png(&std::fs::read(fixtures().join(&case.image)).unwrap()).2;
+    let (mean, max) = diff(&read_png(&png).2, &want);
+    assert!(mean <= 1.0 && max <= 8, "mean {mean:.3}, max {max}");
+    let progress: Vec<(u64, u64)> = stdout(&output)
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter(|event| event["event"] == "progress")
+        .map(|event| (event["step"].as_u64().unwrap(), event["total"].as_u64().unwrap()))
+        .collect();
+    // Euler's 10 timesteps: 8 at or above 200 for the base, 2 for the refiner.
+    assert_eq!(progress, (1..=10).map(|step| (step, 10)).collect::<Vec<_>>());
+    let parameters = png_text(&png).into_iter().find(|(k, _)| k == "parameters").unwrap().1;
+    assert!(
+        parameters.contains("Refiner: refiner, Refiner switch at: 0.8"),
+        "{parameters}"
+    );
+    let ps = stdout(&daemon.easel(&["ps"]));
+    assert!(
+        ps.contains("refiner") && ps.contains("sdxl-tiny"),
+        "both stages' models stay resident: {ps}"
+    );
+
+    let refused = |extra: &[&str], expected: &str| {
+        let output = generate::generate_case(&daemon, case, &dir.path().join("no.png"), extra);
+        assert!(!output.status.success(), "{extra:?} was accepted");
+        assert!(stderr(&output).contains(expected), "{extra:?}: {}", stderr(&output));
+    };
+    refused(&["--refiner", "refiner", "--refiner-switch", "1"], "between 0 and 1");
+    refused(&["--refiner", "nosuch"], "nosuch");
+    let sd1 = fixture_model("sd1-tiny");
+    refused(&["--refiner", sd1.to_str().unwrap()], "share a latent space");
+    let inpaint = fixture_model("sdxl-inpaint-tiny");
+    refused(&["--refiner", inpaint.to_str().unwrap()], "inpainting model");
+    // At 0.05 the base's first timestep is already past the switch.
+    refused(
+        &["--refiner", "refiner", "--refiner-switch", "0.05"],
+        "runs no step before the switch",
+    );
+    let init = fixtures().join("img2img/init-64.png");
+    let mask = fixtures().join("inpaint/mask-64.png");
+    refused(
+        &[
+            "--refiner",
+            "refiner",
+            "--init-image",
+            init.to_str().unwrap(),
+            "--mask",
+            mask.to_str().unwrap(),
+        ],
+        "inpainting with a refiner",
+    );
+    let switch_alone = daemon.easel(&["generate", "x", "--refiner-switch", "0.5"]);
+    assert!(!switch_alone.status.success());
+    assert!(stderr(&switch_alone).contains("--refiner"), "{}", stderr(&switch_alone));
+}

@@ -173,6 +173,8 @@ class Client:
         target_size: tuple[int, int] | None = None,
         aesthetic_score: float | None = None,
         negative_aesthetic_score: float | None = None,
+        refiner: str | None = None,
+        refiner_switch: float | None = None,
     ) -> Generation:
         """Starts a job and returns its events as they happen.
 
@@ -212,6 +214,7 @@ class Client:
         request = pb.GenerateRequest(
             prompt=prompt,
             model=model or "",
+            refiner=refiner or "",
             negative_prompt=negative_prompt or "",
             sampler=sampler or "",
             keep_alive=_convert.keep_alive_text(keep_alive),
@@ -238,6 +241,7 @@ class Client:
             "guidance_rescale": guidance_rescale,
             "aesthetic_score": aesthetic_score,
             "negative_aesthetic_score": negative_aesthetic_score,
+            "refiner_switch": refiner_switch,
         }
         for name, value in optional.items():
             # Proto3 `optional`: unset means "the daemon's default", distinct from 0.

@@ -57,10 +57,11 @@ impl Generator for OrtBackend {
         model: &mut LoadedModel,
         prepared: &Prepared,
         noises: &mut [&mut dyn NoiseSource],
+        handed_over: Option<&[f32]>,
         is_cancelled: &dyn Fn() -> bool,
         on_step: &mut dyn FnMut(usize, StepReport),
     ) -> Result<BatchOutput, GenerationError> {
-        generation::generate_batch(model, prepared, noises, is_cancelled, on_step)
+        generation::generate_batch(model, prepared, noises, handed_over, is_cancelled, on_step)
     }
 }
 
