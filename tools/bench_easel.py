@@ -2,6 +2,7 @@
 client (gRPC on the socket, as plugins talk to it), timed from here.
 
     python tools/bench_easel.py SOCKET MODEL --size 512 --steps 4 --runs 3
+    python tools/bench_easel.py SOCKET MODEL --size 1024 --steps 2 --runs 2 --plain-only --sampler euler
 
 MODEL is the model folder (an absolute path). The first request loads it (its `load_ms` is
 the daemon's load time); then `runs` requests each: plain; streaming (latents and approx
@@ -87,19 +88,25 @@ def main():
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--first-only", action="store_true", help="only the first (loading) request")
+    parser.add_argument("--plain-only", action="store_true", help="the first request and the plain series only")
+    parser.add_argument("--sampler", default="pndm", help="the sampler of every request (default: pndm)")
     args = parser.parse_args()
     with easel.Client(args.socket) as client:
-        first = one_request(client, args.model, args.size, args.steps, 0, streaming=False)
+        first = one_request(client, args.model, args.size, args.steps, 0, streaming=False, sampler=args.sampler)
         result = {"first": first}
         if not args.first_only:
             # Run r of every series has the prompt of the plain series' run r: new to the daemon
             # there (a text encoder run), seen before in the other series (the embedding cache).
             def runs(steps=args.steps, **options):
+                options = dict(dict(sampler=args.sampler), **options)
                 return [one_request(client, args.model, args.size, steps, run + 1, prompt=f"{PROMPT}, take {run + 1}",
                                     **options)
                         for run in range(args.runs)]
 
             result["plain"] = runs()
+            if args.plain_only:
+                print(json.dumps(result))
+                return
             result["streaming"] = runs(streaming=True)
             result["tiny"] = runs(decoder="tiny")
             result["cutoff"] = runs(guidance_cutoff=0.5)

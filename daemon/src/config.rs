@@ -157,6 +157,8 @@ pub struct Config {
     /// Keep ONNX Runtime's optimized graphs in `$EASEL_HOME/cache/optimized/` so later loads
     /// skip the optimization (about twice as fast; costs a copy of each model's weights on disk).
     pub optimized_cache: bool,
+    /// Which device runs the models (`device` / `EASEL_DEVICE`): `auto`, `cpu` or `cuda:N`.
+    pub device: crate::model::device::DeviceSetting,
 }
 
 /// The share of physical memory models may take by default; the rest is for activations
@@ -210,6 +212,7 @@ struct FileConfig {
     /// A size.
     import_keep_free: Option<String>,
     optimized_cache: Option<bool>,
+    device: Option<String>,
 }
 
 impl Config {
@@ -282,11 +285,29 @@ impl Config {
             },
             None => file.optimized_cache.unwrap_or(false),
         };
+        let device = match env_text("EASEL_DEVICE") {
+            Some(text) => crate::model::device::DeviceSetting::parse(&text).map_err(|message| ConfigError::Env {
+                name: "EASEL_DEVICE",
+                value: text.clone(),
+                message,
+            })?,
+            None => match file.device {
+                Some(text) => {
+                    crate::model::device::DeviceSetting::parse(&text).map_err(|message| ConfigError::Setting {
+                        name: "device",
+                        value: text.clone(),
+                        message,
+                    })?
+                }
+                None => Default::default(),
+            },
+        };
         let parallel = env_number("EASEL_PARALLEL")?.or(file.parallel).unwrap_or(1).max(1);
         let max_import_files = env_number("EASEL_MAX_IMPORT_FILES")?
             .or(file.max_import_files)
             .unwrap_or(DEFAULT_MAX_IMPORT_FILES);
         Ok(Self {
+            device,
             parallel,
             memory_budget,
             keep_alive,

@@ -57,6 +57,11 @@ fn serve(
 ) -> anyhow::Result<()> {
     let candidates = easeld::model::runtime::candidate_paths(config.onnxruntime.as_deref(), &config.home);
     let mut ort = easeld::model::runtime::load(&candidates)?;
+    let device = easeld::model::device::resolve(config.device, &ort.library, &easeld::model::device::SystemLoader)?;
+    if let Some(note) = &device.note {
+        tracing::info!(device = %device.device, note, "running on the CPU");
+    }
+    ort.device = device.device;
     if config.optimized_cache {
         let dir = config.home.join("cache").join("optimized");
         tracing::info!(dir = %dir.display(), "keeping optimized graphs between loads");
@@ -68,7 +73,8 @@ fn serve(
     }
     tracing::info!(library = %ort.library.display(), socket = %bound.path.display(), "easeld ready");
     let info = DaemonInfo {
-        device: "cpu".to_string(),
+        device: device.device.to_string(),
+        device_note: device.note.clone().unwrap_or_default(),
         onnxruntime_library: ort.library.display().to_string(),
         socket: bound.path.display().to_string(),
     };

@@ -19,6 +19,8 @@ use serde_json::Value;
 
 use crate::{DemoDaemon, cargo, fetch_ort, status, target_dir, test_python};
 
+mod sdxl;
+
 struct Settings {
     quick: bool,
     threads: usize,
@@ -233,6 +235,9 @@ fn command_line(program: &str, args: &[&str]) -> String {
 
 pub fn bench(root: &Path, args: &[String]) -> Result<()> {
     let settings = Settings::from_args(args)?;
+    if args.iter().any(|a| a == "--sdxl") {
+        return sdxl::bench_sdxl(root, settings.threads);
+    }
     let target = target_dir(root)?;
     let tools = tools_python(root)?;
     let clients = test_python(root)?;
@@ -363,7 +368,12 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
         unet_variants,
         vae_large,
     };
-    let report = report(&settings, &model, &measured);
+    let mut report = report(&settings, &model, &measured);
+    // The SDXL section (`--sdxl`, measured on its own) stays.
+    let kept = std::fs::read_to_string(root.join("BENCHMARKS.md")).unwrap_or_default();
+    if let (false, Some(section)) = (settings.quick, sdxl::section_of(&kept)) {
+        report = sdxl::with_section(&report, section);
+    }
     let out = if settings.quick {
         target.join("bench/BENCHMARKS-quick.md")
     } else {

@@ -6,9 +6,11 @@
 //! - `cargo xtask test`: everything CI runs: fetch ONNX Runtime, make the Python environment
 //!   the real-client tests use (`tests/python/requirements.txt`), fmt check, clippy, the whole
 //!   test suite (unit, parity and end-to-end).
-//! - `cargo xtask fetch-ort [--install]`: download the pinned `onnxruntime` wheel with pip,
-//!   verify its sha256, unpack the library into `<target>/onnxruntime/` (and with `--install`
-//!   into `$EASEL_HOME/runtime/`, where the daemon finds it).
+//! - `cargo xtask fetch-ort [--gpu] [--install]`: download the pinned `onnxruntime` wheel
+//!   (`--gpu`: `onnxruntime-gpu`, with its CUDA provider libraries) with pip, verify its sha256,
+//!   unpack the library into `<target>/onnxruntime/` (`onnxruntime-gpu/`), and with `--install`
+//!   into `$EASEL_HOME/runtime/`, where the daemon finds it.
+//! - `cargo xtask bench --sdxl`: SDXL at its real shape (see `bench/sdxl.rs`).
 //! - `cargo xtask bench [--quick] [--threads N]`: easel beside a bare ONNX Runtime session and
 //!   optimum's pipeline on a full-size SD 1.5-architecture model, into `BENCHMARKS.md` (see
 //!   `bench.rs`).
@@ -20,7 +22,6 @@
 
 mod bench;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -65,21 +66,35 @@ fn run() -> Result<()> {
         Some("test") => test(&root),
         Some("bench") => bench::bench(&root, &args[1..]),
         Some("fetch-ort") => {
-            let library = fetch_ort(&root)?;
+            let gpu = args.iter().any(|a| a == "--gpu");
+            let files = fetch_wheel(&root, if gpu { &ORT_GPU } else { &ORT_CPU })?;
             if args.iter().any(|a| a == "--install") {
+                // The GPU build's providers go beside its library, where it loads them from.
                 let dir = easel_home().join("runtime");
                 std::fs::create_dir_all(&dir)?;
-                let target = dir.join(library.file_name().expect("library file name"));
-                std::fs::copy(&library, &target).with_context(|| format!("copying to {}", target.display()))?;
-                println!("{}", target.display());
+                for file in &files {
+                    let target = dir.join(file.file_name().expect("library file name"));
+                    std::fs::copy(file, &target).with_context(|| format!("copying to {}", target.display()))?;
+                }
+                println!(
+                    "{}",
+                    dir.join(files[0].file_name().expect("library file name")).display()
+                );
             } else {
-                println!("{}", library.display());
+                println!("{}", files[0].display());
+            }
+            if gpu {
+                eprintln!(
+                    "xtask: the CUDA provider also needs CUDA 13 and cuDNN 9 (the system's, or `pip install \
+                     nvidia-cuda-runtime~=13.0 nvidia-cublas~=13.0 nvidia-curand~=10.0 nvidia-cufft~=12.0 \
+                     nvidia-cuda-nvrtc~=13.0 nvidia-cudnn-cu13~=9.0`) and an easeld built with `--features cuda`"
+                );
             }
             Ok(())
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <demo | test | bench [--quick] [--threads N] | samples | fetch-ort [--install]>"
+                "usage: cargo xtask <demo | test | bench [--quick | --sdxl] [--threads N] | samples | fetch-ort [--gpu] [--install]>"
             );
             std::process::exit(2);
         }
@@ -137,12 +152,56 @@ fn status(mut command: Command, what: &str) -> Result<()> {
 }
 
 /// Makes sure `target/onnxruntime/libonnxruntime.so.X` exists, fetching the wheel if needed.
+/// A pinned wheel and the files easel takes from it.
+struct Wheel {
+    package: &'static str,
+    file: &'static str,
+    sha256: &'static str,
+    /// Paths inside the wheel; the first is the ONNX Runtime library.
+    members: &'static [&'static str],
+    /// Under the target folder.
+    out: &'static str,
+}
+
+const ORT_CPU: Wheel = Wheel {
+    package: "onnxruntime",
+    file: ORT_WHEEL,
+    sha256: ORT_WHEEL_SHA256,
+    members: &[ORT_LIBRARY_IN_WHEEL],
+    out: "onnxruntime",
+};
+
+/// onnxruntime-gpu: the same library built with the CUDA provider (CUDA 13, cuDNN 9), which
+/// it loads from the two provider libraries beside it.
+const ORT_GPU: Wheel = Wheel {
+    package: "onnxruntime-gpu",
+    file: "onnxruntime_gpu-1.31.1-cp311-cp311-manylinux_2_28_x86_64.whl",
+    sha256: "e26c475fe361b2015f45b4b824bd13f0bb20204e59b62814e6f0acd5f3d491a6",
+    members: &[
+        ORT_LIBRARY_IN_WHEEL,
+        "onnxruntime/capi/libonnxruntime_providers_shared.so",
+        "onnxruntime/capi/libonnxruntime_providers_cuda.so",
+    ],
+    out: "onnxruntime-gpu",
+};
+
+/// The pinned CPU library, fetched once into `<target>/onnxruntime/`.
 fn fetch_ort(root: &Path) -> Result<PathBuf> {
+    Ok(fetch_wheel(root, &ORT_CPU)?.remove(0))
+}
+
+/// Downloads `wheel` with pip (unless cached with the right sha256), checks it and unpacks its
+/// members into `<target>/<out>/`; returns their paths, the library first.
+fn fetch_wheel(root: &Path, wheel: &Wheel) -> Result<Vec<PathBuf>> {
     let target = target_dir(root)?;
-    let out_dir = target.join("onnxruntime");
-    let library = out_dir.join(format!("libonnxruntime.so.{ORT_VERSION}"));
-    if library.is_file() {
-        return Ok(library);
+    let out_dir = target.join(wheel.out);
+    let outputs: Vec<PathBuf> = wheel
+        .members
+        .iter()
+        .map(|member| out_dir.join(Path::new(member).file_name().expect("a file name")))
+        .collect();
+    if outputs.iter().all(|p| p.is_file()) {
+        return Ok(outputs);
     }
     if !cfg!(all(target_os = "linux", target_arch = "x86_64")) {
         bail!(
@@ -151,8 +210,8 @@ fn fetch_ort(root: &Path) -> Result<PathBuf> {
     }
     let cache = target.join("ort-wheel");
     std::fs::create_dir_all(&cache)?;
-    let wheel = cache.join(ORT_WHEEL);
-    if !wheel.is_file() || sha256_of(&wheel)? != ORT_WHEEL_SHA256 {
+    let path = cache.join(wheel.file);
+    if !path.is_file() || sha256_of(&path)? != wheel.sha256 {
         let mut pip = Command::new(system_python()?);
         pip.args([
             "-m",
@@ -171,30 +230,45 @@ fn fetch_ort(root: &Path) -> Result<PathBuf> {
             "--dest",
         ])
         .arg(&cache)
-        .arg(format!("onnxruntime=={ORT_VERSION}"));
-        status(pip, &format!("pip download onnxruntime=={ORT_VERSION}"))?;
+        .arg(format!("{}=={ORT_VERSION}", wheel.package));
+        status(pip, &format!("pip download {}=={ORT_VERSION}", wheel.package))?;
     }
-    let digest = sha256_of(&wheel)?;
-    if digest != ORT_WHEEL_SHA256 {
-        std::fs::remove_file(&wheel).ok();
+    let digest = sha256_of(&path)?;
+    if digest != wheel.sha256 {
+        std::fs::remove_file(&path).ok();
         bail!(
-            "{} has sha256 {digest}, expected {ORT_WHEEL_SHA256}; the download was corrupted or tampered with, run again",
-            wheel.display()
+            "{} has sha256 {digest}, expected {}; the download was corrupted or tampered with, run again",
+            path.display(),
+            wheel.sha256
         );
     }
-    let file = std::fs::File::open(&wheel)?;
-    let mut archive = zip::ZipArchive::new(file).context("reading the wheel")?;
-    let mut entry = archive
-        .by_name(ORT_LIBRARY_IN_WHEEL)
-        .with_context(|| format!("{ORT_LIBRARY_IN_WHEEL} is not in the wheel"))?;
-    let mut bytes = Vec::new();
-    entry.read_to_end(&mut bytes)?;
-    std::fs::create_dir_all(&out_dir)?;
-    let partial = out_dir.join(".partial");
-    std::fs::write(&partial, &bytes)?;
-    std::fs::rename(&partial, &library)?;
-    eprintln!("xtask: ONNX Runtime {ORT_VERSION} is at {}", library.display());
-    Ok(library)
+    unpack(&path, wheel.members, &out_dir)?;
+    eprintln!(
+        "xtask: ONNX Runtime {ORT_VERSION} ({}) is at {}",
+        wheel.package,
+        outputs[0].display()
+    );
+    Ok(outputs)
+}
+
+/// Unpacks `members` of the zip at `archive` into `out_dir` by their file names, each through a
+/// temporary name and a rename (a cut-off run leaves no half-written library).
+fn unpack(archive: &Path, members: &[&str], out_dir: &Path) -> Result<()> {
+    let file = std::fs::File::open(archive)?;
+    let mut zip = zip::ZipArchive::new(file).context("reading the wheel")?;
+    std::fs::create_dir_all(out_dir)?;
+    for member in members {
+        let mut entry = zip
+            .by_name(member)
+            .with_context(|| format!("{member} is not in the wheel"))?;
+        let name = Path::new(member).file_name().expect("a file name");
+        let partial = out_dir.join(".partial");
+        let mut out = std::fs::File::create(&partial)?;
+        std::io::copy(&mut entry, &mut out)?;
+        drop(out);
+        std::fs::rename(&partial, out_dir.join(name))?;
+    }
+    Ok(())
 }
 
 /// The system's Python 3.
@@ -268,6 +342,26 @@ fn test(root: &Path) -> Result<()> {
         .current_dir(root)
         .args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]);
     status(clippy, "cargo clippy")?;
+    // The GPU build compiles and its device checks hold here too (no GPU needed: the CUDA
+    // libraries' lookup runs on a fake wheel layout).
+    let mut clippy_cuda = cargo();
+    clippy_cuda.current_dir(root).args([
+        "clippy",
+        "-p",
+        "easeld",
+        "--features",
+        "cuda",
+        "--lib",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    status(clippy_cuda, "cargo clippy -p easeld --features cuda")?;
+    let mut device_tests = cargo();
+    device_tests
+        .current_dir(root)
+        .args(["test", "-p", "easeld", "--features", "cuda", "--lib", "model::device"]);
+    status(device_tests, "cargo test -p easeld --features cuda (the device checks)")?;
     // The end-to-end tests run the real binaries: build them first.
     let mut build = cargo();
     build.current_dir(root).args(["build", "--workspace", "--bins"]);
@@ -456,4 +550,41 @@ fn write_grid(tiles: &[PathBuf], columns: usize, out: &Path) -> Result<()> {
     encoder.add_text_chunk("Software".into(), "easel (cargo xtask samples)".into())?;
     encoder.write_header()?.write_image_data(&canvas)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    #[test]
+    fn a_wheels_members_are_unpacked_by_file_name_and_a_missing_one_is_named() {
+        let dir = std::env::temp_dir().join(format!("easel-xtask-unpack-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let wheel = dir.join("w.whl");
+        let mut zip = zip::ZipWriter::new(std::fs::File::create(&wheel).unwrap());
+        for (name, body) in [("pkg/capi/liba.so", b"a"), ("pkg/capi/libb.so", b"b")] {
+            zip.start_file(name, zip::write::SimpleFileOptions::default()).unwrap();
+            zip.write_all(body).unwrap();
+        }
+        zip.finish().unwrap();
+        let out = dir.join("out");
+        unpack(&wheel, &["pkg/capi/liba.so", "pkg/capi/libb.so"], &out).unwrap();
+        assert_eq!(std::fs::read(out.join("liba.so")).unwrap(), b"a");
+        assert_eq!(std::fs::read(out.join("libb.so")).unwrap(), b"b");
+        assert!(!out.join(".partial").exists());
+        let error = unpack(&wheel, &["pkg/capi/libc.so"], &out).unwrap_err();
+        assert!(error.to_string().contains("libc.so is not in the wheel"), "{error}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_gpu_wheel_brings_its_providers_beside_the_library() {
+        assert_eq!(ORT_GPU.members[0], ORT_CPU.members[0], "the same library file name");
+        for provider in ["libonnxruntime_providers_shared.so", "libonnxruntime_providers_cuda.so"] {
+            assert!(ORT_GPU.members.iter().any(|m| m.ends_with(provider)), "{provider}");
+        }
+    }
 }

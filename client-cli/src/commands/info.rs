@@ -60,6 +60,7 @@ fn status_json(status: &pb::StatusReply) -> serde_json::Value {
         "pid": status.pid,
         "socket": status.socket,
         "device": status.device,
+        "device_note": status.device_note,
         "onnxruntime_library": status.onnxruntime_library,
         "queued_jobs": status.queued_jobs,
         "running_jobs": status.running_jobs,
@@ -80,7 +81,11 @@ fn status_lines(status: &pb::StatusReply) -> Vec<String> {
     vec![
         format!("easeld {} (pid {})", status.version, status.pid),
         format!("socket       {}", status.socket),
-        format!("device       {}", status.device),
+        if status.device_note.is_empty() {
+            format!("device       {}", status.device)
+        } else {
+            format!("device       {} ({})", status.device, status.device_note)
+        },
         format!("onnxruntime  {}", status.onnxruntime_library),
         format!(
             "jobs         {} running, {} queued",
@@ -400,6 +405,7 @@ mod tests {
             memory_budget_bytes: 8 << 30,
             working_memory_bytes: 0,
             default_model: "tiny-shapes".into(),
+            device_note: String::new(),
         };
         let value = status_json(&status);
         assert_eq!(value["pid"], 42);
@@ -411,5 +417,15 @@ mod tests {
             lines[6],
             "memory       0 B of a 8.0 GiB budget (0 B of it working memory of running jobs)"
         );
+        assert_eq!(lines[2], "device       cpu");
+        let fell_back = pb::StatusReply {
+            device_note: "auto: no usable GPU (libcuda.so.1 was not found)".into(),
+            ..status
+        };
+        assert_eq!(
+            status_lines(&fell_back)[2],
+            "device       cpu (auto: no usable GPU (libcuda.so.1 was not found))"
+        );
+        assert_eq!(status_json(&fell_back)["device_note"], fell_back.device_note);
     }
 }

@@ -13,6 +13,7 @@
 //! A broken or incompatible model fails when it is opened or loaded, with a message that names
 //! the part, not halfway through a job.
 
+pub mod device;
 pub mod embedding_cache;
 pub mod folder;
 pub mod loaded;

@@ -163,7 +163,8 @@ impl OnnxModel {
             path: path.to_path_buf(),
             source,
         };
-        let mut builder = Session::builder(&runtime.environment).map_err(load_error)?;
+        let mut builder =
+            on_device(Session::builder(&runtime.environment).map_err(load_error)?, runtime).map_err(load_error)?;
         if threads > 0 {
             builder = builder.with_intra_threads(threads).map_err(|e| load_error(e.into()))?;
         }
@@ -184,6 +185,9 @@ impl OnnxModel {
             source,
         };
         let mut builder = Session::builder(&runtime.environment).map_err(load_error)?;
+        if !inspect {
+            builder = on_device(builder, runtime).map_err(load_error)?;
+        }
         if inspect {
             builder = builder
                 .with_optimization_level(GraphOptimizationLevel::Disable)
@@ -316,6 +320,26 @@ impl OnnxModel {
 /// there is one (optimizations off: they were applied when it was saved), else from `path`,
 /// saving the optimized graph for the next load. A saved graph that fails to open is removed,
 /// and a failure to save opens `path` as if there were no cache.
+/// Registers the daemon's device's execution provider on `builder` (nothing for the CPU). A GPU
+/// that cannot take the session is an error, never a silent run on the CPU.
+fn on_device(builder: SessionBuilder, runtime: &OrtRuntime) -> ort::Result<SessionBuilder> {
+    match runtime.device {
+        super::device::Device::Cpu => Ok(builder),
+        #[cfg(feature = "cuda")]
+        super::device::Device::Cuda(index) => {
+            let cuda = ort::ep::CUDA::default()
+                .with_device_id(index as i32)
+                .build()
+                .error_on_failure();
+            builder.with_execution_providers([cuda]).map_err(Into::into)
+        }
+        #[cfg(not(feature = "cuda"))]
+        super::device::Device::Cuda(_) => Err(ort::Error::new(
+            "this easeld was built without the cuda feature, so it cannot run sessions on a GPU",
+        )),
+    }
+}
+
 fn open_through_cache(cache: &OptimizedCache, mut builder: SessionBuilder, path: &Path) -> ort::Result<Session> {
     if let Some(optimized) = cache.lookup(path) {
         let from_cache = builder

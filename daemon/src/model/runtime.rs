@@ -91,6 +91,9 @@ pub struct OrtRuntime {
     pub library: PathBuf,
     /// Where optimized graphs are kept between loads, when the `optimized_cache` setting is on.
     pub optimized_cache: Option<super::optimized_cache::OptimizedCache>,
+    /// Where sessions run (resolved at startup, see `device`): every session opened registers
+    /// this device's execution provider.
+    pub device: super::device::Device,
 }
 
 impl std::fmt::Debug for OrtRuntime {
@@ -125,6 +128,7 @@ pub fn load(candidates: &[PathBuf]) -> Result<OrtRuntime, RuntimeError> {
         environment: Arc::new(environment),
         library: path.clone(),
         optimized_cache: None,
+        device: super::device::Device::Cpu,
     })
 }
 

@@ -27,6 +27,8 @@ use service::EaselService;
 #[derive(Debug, Clone)]
 pub struct DaemonInfo {
     pub device: String,
+    /// Why `auto` chose the CPU (empty otherwise).
+    pub device_note: String,
     pub onnxruntime_library: String,
     pub socket: String,
 }

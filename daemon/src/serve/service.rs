@@ -199,6 +199,7 @@ impl pb::easel_server::Easel for EaselService {
         Ok(Response::new(pb::StatusReply {
             version: env!("CARGO_PKG_VERSION").to_string(),
             device: self.info.device.clone(),
+            device_note: self.info.device_note.clone(),
             queued_jobs: status.queued as u32,
             running_jobs: status.running as u32,
             loaded_models: status.loaded_models,

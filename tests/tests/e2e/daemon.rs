@@ -251,6 +251,52 @@ fn a_missing_onnx_runtime_is_a_clear_startup_error() {
     assert!(!dir.path().join("s/easeld.sock").exists(), "no socket is left behind");
 }
 
+/// The `device` setting: a GPU asked for by name that cannot be used is a startup error naming
+/// what is missing and how to fix it (never a silent CPU run); `auto` falls back to the CPU and
+/// `easel status` says why; a bad value names the choices.
+#[test]
+fn a_gpu_that_cannot_be_used_is_a_startup_error_and_auto_says_why_it_runs_on_the_cpu() {
+    let start = |device: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let output = Command::new(bin("easeld"))
+            .env("EASEL_SOCKET", dir.path().join("s/easeld.sock"))
+            .env("EASEL_HOME", dir.path().join("home"))
+            .env("EASEL_CONFIG", dir.path().join("none.toml"))
+            .env("ORT_DYLIB_PATH", ort_library())
+            .env("EASEL_DEVICE", device)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "easeld started with EASEL_DEVICE={device}");
+        assert!(!dir.path().join("s/easeld.sock").exists(), "no socket is left behind");
+        stderr(&output)
+    };
+    let message = start("cuda:0");
+    assert!(message.contains("asks for cuda:0"), "{message}");
+    // This machine has no GPU: whatever the build, something is named with its fix.
+    assert!(
+        message.contains("--features cuda") || message.contains("was not found") || message.contains("fetch-ort --gpu"),
+        "{message}"
+    );
+    assert!(message.contains("EASEL_DEVICE=cpu"), "{message}");
+    assert!(!message.contains("panicked"), "{message}");
+    let message = start("tpu");
+    assert!(
+        message.contains("EASEL_DEVICE=tpu") && message.contains("auto, cpu or cuda:N"),
+        "{message}"
+    );
+
+    let daemon = Daemon::start_with(&[("EASEL_DEVICE", "auto")]);
+    let status = stdout(&daemon.easel(&["status"]));
+    assert!(status.contains("device       cpu (auto: no usable GPU ("), "{status}");
+    let json: serde_json::Value = serde_json::from_str(&stdout(&daemon.easel(&["status", "--json"]))).unwrap();
+    assert_eq!(json["device"], "cpu");
+    assert!(json["device_note"].as_str().unwrap().starts_with("auto: "), "{json}");
+    let plain = Daemon::start_with(&[("EASEL_DEVICE", "cpu")]);
+    let status = stdout(&plain.easel(&["status"]));
+    assert!(status.lines().any(|line| line == "device       cpu"), "{status}");
+}
+
 /// The inodes of the internet (TCP/UDP/raw) sockets in the daemon's network namespace.
 #[cfg(target_os = "linux")]
 fn internet_socket_inodes(pid: u32) -> std::collections::HashSet<String> {
