@@ -338,15 +338,18 @@ impl<G: Generator> JobQueue<G> {
         // could never fit beside its model is refused now rather than failing when it runs.
         let mut valid = valid;
         let key = residency_key(&valid.folder.root);
-        valid.working = self.residency.working_estimate(&key, valid.modelled_working.peak());
-        self.residency
-            .check_fits(&key, &valid.folder.name, &valid.folder, valid.working)?;
+        valid.working =
+            self.residency
+                .job_working(&key, &valid.folder.name, &valid.folder, valid.modelled_working.peak())?;
         if let Some(refiner) = &mut valid.refiner {
             // The stages run one after the other, each model leased on its own.
             let key = residency_key(&refiner.folder.root);
-            refiner.working = self.residency.working_estimate(&key, refiner.modelled_working.peak());
-            self.residency
-                .check_fits(&key, &refiner.folder.name, &refiner.folder, refiner.working)?;
+            refiner.working = self.residency.job_working(
+                &key,
+                &refiner.folder.name,
+                &refiner.folder,
+                refiner.modelled_working.peak(),
+            )?;
         }
         let (tx, rx) = outbox::channel(outbox::DEFAULT_CAPACITY);
         let cancel = Arc::new(AtomicBool::new(false));

@@ -528,6 +528,26 @@ impl<B: Backend> Residency<B> {
         *factor = factor.max(ratio);
     }
 
+    /// What a job of `key` holds in the budget while it runs (its modelled working memory
+    /// scaled by what the model's jobs measured), or why it can never run. A model never
+    /// measured gets a precautionary margin ([`UNMEASURED_WORKING_FACTOR`]) that shrinks to
+    /// what the budget leaves beside the model: such a job is refused only when the model of
+    /// its memory says it cannot fit (a full-size SDXL at 1024² on a 24 GiB machine fits by
+    /// the model, not by twice it), and measured once, it is held to what was measured.
+    pub fn job_working(&self, key: &str, name: &str, spec: &B::Spec, modelled: u64) -> Result<u64, ResidencyError> {
+        let measured = self.lock().calibration.contains_key(key);
+        let estimate = self.working_estimate(key, modelled);
+        let floor = if measured { estimate } else { modelled };
+        self.check_fits(key, name, spec, floor)?;
+        let weights = self
+            .lock()
+            .measured
+            .get(key)
+            .copied()
+            .unwrap_or_else(|| self.backend.estimate(spec));
+        Ok(estimate.min(self.budget.saturating_sub(weights)).max(floor))
+    }
+
     /// Refuses a job whose working memory and model together exceed the whole budget: it
     /// could never run, so it is better refused before it queues.
     pub fn check_fits(&self, key: &str, name: &str, spec: &B::Spec, working: u64) -> Result<(), ResidencyError> {
@@ -877,6 +897,26 @@ mod tests {
         r.record_working("c", 1000, 20);
         assert_eq!(r.working_estimate("c", 1000), 1000, "never below the model");
         assert_eq!(r.working_estimate("b", 10), 20, "per model");
+    }
+
+    #[test]
+    fn an_unmeasured_models_margin_shrinks_to_the_budget_a_measured_one_does_not() {
+        let (r, _) = residency(100, KeepAlive::Forever);
+        // 40 of weights: 30 modelled fits, twice it would not; the margin is what is left.
+        assert_eq!(r.job_working("a", "a", &40, 30).unwrap(), 60);
+        assert_eq!(r.job_working("a", "a", &40, 20).unwrap(), 40, "the whole margin fits");
+        assert!(
+            r.job_working("a", "a", &40, 61).is_err(),
+            "the model alone does not fit"
+        );
+        // Measured at twice the model: held to that.
+        r.record_working("a", 30, 60);
+        assert_eq!(r.job_working("a", "a", &40, 30).unwrap(), 60);
+        let error = r.job_working("a", "a", &40, 31).unwrap_err();
+        assert!(
+            matches!(error, ResidencyError::WorkingTooLarge { working: 62, .. }),
+            "{error}"
+        );
     }
 
     #[test]
