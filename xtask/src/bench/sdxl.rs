@@ -140,8 +140,14 @@ fn report(model: &Path, threads: &str, bare: &Value, easel: &Value, (resident, p
          | of which the VAE decode at {SIZE}² | {decode} | — | — |\n\n\
          The daemon's memory is its whole process at the end of the series (the models resident, \
          kept with `EASEL_KEEP_ALIVE=-1`) and its peak over the series (text encoders, denoising, \
-         the decode in tiles); bare sessions' are the growth of a Python process that opened the \
-         same four graphs and ran one UNet evaluation.\n",
+         the VAE decode, whole or in tiles above `vae_tile_above`); bare sessions' are the growth of a Python process that opened the \
+         same four graphs and ran one UNet evaluation.\n\n\
+         Reading it: the UNet evaluation is the same kernels in easel as in a bare session (the ratio \
+         is noise around 1). The load row is the first request's whole time to its first step (four \
+         sessions opened side by side, then the prompt through both text encoders) against opening the \
+         four bare sessions. Easel's peak is below bare sessions' because ONNX Runtime's memory pattern \
+         is off in easel (see \"Session settings\"); with it, SDXL at 1024² runs on a 24 GiB machine (the \
+         memory target is a peak within 1.3× the weights).\n",
         unet_gib = gib(unet as f64),
         weights_gib = gib(weights as f64),
         machine = machine(),
