@@ -27,12 +27,13 @@ struct Replay {
 impl Replay {
     /// A text-to-image case's recorded step noise (none for the deterministic samplers).
     fn of(case: &TextCase) -> Self {
+        Self::from_file(case.step_noise.as_deref())
+    }
+
+    /// The noise recorded in `step_noise` (a path under the fixtures), or none.
+    fn from_file(step_noise: Option<&str>) -> Self {
         Self {
-            data: case
-                .step_noise
-                .as_ref()
-                .map(|p| npy(&fixtures().join(p)).1)
-                .unwrap_or_default(),
+            data: step_noise.map(|p| npy(&fixtures().join(p)).1).unwrap_or_default(),
             offset: 0,
         }
     }
@@ -629,14 +630,7 @@ fn sdxl_base_and_refiner_match_diffusers_ensemble() {
     let mut refiner = load_fixture_model(&cases[0].refiner);
     let mut failures = Vec::new();
     for case in &cases {
-        let mut replay = Replay {
-            data: case
-                .step_noise
-                .as_ref()
-                .map(|p| npy(&fixtures().join(p)).1)
-                .unwrap_or_default(),
-            offset: 0,
-        };
+        let mut replay = Replay::from_file(case.step_noise.as_deref());
         let first = prepare(&base, case.request(false));
         let second = prepare(&refiner, case.request(true));
         let ran = |p: &easeld::generation::Prepared| p.scheduler.timesteps()[p.first_step..p.end_step].to_vec();

@@ -539,24 +539,20 @@ impl<B: Backend> Residency<B> {
         let estimate = self.working_estimate(key, modelled);
         let floor = if measured { estimate } else { modelled };
         self.check_fits(key, name, spec, floor)?;
-        let weights = self
-            .lock()
-            .measured
-            .get(key)
-            .copied()
-            .unwrap_or_else(|| self.backend.estimate(spec));
+        let weights = self.weights_of(key, spec);
         Ok(estimate.min(self.budget.saturating_sub(weights)).max(floor))
+    }
+
+    /// A model's weights: measured when it was loaded, else the backend's estimate.
+    fn weights_of(&self, key: &str, spec: &B::Spec) -> u64 {
+        let measured = self.lock().measured.get(key).copied();
+        measured.unwrap_or_else(|| self.backend.estimate(spec))
     }
 
     /// Refuses a job whose working memory and model together exceed the whole budget: it
     /// could never run, so it is better refused before it queues.
     pub fn check_fits(&self, key: &str, name: &str, spec: &B::Spec, working: u64) -> Result<(), ResidencyError> {
-        let weights = self
-            .lock()
-            .measured
-            .get(key)
-            .copied()
-            .unwrap_or_else(|| self.backend.estimate(spec));
+        let weights = self.weights_of(key, spec);
         if weights.saturating_add(working) > self.budget {
             return Err(ResidencyError::WorkingTooLarge {
                 model: name.to_string(),
