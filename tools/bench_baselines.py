@@ -103,9 +103,14 @@ def time_unet(graph: Path, options, size: int, runs: int) -> dict:
 
 def peak_rss() -> int:
     """This process's peak resident memory (VmHWM), in bytes."""
+    return memory_field("VmHWM")
+
+
+def memory_field(name: str) -> int:
+    """A memory field of /proc/self/status (VmRSS, VmHWM, …), in bytes."""
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmHWM:"):
+            if line.startswith(name + ":"):
                 return int(line.split()[1]) * 1024
     return 0
 

@@ -18,18 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_baselines import peak_rss, session_options
+from bench_baselines import memory_field, peak_rss, session_options
 
 PARTS = ("text_encoder", "text_encoder_2", "unet", "vae_decoder")
 
 
 def resident() -> int:
     """This process's resident memory (VmRSS), in bytes."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    return memory_field("VmRSS")
 
 
 def unet_inputs(size: int, rng) -> dict:

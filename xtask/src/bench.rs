@@ -192,10 +192,12 @@ fn folder_bytes(folder: &Path) -> u64 {
 
 /// The weights a picture needs: the text encoder, UNet and VAE decoder folders.
 fn weights_bytes(model: &Path) -> u64 {
-    ["text_encoder", "unet", "vae_decoder"]
-        .iter()
-        .map(|part| folder_bytes(&model.join(part)))
-        .sum()
+    parts_bytes(model, &["text_encoder", "unet", "vae_decoder"])
+}
+
+/// Bytes of the named part folders of a model folder.
+fn parts_bytes(model: &Path, parts: &[&str]) -> u64 {
+    parts.iter().map(|part| folder_bytes(&model.join(part))).sum()
 }
 
 fn machine() -> String {

@@ -202,7 +202,7 @@ pub fn run_batch(
     batch_shape[0] = batch;
 
     let timesteps = scheduler.timesteps().to_vec();
-    let total = end - first;
+    let total = prepared.evaluations();
     let mut batch_noise = BatchNoise(noises);
     let mut denoise = |model: &mut LoadedModel| -> Result<(), GenerationError> {
         for (index, &t) in timesteps.iter().enumerate().take(end).skip(first) {

@@ -254,6 +254,11 @@ impl Prepared {
             .is_none_or(|cutoff| evaluation as f64 <= (total as f64 * cutoff).floor())
     }
 
+    /// UNet evaluations of this run (one per schedule entry it runs; progress counts these).
+    pub fn evaluations(&self) -> usize {
+        self.end_step - self.first_step
+    }
+
     /// The inpainting inputs, when this is an inpainting request.
     pub fn inpaint(&self) -> Option<&Inpaint> {
         self.init_image.as_ref().and_then(|init| init.inpaint.as_ref())

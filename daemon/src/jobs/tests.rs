@@ -88,7 +88,7 @@ impl Generator for FakeGenerator {
         if !self.gate.pass(is_cancelled) {
             return Err(GenerationError::Cancelled);
         }
-        let total = prepared.end_step - prepared.first_step;
+        let total = prepared.evaluations();
         for step in 1..=total {
             if is_cancelled() {
                 return Err(GenerationError::Cancelled);

@@ -79,8 +79,7 @@ impl ValidJob {
 
     /// UNet evaluations of one image from start to end, over both stages.
     pub fn evaluations(&self) -> usize {
-        let stage = |p: &Prepared| p.end_step - p.first_step;
-        stage(&self.prepared) + self.refiner.as_ref().map_or(0, |r| stage(&r.prepared))
+        self.prepared.evaluations() + self.refiner.as_ref().map_or(0, |r| r.prepared.evaluations())
     }
 }
 
@@ -147,7 +146,7 @@ pub fn validate(registry: &Registry, limits: &Limits, spec: GenerateSpec) -> Res
 /// (`denoising_start`) with the same prompts, steps, sampler and guidance. SDXL's target size
 /// conditions the base alone, the aesthetic scores the refiner alone; the requested decoder
 /// makes the refiner's pictures (the base decodes none).
-fn split_stages(picture: Request, refiner: &RefinerSpec) -> Result<(Request, Request), JobError> {
+fn split_stages(mut picture: Request, refiner: &RefinerSpec) -> Result<(Request, Request), JobError> {
     if refiner.model.trim().is_empty() {
         return Err(JobError::InvalidArgument(
             "a refiner switch needs a refiner: name the refiner model too".into(),
@@ -167,10 +166,10 @@ fn split_stages(picture: Request, refiner: &RefinerSpec) -> Result<(Request, Req
                 .into(),
         ));
     }
+    // The pictures and the noise are the base's alone: set aside so as not to copy them.
+    let (init_image, init_noise) = (picture.init_image.take(), picture.init_noise.take());
     let second = Request {
-        init_image: None,
         strength: None,
-        init_noise: None,
         width: None,
         height: None,
         xl_sizes: crate::generation::XlSizeRequest {
@@ -181,6 +180,8 @@ fn split_stages(picture: Request, refiner: &RefinerSpec) -> Result<(Request, Req
         ..picture.clone()
     };
     let first = Request {
+        init_image,
+        init_noise,
         xl_sizes: crate::generation::XlSizeRequest {
             aesthetic_score: None,
             negative_aesthetic_score: None,
@@ -468,6 +469,7 @@ mod tests {
             let home = tempfile::tempdir().unwrap();
             let registry = Registry::new(home.path());
             let limits = Limits { max_pixels: 256 * 256, max_steps: 30, ..Limits::default() };
+            let had_init_image = picture.init_image.is_some();
             let spec = GenerateSpec {
                 model: fixture_model("sdxl-tiny"),
                 picture,
@@ -485,6 +487,7 @@ mod tests {
                     prop_assert_eq!(refined.end_step, refined.scheduler.timesteps().len());
                     prop_assert_eq!((refined.width, refined.height), (base.width, base.height));
                     prop_assert!(refined.init_image.is_none() && base.inpaint().is_none());
+                    prop_assert_eq!(base.init_image.is_some(), had_init_image, "img2img stays the base's");
                     prop_assert_eq!(job.evaluations(), (base.end_step - base.first_step) + (refined.end_step - refined.first_step));
                 }
                 Err(JobError::InvalidArgument(message)) => prop_assert!(!message.is_empty()),

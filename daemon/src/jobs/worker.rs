@@ -187,7 +187,7 @@ impl<G: Generator> Worker<G> {
                 self.residency.record_working(&key, modelled, measured);
             }
             result?;
-            run.done_before += stage.prepared.end_step - stage.prepared.first_step;
+            run.done_before += stage.prepared.evaluations();
         }
         timings.total = started.elapsed() + timings.queue;
         Ok(timings)

@@ -12,7 +12,7 @@ use std::process::Command;
 use anyhow::{Context, Result};
 use serde_json::Value;
 
-use super::{field_of_each, folder_bytes, machine, memory_of, numbers, ratio, run_json, seconds, stat, tools_python};
+use super::{field_of_each, machine, memory_of, numbers, parts_bytes, ratio, run_json, seconds, stat, tools_python};
 use crate::{DemoDaemon, status, target_dir, test_python};
 
 pub const BEGIN: &str = "<!-- bench --sdxl: begin -->";
@@ -108,11 +108,8 @@ fn gib(bytes: f64) -> String {
 }
 
 fn report(model: &Path, threads: &str, bare: &Value, easel: &Value, (resident, peak): (u64, u64)) -> String {
-    let weights: u64 = ["text_encoder", "text_encoder_2", "unet", "vae_decoder"]
-        .iter()
-        .map(|part| folder_bytes(&model.join(part)))
-        .sum::<u64>();
-    let unet = folder_bytes(&model.join("unet"));
+    let weights = parts_bytes(model, &["text_encoder", "text_encoder_2", "unet", "vae_decoder"]);
+    let unet = parts_bytes(model, &["unet"]);
     let ours = stat(&field_of_each(easel, "/plain", "/step_s"));
     let theirs = stat(&numbers(bare, "/step_s"));
     let first_load = stat(&numbers(easel, "/first/load_s"));
