@@ -159,7 +159,30 @@ pub struct Config {
     pub optimized_cache: bool,
     /// Which device runs the models (`device` / `EASEL_DEVICE`): `auto`, `cpu` or `cuda:N`.
     pub device: crate::model::device::DeviceSetting,
+    /// The GPU memory models and jobs may take (`vram_budget` / `EASEL_VRAM_BUDGET`), as
+    /// written (a size or a share of the device's memory): checked here, sized against the
+    /// device once it is known ([`Config::vram_budget_of`]). `None`: [`DEFAULT_VRAM_SHARE`].
+    pub vram_budget: Option<String>,
 }
+
+impl Config {
+    /// The VRAM budget on a device of `total` bytes.
+    pub fn vram_budget_of(&self, total: u64) -> u64 {
+        vram_budget(self.vram_budget.as_deref(), total)
+    }
+}
+
+fn vram_budget(setting: Option<&str>, total: u64) -> u64 {
+    match setting {
+        // Checked when the config was read.
+        Some(text) => parse_size(text, total).unwrap_or(0),
+        None => (total as f64 * DEFAULT_VRAM_SHARE) as u64,
+    }
+}
+
+/// The share of a GPU's memory models and jobs may take by default: the rest is for the CUDA
+/// context, cuDNN's workspaces and the desktop, which often shares the GPU.
+pub const DEFAULT_VRAM_SHARE: f64 = 0.9;
 
 /// The share of physical memory models may take by default; the rest is for activations
 /// (the VAE decoder at full size needs several GiB) and everything else on the machine.
@@ -213,6 +236,8 @@ struct FileConfig {
     import_keep_free: Option<String>,
     optimized_cache: Option<bool>,
     device: Option<String>,
+    /// A size or a share of the GPU's memory.
+    vram_budget: Option<String>,
 }
 
 impl Config {
@@ -302,12 +327,18 @@ impl Config {
                 None => Default::default(),
             },
         };
+        let vram_budget = env_text("EASEL_VRAM_BUDGET").or(file.vram_budget);
+        if let Some(text) = &vram_budget {
+            // Sized later, against the device; a mistake is still a startup error now.
+            size_setting("EASEL_VRAM_BUDGET / vram_budget", text, 0)?;
+        }
         let parallel = env_number("EASEL_PARALLEL")?.or(file.parallel).unwrap_or(1).max(1);
         let max_import_files = env_number("EASEL_MAX_IMPORT_FILES")?
             .or(file.max_import_files)
             .unwrap_or(DEFAULT_MAX_IMPORT_FILES);
         Ok(Self {
             device,
+            vram_budget,
             parallel,
             memory_budget,
             keep_alive,
@@ -434,6 +465,9 @@ mod tests {
         assert_eq!((parsed.batch_pixels, parsed.max_import_files), (Some(262144), Some(50)));
         assert_eq!(size_setting("memory_budget", "8GiB", 0).unwrap(), 8 << 30);
         assert_eq!(size_setting("memory_budget", "50%", 1000).unwrap(), 500);
+        assert_eq!(vram_budget(Some("50%"), 1000), 500, "a share of the GPU's memory");
+        assert_eq!(vram_budget(Some("1KiB"), 1 << 20), 1024);
+        assert_eq!(vram_budget(None, 1000), 900, "90% by default");
         let err = size_setting("memory_budget", "lots", 0).unwrap_err().to_string();
         assert!(err.contains("memory_budget") && err.contains("lots"), "{err}");
     }

@@ -65,6 +65,10 @@ impl Daemon {
         let settings = JobSettings {
             parallel: config.parallel,
             memory_budget: config.memory_budget,
+            vram_budget: runtime
+                .device_memory
+                .as_ref()
+                .map_or(0, |gpu| config.vram_budget_of(gpu.total())),
             keep_alive: config.keep_alive,
         };
         let backend = OrtBackend::new(runtime.clone(), config.threads);

@@ -58,10 +58,15 @@ fn serve(
     let candidates = easeld::model::runtime::candidate_paths(config.onnxruntime.as_deref(), &config.home);
     let mut ort = easeld::model::runtime::load(&candidates)?;
     let device = easeld::model::device::resolve(config.device, &ort.library, &easeld::model::device::SystemLoader)?;
+    // The libraries are there; the GPU itself must answer too (its memory is what VRAM
+    // residency measures).
+    let (device, device_memory) =
+        easeld::model::device_memory::attach(config.device, device, &easeld::model::device_memory::CudaMemory::open)?;
     if let Some(note) = &device.note {
         tracing::info!(device = %device.device, note, "running on the CPU");
     }
     ort.device = device.device;
+    ort.device_memory = device_memory;
     if config.optimized_cache {
         let dir = config.home.join("cache").join("optimized");
         tracing::info!(dir = %dir.display(), "keeping optimized graphs between loads");

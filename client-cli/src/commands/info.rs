@@ -68,6 +68,8 @@ fn status_json(status: &pb::StatusReply) -> serde_json::Value {
         "memory_used_bytes": status.memory_used_bytes,
         "memory_budget_bytes": status.memory_budget_bytes,
         "working_memory_bytes": status.working_memory_bytes,
+        "vram_used_bytes": status.vram_used_bytes,
+        "vram_budget_bytes": status.vram_budget_bytes,
         "default_model": status.default_model,
     })
 }
@@ -78,7 +80,7 @@ fn status_lines(status: &pb::StatusReply) -> Vec<String> {
     } else {
         status.loaded_models.join(", ")
     };
-    vec![
+    let mut lines = vec![
         format!("easeld {} (pid {})", status.version, status.pid),
         format!("socket       {}", status.socket),
         if status.device_note.is_empty() {
@@ -98,7 +100,16 @@ fn status_lines(status: &pb::StatusReply) -> Vec<String> {
             human_bytes(status.memory_budget_bytes),
             human_bytes(status.working_memory_bytes)
         ),
-    ]
+    ];
+    if status.vram_budget_bytes > 0 {
+        lines.push(format!(
+            "vram         {} of a {} budget on {}",
+            human_bytes(status.vram_used_bytes),
+            human_bytes(status.vram_budget_bytes),
+            status.device
+        ));
+    }
+    lines
 }
 
 pub async fn cancel(global: &Global, job: &str) -> anyhow::Result<()> {
@@ -406,6 +417,7 @@ mod tests {
             working_memory_bytes: 0,
             default_model: "tiny-shapes".into(),
             device_note: String::new(),
+            ..Default::default()
         };
         let value = status_json(&status);
         assert_eq!(value["pid"], 42);
@@ -427,5 +439,17 @@ mod tests {
             "device       cpu (auto: no usable GPU (libcuda.so.1 was not found))"
         );
         assert_eq!(status_json(&fell_back)["device_note"], fell_back.device_note);
+        assert_eq!(status_lines(&fell_back).len(), 7, "no VRAM line on the CPU");
+        let on_gpu = pb::StatusReply {
+            device: "cuda:0".into(),
+            vram_used_bytes: 3 << 30,
+            vram_budget_bytes: 72 << 30,
+            ..fell_back
+        };
+        assert_eq!(
+            status_lines(&on_gpu)[7],
+            "vram         3.0 GiB of a 72.0 GiB budget on cuda:0"
+        );
+        assert_eq!(status_json(&on_gpu)["vram_budget_bytes"], 72u64 << 30);
     }
 }

@@ -32,39 +32,62 @@ fn ps_json(reply: &pb::ListRunningReply) -> serde_json::Value {
                 "path": m.path,
                 "memory_bytes": m.memory_bytes,
                 "working_memory_bytes": m.working_memory_bytes,
+                "vram_bytes": m.vram_bytes,
+                "working_vram_bytes": m.working_vram_bytes,
                 "device": m.device,
                 "in_use": m.in_use,
                 "expires_unix_ms": (m.expires_unix_ms != 0).then_some(m.expires_unix_ms),
             })
         })
         .collect();
-    json!({ "models": models, "budget_bytes": reply.budget_bytes, "used_bytes": reply.used_bytes })
+    json!({
+        "models": models,
+        "budget_bytes": reply.budget_bytes,
+        "used_bytes": reply.used_bytes,
+        "vram_budget_bytes": reply.vram_budget_bytes,
+        "vram_used_bytes": reply.vram_used_bytes,
+    })
 }
 
+/// The table; a daemon on a GPU (a VRAM budget) adds the VRAM column and line, and its jobs'
+/// working memory is VRAM.
 fn ps_table(reply: &pb::ListRunningReply, now: SystemTime) -> Vec<String> {
+    let gpu = reply.vram_budget_bytes > 0;
     let rows = reply
         .models
         .iter()
         .map(|m| {
-            vec![
-                m.name.clone(),
-                human_bytes(m.memory_bytes),
-                if m.working_memory_bytes > 0 {
-                    human_bytes(m.working_memory_bytes)
-                } else {
-                    "-".into()
-                },
+            let working = m.working_memory_bytes + m.working_vram_bytes;
+            let mut row = vec![m.name.clone(), human_bytes(m.memory_bytes)];
+            if gpu {
+                row.push(human_bytes(m.vram_bytes));
+            }
+            row.extend([
+                if working > 0 { human_bytes(working) } else { "-".into() },
                 m.device.clone(),
                 until(m, now),
-            ]
+            ]);
+            row
         })
         .collect();
-    let mut lines = table(&["NAME", "MEMORY", "WORKING", "DEVICE", "UNTIL"], rows);
+    let headers: &[&str] = if gpu {
+        &["NAME", "MEMORY", "VRAM", "WORKING", "DEVICE", "UNTIL"]
+    } else {
+        &["NAME", "MEMORY", "WORKING", "DEVICE", "UNTIL"]
+    };
+    let mut lines = table(headers, rows);
     lines.push(format!(
         "{} of the {} memory budget in use",
         human_bytes(reply.used_bytes),
         human_bytes(reply.budget_bytes)
     ));
+    if gpu {
+        lines.push(format!(
+            "{} of the {} VRAM budget in use",
+            human_bytes(reply.vram_used_bytes),
+            human_bytes(reply.vram_budget_bytes)
+        ));
+    }
     lines
 }
 
@@ -149,7 +172,8 @@ pub fn event_json(event: &pb::DaemonEvent) -> serde_json::Value {
             "position": j.position, "step": j.step, "total": j.total, "message": j.message,
         }),
         Some(Event::Model(m)) => json!({
-            "kind": "model", "model": m.model, "state": m.state, "memory_bytes": m.memory_bytes, "reason": m.reason,
+            "kind": "model", "model": m.model, "state": m.state, "memory_bytes": m.memory_bytes,
+            "vram_bytes": m.vram_bytes, "reason": m.reason,
         }),
         Some(Event::Import(i)) => json!({
             "kind": "import", "name": i.name, "state": i.state, "bytes_done": i.bytes_done,
@@ -171,6 +195,12 @@ pub fn event_line(event: &pb::DaemonEvent) -> String {
             state => format!("job {} {state} ({})", j.job_id, j.model),
         },
         Some(Event::Model(m)) => match m.state.as_str() {
+            "loaded" if m.vram_bytes > 0 => format!(
+                "model {} loaded ({} VRAM, {} RAM)",
+                m.model,
+                human_bytes(m.vram_bytes),
+                human_bytes(m.memory_bytes)
+            ),
             "loaded" => format!("model {} loaded ({})", m.model, human_bytes(m.memory_bytes)),
             "unloaded" | "evicted" if !m.reason.is_empty() => format!("model {} {} ({})", m.model, m.state, m.reason),
             state => format!("model {} {state}", m.model),
@@ -201,6 +231,7 @@ mod tests {
             in_use,
             path: format!("/m/{name}"),
             working_memory_bytes: if in_use > 0 { 256 << 20 } else { 0 },
+            ..Default::default()
         }
     }
 
@@ -215,6 +246,7 @@ mod tests {
             ],
             budget_bytes: 8 << 30,
             used_bytes: 9 << 29,
+            ..Default::default()
         };
         let lines = ps_table(&reply, now);
         assert_eq!(lines[0], "NAME  MEMORY   WORKING    DEVICE  UNTIL");
@@ -226,6 +258,35 @@ mod tests {
     }
 
     #[test]
+    fn on_a_gpu_ps_shows_vram_per_model_and_its_budget() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let on_gpu = |name: &str, in_use: u32| pb::RunningModel {
+            device: "cuda:0".into(),
+            memory_bytes: 1 << 29,
+            vram_bytes: 2 << 30,
+            working_memory_bytes: 0,
+            working_vram_bytes: if in_use > 0 { 1 << 30 } else { 0 },
+            ..model(name, in_use, 0)
+        };
+        let reply = pb::ListRunningReply {
+            models: vec![on_gpu("sdxl", 1), on_gpu("sd15", 0)],
+            budget_bytes: 8 << 30,
+            used_bytes: 1 << 30,
+            vram_budget_bytes: 72 << 30,
+            vram_used_bytes: 5 << 30,
+        };
+        let lines = ps_table(&reply, now);
+        assert_eq!(lines[0], "NAME  MEMORY     VRAM     WORKING  DEVICE  UNTIL");
+        assert_eq!(lines[1], "sdxl  512.0 MiB  2.0 GiB  1.0 GiB  cuda:0  in use (1 job)");
+        assert_eq!(lines[2], "sd15  512.0 MiB  2.0 GiB  -        cuda:0  forever");
+        assert_eq!(lines[4], "5.0 GiB of the 72.0 GiB VRAM budget in use");
+        let json = ps_json(&reply);
+        assert_eq!(json["vram_budget_bytes"], 72u64 << 30);
+        assert_eq!(json["models"][0]["vram_bytes"], 2u64 << 30);
+        assert_eq!(json["models"][0]["working_vram_bytes"], 1u64 << 30);
+    }
+
+    #[test]
     fn events_read_as_sentences_and_json() {
         let event = pb::DaemonEvent {
             unix_ms: 5,
@@ -234,6 +295,7 @@ mod tests {
                 state: "evicted".into(),
                 memory_bytes: 1024,
                 reason: "evicted".into(),
+                vram_bytes: 0,
             })),
         };
         assert_eq!(event_line(&event), "model tiny evicted (evicted)");

@@ -9,7 +9,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use super::residency::{ResidencyEvent, UnloadReason};
+use super::residency::{Footprint, ResidencyEvent, UnloadReason};
 use crate::catalog::{CatalogEvent, ImportNotice};
 use crate::outbox;
 
@@ -30,7 +30,8 @@ pub enum DaemonEvent {
     Model {
         model: String,
         state: ModelState,
-        memory: u64,
+        /// Loaded, unloaded: what it takes (RAM, and VRAM on a GPU).
+        memory: Footprint,
         /// Unloaded: why (expired, requested, evicted, shutdown).
         reason: String,
     },
@@ -156,7 +157,7 @@ impl EventBus {
 impl From<ResidencyEvent> for DaemonEvent {
     fn from(event: ResidencyEvent) -> Self {
         let (model, state, memory, reason) = match event {
-            ResidencyEvent::Loading { model } => (model, ModelState::Loading, 0, ""),
+            ResidencyEvent::Loading { model } => (model, ModelState::Loading, Footprint::ZERO, ""),
             ResidencyEvent::Loaded { model, memory, .. } => (model, ModelState::Loaded, memory, ""),
             ResidencyEvent::Unloaded { model, memory, reason } => {
                 let state = if reason == UnloadReason::Evicted {
@@ -181,7 +182,7 @@ impl From<CatalogEvent> for DaemonEvent {
         let installed_or_removed = |model: String, state: ModelState| DaemonEvent::Model {
             model,
             state,
-            memory: 0,
+            memory: Footprint::ZERO,
             reason: String::new(),
         };
         match event {
@@ -202,7 +203,7 @@ mod tests {
         bus.publish(DaemonEvent::Model {
             model: "before".into(),
             state: ModelState::Loaded,
-            memory: 1,
+            memory: Footprint::host(1),
             reason: String::new(),
         });
         let mut watcher = bus.subscribe();
@@ -264,7 +265,7 @@ mod tests {
         let loaded = DaemonEvent::Model {
             model: "m".into(),
             state: ModelState::Loaded,
-            memory: 1,
+            memory: Footprint::host(1),
             reason: String::new(),
         };
         bus.publish(loaded.clone());

@@ -51,7 +51,7 @@ use crate::outbox;
 use events::{DaemonEvent, EventBus, JobState};
 use queue::{QueueState, RunningJob};
 pub use residency::ort::OrtBackend;
-use residency::{Backend, Residency, ResidencyError, ResidencyEvent, Running};
+use residency::{Backend, Footprint, Residency, ResidencyError, ResidencyEvent, Running};
 use validate::ValidJob;
 
 /// A generation request as the service hands it over (already free of proto types).
@@ -184,8 +184,10 @@ pub struct JobTimings {
 pub struct JobSettings {
     /// Jobs that run at the same time.
     pub parallel: usize,
-    /// Bytes of loaded models allowed at once.
+    /// Bytes of loaded models (and running jobs' working memory) allowed at once in RAM.
     pub memory_budget: u64,
+    /// The same in the GPU's memory (0 on the CPU).
+    pub vram_budget: u64,
     pub keep_alive: KeepAlive,
 }
 
@@ -289,7 +291,10 @@ impl<G: Generator> JobQueue<G> {
         });
         let residency = Arc::new(Residency::new(
             generator,
-            settings.memory_budget,
+            Footprint {
+                host: settings.memory_budget,
+                device: settings.vram_budget,
+            },
             settings.keep_alive,
             move |event: ResidencyEvent| {
                 event.log();

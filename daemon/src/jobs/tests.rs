@@ -8,6 +8,7 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use super::residency::Footprint;
 use super::*;
 use crate::generation::image::RgbImage;
 use crate::generation::{Timings, image::decode_rgb};
@@ -64,13 +65,13 @@ impl Backend for FakeGenerator {
     type Spec = Arc<ModelFolder>;
     type Model = ();
 
-    fn load(&self, _: &Arc<ModelFolder>) -> Result<((), u64), String> {
+    fn load(&self, _: &Arc<ModelFolder>) -> Result<((), Footprint), String> {
         self.loads.fetch_add(1, Ordering::SeqCst);
-        Ok(((), 1))
+        Ok(((), Footprint::host(1)))
     }
 
-    fn estimate(&self, _: &Arc<ModelFolder>) -> u64 {
-        1
+    fn estimate(&self, _: &Arc<ModelFolder>) -> Footprint {
+        Footprint::host(1)
     }
 }
 
@@ -160,6 +161,7 @@ fn start(limits: Limits) -> Fixture {
     let settings = JobSettings {
         parallel: 1,
         memory_budget: 1 << 30,
+        vram_budget: 0,
         keep_alive: KeepAlive::DEFAULT,
     };
     let registry = Arc::new(Registry::new(home.path()));

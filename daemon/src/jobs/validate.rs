@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use super::residency::Footprint;
 use crate::catalog::registry::Registry;
 use crate::config::{KeepAlive, Limits};
 use crate::generation::memory::{self, WorkingMemory};
@@ -32,8 +33,9 @@ pub struct ValidJob {
     /// The working memory modelled from the graphs (`generation::memory`).
     pub modelled_working: WorkingMemory,
     /// What the job holds in the memory budget while it runs: the modelled peak scaled by what
-    /// this model's jobs measured (set by the queue, which knows the measurements).
-    pub working: u64,
+    /// this model's jobs measured, in the memory the model runs in (set by the queue, which
+    /// knows the measurements and the device).
+    pub working: Footprint,
     /// A base + refiner request: the second stage, which takes over the base's latents.
     pub refiner: Option<RefinerStage>,
 }
@@ -48,7 +50,7 @@ pub struct RefinerStage {
     pub switch: f64,
     pub modelled_working: WorkingMemory,
     /// As [`ValidJob::working`], for the refiner.
-    pub working: u64,
+    pub working: Footprint,
 }
 
 /// One stage of a job: a model and its run.
@@ -56,7 +58,7 @@ pub struct Stage<'a> {
     pub folder: &'a Arc<ModelFolder>,
     pub prepared: &'a Prepared,
     pub modelled_working: &'a WorkingMemory,
-    pub working: u64,
+    pub working: Footprint,
 }
 
 impl ValidJob {
@@ -122,7 +124,7 @@ pub fn validate(registry: &Registry, limits: &Limits, spec: GenerateSpec) -> Res
                 switch: asked.switch.unwrap_or(DEFAULT_REFINER_SWITCH),
                 folder: refiner_folder,
                 prepared: refiner_prepared,
-                working: modelled_working.peak(),
+                working: Footprint::host(modelled_working.peak()),
                 modelled_working,
             })
         }
@@ -131,7 +133,7 @@ pub fn validate(registry: &Registry, limits: &Limits, spec: GenerateSpec) -> Res
     Ok(ValidJob {
         batch_size,
         modelled_working,
-        working: modelled_working.peak(),
+        working: Footprint::host(modelled_working.peak()),
         folder,
         prepared,
         seed: spec.seed.unwrap_or_else(rand::random),

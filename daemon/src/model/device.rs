@@ -72,6 +72,10 @@ pub enum DeviceError {
         .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n")
     )]
     CudaUnavailable { device: Device, problems: Vec<String> },
+    #[error(
+        "the device setting asks for {device}, but the GPU does not answer: {message}\n(set device = \"cpu\" or EASEL_DEVICE=cpu to run on the CPU, or device = \"auto\" to use a GPU only when one works)"
+    )]
+    NoGpu { device: Device, message: String },
 }
 
 /// The CUDA provider of the pinned onnxruntime-gpu build, beside its `libonnxruntime.so`.

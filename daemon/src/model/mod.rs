@@ -9,11 +9,14 @@
 //! - [`onnx`]: one session with its I/O read from the graph and dtype conversion.
 //! - [`tokenizer`]: CLIP BPE, matching transformers' slow tokenizer.
 //! - [`runtime`]: finding and loading the ONNX Runtime shared library.
+//! - [`device`], [`device_memory`]: which device runs the sessions (the `device` setting,
+//!   checked at startup) and how much memory that GPU has and uses.
 //!
 //! A broken or incompatible model fails when it is opened or loaded, with a message that names
 //! the part, not halfway through a job.
 
 pub mod device;
+pub mod device_memory;
 pub mod embedding_cache;
 pub mod folder;
 pub mod loaded;

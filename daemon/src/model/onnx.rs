@@ -316,13 +316,10 @@ impl OnnxModel {
     }
 }
 
-/// A session for `path` through the optimized-graph cache: from the saved optimized graph when
-/// there is one (optimizations off: they were applied when it was saved), else from `path`,
-/// saving the optimized graph for the next load. A saved graph that fails to open is removed,
-/// and a failure to save opens `path` as if there were no cache.
 /// Registers the daemon's device's execution provider on `builder` (nothing for the CPU). A GPU
-/// that cannot take the session is an error, never a silent run on the CPU.
-fn on_device(builder: SessionBuilder, runtime: &OrtRuntime) -> ort::Result<SessionBuilder> {
+/// that cannot take the session is an error, never a silent run on the CPU. Public for the
+/// benchmark's bare sessions, which must run where the daemon's do.
+pub fn on_device(builder: SessionBuilder, runtime: &OrtRuntime) -> ort::Result<SessionBuilder> {
     match runtime.device {
         super::device::Device::Cpu => Ok(builder),
         #[cfg(feature = "cuda")]
@@ -340,6 +337,10 @@ fn on_device(builder: SessionBuilder, runtime: &OrtRuntime) -> ort::Result<Sessi
     }
 }
 
+/// A session for `path` through the optimized-graph cache: from the saved optimized graph when
+/// there is one (optimizations off: they were applied when it was saved), else from `path`,
+/// saving the optimized graph for the next load. A saved graph that fails to open is removed,
+/// and a failure to save opens `path` as if there were no cache.
 fn open_through_cache(cache: &OptimizedCache, mut builder: SessionBuilder, path: &Path) -> ort::Result<Session> {
     if let Some(optimized) = cache.lookup(path) {
         let from_cache = builder

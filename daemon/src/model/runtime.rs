@@ -94,6 +94,8 @@ pub struct OrtRuntime {
     /// Where sessions run (resolved at startup, see `device`): every session opened registers
     /// this device's execution provider.
     pub device: super::device::Device,
+    /// The GPU's memory, on a GPU (what VRAM residency measures loads with).
+    pub device_memory: Option<Arc<dyn super::device_memory::DeviceMemory>>,
 }
 
 impl std::fmt::Debug for OrtRuntime {
@@ -129,6 +131,7 @@ pub fn load(candidates: &[PathBuf]) -> Result<OrtRuntime, RuntimeError> {
         library: path.clone(),
         optimized_cache: None,
         device: super::device::Device::Cpu,
+        device_memory: None,
     })
 }
 

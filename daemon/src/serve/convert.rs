@@ -169,7 +169,8 @@ pub fn daemon_event_to_proto(stamped: Stamped) -> pb::DaemonEvent {
         } => Event::Model(pb::ModelEvent {
             model,
             state: state.as_str().to_string(),
-            memory_bytes: memory,
+            memory_bytes: memory.host,
+            vram_bytes: memory.device,
             reason,
         }),
         DaemonEvent::Import(notice) => Event::Import(pb::ImportNotice {
@@ -274,12 +275,14 @@ fn tensor_spec(io: &IoSpec) -> pb::TensorSpec {
 pub fn running_to_proto(running: &Running, device: &str) -> pb::RunningModel {
     pb::RunningModel {
         name: running.name.clone(),
-        memory_bytes: running.memory,
+        memory_bytes: running.memory.host,
+        vram_bytes: running.memory.device,
         device: device.to_string(),
         expires_unix_ms: running.expires.map_or(0, instant_ms),
         in_use: running.in_use,
         path: running.key.clone(),
-        working_memory_bytes: running.working,
+        working_memory_bytes: running.working.host,
+        working_vram_bytes: running.working.device,
     }
 }
 

@@ -206,9 +206,11 @@ impl pb::easel_server::Easel for EaselService {
             onnxruntime_library: self.info.onnxruntime_library.clone(),
             pid: std::process::id(),
             socket: self.info.socket.clone(),
-            memory_used_bytes: residency.used(),
-            memory_budget_bytes: residency.budget(),
-            working_memory_bytes: residency.working(),
+            memory_used_bytes: residency.used().host,
+            memory_budget_bytes: residency.budget().host,
+            working_memory_bytes: residency.working().host,
+            vram_used_bytes: residency.used().device,
+            vram_budget_bytes: residency.budget().device,
             default_model: crate::catalog::builtin::DEFAULT_MODEL.to_string(),
         }))
     }
@@ -338,8 +340,10 @@ impl pb::easel_server::Easel for EaselService {
             .collect();
         Ok(Response::new(pb::ListRunningReply {
             models,
-            budget_bytes: residency.budget(),
-            used_bytes: residency.used(),
+            budget_bytes: residency.budget().host,
+            used_bytes: residency.used().host,
+            vram_budget_bytes: residency.budget().device,
+            vram_used_bytes: residency.used().device,
         }))
     }
 

@@ -11,13 +11,22 @@ use easeld::generation::sampler::NoiseSource;
 use easeld::generation::{Prepared, StepReport, text};
 use easeld::model::onnx::HostTensor;
 
+/// `tests/fixtures`, or `EASEL_TEST_FIXTURES` when the test binary runs away from its source
+/// tree (a GPU machine it was carried to, see DEVELOPERS.md).
 pub fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
+    match std::env::var_os("EASEL_TEST_FIXTURES").filter(|p| !p.is_empty()) {
+        Some(path) => PathBuf::from(path),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures"),
+    }
 }
 
 /// The ONNX Runtime the tests run on: `ORT_DYLIB_PATH`, else the one `cargo xtask fetch-ort`
 /// unpacks. Missing is a failure, not a skip: a suite that silently runs nothing proves nothing.
 /// ONNX Runtime allows one environment per process, so the tests of a binary share it.
+///
+/// `EASEL_TEST_DEVICE=cuda:N` runs every session on that GPU, checked as the daemon checks it
+/// (a GPU that cannot be used fails the tests, never a quiet run on the CPU): the same parity
+/// cases then hold the GPU to the same tolerances.
 pub fn runtime() -> easeld::model::runtime::OrtRuntime {
     static RUNTIME: std::sync::OnceLock<easeld::model::runtime::OrtRuntime> = std::sync::OnceLock::new();
     RUNTIME.get_or_init(load).clone()
@@ -30,7 +39,20 @@ fn load() -> easeld::model::runtime::OrtRuntime {
         .into_iter()
         .collect();
     candidates.push(fetched);
-    easeld::model::runtime::load(&candidates).expect("ONNX Runtime for the tests (run `cargo xtask fetch-ort`)")
+    let mut runtime =
+        easeld::model::runtime::load(&candidates).expect("ONNX Runtime for the tests (run `cargo xtask fetch-ort`)");
+    if let Some(text) = std::env::var("EASEL_TEST_DEVICE").ok().filter(|t| !t.is_empty()) {
+        use easeld::model::{device, device_memory};
+        let setting = device::DeviceSetting::parse(&text).unwrap_or_else(|e| panic!("EASEL_TEST_DEVICE={text}: {e}"));
+        let resolved = device::resolve(setting, &runtime.library, &device::SystemLoader)
+            .and_then(|resolved| device_memory::attach(setting, resolved, &device_memory::CudaMemory::open))
+            .unwrap_or_else(|e| panic!("EASEL_TEST_DEVICE={text}: {e}"));
+        let (resolved, memory) = resolved;
+        eprintln!("tests run on {}", resolved.device);
+        runtime.device = resolved.device;
+        runtime.device_memory = memory;
+    }
+    runtime
 }
 
 /// A fixture model (a folder under `tests/fixtures/`), with its sessions open.

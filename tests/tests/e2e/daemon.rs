@@ -256,7 +256,7 @@ fn a_missing_onnx_runtime_is_a_clear_startup_error() {
 /// `easel status` says why; a bad value names the choices.
 #[test]
 fn a_gpu_that_cannot_be_used_is_a_startup_error_and_auto_says_why_it_runs_on_the_cpu() {
-    let start = |device: &str| {
+    let start_with = |device: &str, vram_budget: &str| {
         let dir = tempfile::tempdir().unwrap();
         let output = Command::new(bin("easeld"))
             .env("EASEL_SOCKET", dir.path().join("s/easeld.sock"))
@@ -264,6 +264,7 @@ fn a_gpu_that_cannot_be_used_is_a_startup_error_and_auto_says_why_it_runs_on_the
             .env("EASEL_CONFIG", dir.path().join("none.toml"))
             .env("ORT_DYLIB_PATH", ort_library())
             .env("EASEL_DEVICE", device)
+            .env("EASEL_VRAM_BUDGET", vram_budget)
             .stdin(Stdio::null())
             .output()
             .unwrap();
@@ -271,6 +272,7 @@ fn a_gpu_that_cannot_be_used_is_a_startup_error_and_auto_says_why_it_runs_on_the
         assert!(!dir.path().join("s/easeld.sock").exists(), "no socket is left behind");
         stderr(&output)
     };
+    let start = |device: &str| start_with(device, "");
     let message = start("cuda:0");
     assert!(message.contains("asks for cuda:0"), "{message}");
     // This machine has no GPU: whatever the build, something is named with its fix.
@@ -286,12 +288,27 @@ fn a_gpu_that_cannot_be_used_is_a_startup_error_and_auto_says_why_it_runs_on_the
         "{message}"
     );
 
-    let daemon = Daemon::start_with(&[("EASEL_DEVICE", "auto")]);
+    // A VRAM budget that is not a size is a startup error before any device is looked at.
+    let message = start_with("cpu", "lots");
+    assert!(
+        message.contains("EASEL_VRAM_BUDGET") && message.contains("`lots` is not a size"),
+        "{message}"
+    );
+
+    let daemon = Daemon::start_with(&[("EASEL_DEVICE", "auto"), ("EASEL_VRAM_BUDGET", "8GiB")]);
     let status = stdout(&daemon.easel(&["status"]));
     assert!(status.contains("device       cpu (auto: no usable GPU ("), "{status}");
+    assert!(!status.contains("vram"), "no VRAM budget on the CPU: {status}");
     let json: serde_json::Value = serde_json::from_str(&stdout(&daemon.easel(&["status", "--json"]))).unwrap();
     assert_eq!(json["device"], "cpu");
     assert!(json["device_note"].as_str().unwrap().starts_with("auto: "), "{json}");
+    assert_eq!(json["vram_budget_bytes"], 0, "{json}");
+    let ps: serde_json::Value = serde_json::from_str(&stdout(&daemon.easel(&["ps", "--json"]))).unwrap();
+    assert_eq!(
+        (ps["vram_budget_bytes"].as_u64(), ps["vram_used_bytes"].as_u64()),
+        (Some(0), Some(0)),
+        "{ps}"
+    );
     let plain = Daemon::start_with(&[("EASEL_DEVICE", "cpu")]);
     let status = stdout(&plain.easel(&["status"]));
     assert!(status.lines().any(|line| line == "device       cpu"), "{status}");

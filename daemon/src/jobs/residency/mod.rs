@@ -8,14 +8,19 @@
 //! than the budget it fails at once with [`ResidencyError::TooLarge`] (RESOURCE_EXHAUSTED).
 //!
 //! How much memory a model takes is measured by the [`Backend`] (the real one: the daemon's
-//! resident-memory growth while loading it). Before the first load only an estimate exists (the
-//! size of its weights on disk), used to make room up front.
+//! resident-memory growth while loading it, and on a GPU the device memory it took). Before the
+//! first load only an estimate exists (the size of its weights on disk), used to make room up
+//! front. Memory is a [`Footprint`]: RAM and VRAM, each with its own budget; a model or a job
+//! fits only when it fits in both, and eviction makes room in whichever is short.
 //!
 //! The logic is generic over a [`Backend`] (the real one, [`ort::OrtBackend`], opens ONNX
 //! sessions), so eviction order, timers and reference counts are
 //! unit-tested with a fake one and an explicit clock: every method takes `now`.
 
+pub mod footprint;
 pub mod ort;
+
+pub use footprint::{Footprint, Memory};
 
 use std::collections::HashMap;
 use std::fmt;
@@ -32,9 +37,14 @@ pub trait Backend: Send + Sync {
     type Spec: Send + Sync;
     type Model: Send;
     /// Loads a model; returns it with the memory it takes, measured.
-    fn load(&self, spec: &Self::Spec) -> Result<(Self::Model, u64), String>;
+    fn load(&self, spec: &Self::Spec) -> Result<(Self::Model, Footprint), String>;
     /// The memory a model is expected to take before it was ever loaded (its weights' size).
-    fn estimate(&self, spec: &Self::Spec) -> u64;
+    fn estimate(&self, spec: &Self::Spec) -> Footprint;
+    /// Where a job's working memory of `bytes` lives: beside the weights, so in host memory
+    /// for a CPU backend and on the device for a GPU one.
+    fn working(&self, bytes: u64) -> Footprint {
+        Footprint::host(bytes)
+    }
     /// Called after a model was dropped (the real backend returns freed memory to the system).
     fn unloaded(&self) {}
 }
@@ -42,19 +52,29 @@ pub trait Backend: Send + Sync {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ResidencyError {
     #[error(
-        "model `{model}` needs about {} but the memory budget is {}; raise memory_budget (EASEL_MEMORY_BUDGET) or use a smaller model",
+        "model `{model}` needs about {} but the {} is {}; raise {} or use a smaller model",
         human_bytes(*needed),
-        human_bytes(*budget)
+        memory.budget_name(),
+        human_bytes(*budget),
+        memory.setting()
     )]
-    TooLarge { model: String, needed: u64, budget: u64 },
+    TooLarge {
+        model: String,
+        memory: Memory,
+        needed: u64,
+        budget: u64,
+    },
     #[error(
-        "this request needs about {} of working memory while it runs, and model `{model}` {} more; the memory budget is {}: use a smaller size or fewer images at once, or raise memory_budget (EASEL_MEMORY_BUDGET)",
+        "this request needs about {} of working memory while it runs, and model `{model}` {} more; the {} is {}: use a smaller size or fewer images at once, or raise {}",
         human_bytes(*working),
         human_bytes(*weights),
-        human_bytes(*budget)
+        memory.budget_name(),
+        human_bytes(*budget),
+        memory.setting()
     )]
     WorkingTooLarge {
         model: String,
+        memory: Memory,
         working: u64,
         weights: u64,
         budget: u64,
@@ -97,12 +117,12 @@ pub enum ResidencyEvent {
     },
     Loaded {
         model: String,
-        memory: u64,
+        memory: Footprint,
         took: Duration,
     },
     Unloaded {
         model: String,
-        memory: u64,
+        memory: Footprint,
         reason: UnloadReason,
     },
 }
@@ -113,7 +133,13 @@ impl ResidencyEvent {
         match self {
             ResidencyEvent::Loading { .. } => {}
             ResidencyEvent::Loaded { model, memory, took } => {
-                tracing::info!(%model, load_ms = took.as_millis() as u64, memory, "model loaded");
+                tracing::info!(
+                    %model,
+                    load_ms = took.as_millis() as u64,
+                    memory = memory.host,
+                    vram = memory.device,
+                    "model loaded"
+                );
             }
             ResidencyEvent::Unloaded { model, reason, .. } => {
                 tracing::info!(%model, reason = reason.as_str(), "model unloaded");
@@ -127,9 +153,9 @@ impl ResidencyEvent {
 pub struct Running {
     pub key: String,
     pub name: String,
-    pub memory: u64,
+    pub memory: Footprint,
     /// Working memory of the jobs running on it now (estimated).
-    pub working: u64,
+    pub working: Footprint,
     pub in_use: u32,
     /// `None`: never expires (keep-alive forever). While in use: counted from now.
     pub expires: Option<Instant>,
@@ -141,16 +167,16 @@ pub struct Lease<M> {
     pub key: String,
     pub model: Arc<Mutex<M>>,
     /// The working memory this lease holds in the budget.
-    pub working: u64,
+    pub working: Footprint,
 }
 
 struct Resident<M> {
     key: String,
     name: String,
     model: Arc<Mutex<M>>,
-    memory: u64,
+    memory: Footprint,
     /// Working memory of the jobs using it now.
-    working: u64,
+    working: Footprint,
     in_use: u32,
     last_used: Instant,
     keep_alive: KeepAlive,
@@ -172,7 +198,7 @@ impl<M> Resident<M> {
 struct State<M> {
     models: Vec<Resident<M>>,
     /// Measured sizes of models loaded before, by key: a better estimate than the file size.
-    measured: HashMap<String, u64>,
+    measured: HashMap<String, Footprint>,
     /// A load is in progress (loads run one at a time, so each is measured alone).
     loading: bool,
     /// Per model key: the largest ratio of measured to modelled working memory its jobs showed
@@ -182,7 +208,7 @@ struct State<M> {
 
 pub struct Residency<B: Backend> {
     backend: B,
-    budget: u64,
+    budget: Footprint,
     default_keep_alive: KeepAlive,
     state: Mutex<State<B::Model>>,
     changed: Condvar,
@@ -199,9 +225,10 @@ impl<B: Backend> fmt::Debug for Residency<B> {
 }
 
 impl<B: Backend> Residency<B> {
+    /// `budget`: host memory and device memory (0 on a CPU daemon) that models and jobs share.
     pub fn new(
         backend: B,
-        budget: u64,
+        budget: Footprint,
         default_keep_alive: KeepAlive,
         on_event: impl Fn(ResidencyEvent) + Send + Sync + 'static,
     ) -> Self {
@@ -224,7 +251,7 @@ impl<B: Backend> Residency<B> {
         &self.backend
     }
 
-    pub fn budget(&self) -> u64 {
+    pub fn budget(&self) -> Footprint {
         self.budget
     }
 
@@ -244,7 +271,7 @@ impl<B: Backend> Residency<B> {
         now: Instant,
         cancelled: &dyn Fn() -> bool,
     ) -> Result<Lease<B::Model>, ResidencyError> {
-        self.acquire_for_job(key, name, spec, keep_alive, 0, now, cancelled)
+        self.acquire_for_job(key, name, spec, keep_alive, Footprint::ZERO, now, cancelled)
     }
 
     /// [`Residency::acquire`] for a job that needs `working` bytes beyond the weights while it
@@ -257,7 +284,7 @@ impl<B: Backend> Residency<B> {
         name: &str,
         spec: &B::Spec,
         keep_alive: Option<KeepAlive>,
-        working: u64,
+        working: Footprint,
         now: Instant,
         cancelled: &dyn Fn() -> bool,
     ) -> Result<Lease<B::Model>, ResidencyError> {
@@ -269,8 +296,8 @@ impl<B: Backend> Residency<B> {
                 state.models[index].in_use += 1;
                 self.evict_until_fits(&mut state, working);
                 let others_busy = state.models.iter().any(|m| m.key != key && m.in_use > 0)
-                    || state.models.iter().any(|m| m.key == key && m.working > 0);
-                if used(&state) + working > self.budget && others_busy {
+                    || state.models.iter().any(|m| m.key == key && !m.working.is_zero());
+                if !(used(&state) + working).fits_in(self.budget) && others_busy {
                     // Jobs running now hold the memory: wait for one to end.
                     if let Some(resident) = state.models.iter_mut().find(|m| m.key == key) {
                         resident.in_use -= 1;
@@ -303,15 +330,16 @@ impl<B: Backend> Residency<B> {
                 .get(key)
                 .copied()
                 .unwrap_or_else(|| self.backend.estimate(spec));
-            if needed > self.budget {
+            if let Some(memory) = needed.exceeds(self.budget) {
                 return Err(ResidencyError::TooLarge {
                     model: name.to_string(),
-                    needed,
-                    budget: self.budget,
+                    memory,
+                    needed: needed.get(memory),
+                    budget: self.budget.get(memory),
                 });
             }
             self.evict_until_fits(&mut state, needed + working);
-            if used(&state) + needed + working > self.budget && state.models.iter().any(|m| m.in_use > 0) {
+            if !(used(&state) + needed + working).fits_in(self.budget) && state.models.iter().any(|m| m.in_use > 0) {
                 // Everything left is in use: wait for a release (or a cancel).
                 state = self.wait(state);
                 continue;
@@ -345,7 +373,7 @@ impl<B: Backend> Residency<B> {
                 unload_when_idle: false,
             });
             // The measurement may exceed the estimate: make room after the fact too.
-            self.evict_until_fits(&mut state, 0);
+            self.evict_until_fits(&mut state, Footprint::ZERO);
             drop(state);
             (self.on_event)(ResidencyEvent::Loaded {
                 model: name.to_string(),
@@ -492,12 +520,12 @@ impl<B: Backend> Residency<B> {
         models.into_iter().map(|m| running(m, now)).collect()
     }
 
-    pub fn used(&self) -> u64 {
+    pub fn used(&self) -> Footprint {
         used(&self.lock())
     }
 
     /// Working memory of the jobs running now.
-    pub fn working(&self) -> u64 {
+    pub fn working(&self) -> Footprint {
         self.lock().models.iter().map(|m| m.working).sum()
     }
 
@@ -534,45 +562,60 @@ impl<B: Backend> Residency<B> {
     /// what the budget leaves beside the model: such a job is refused only when the model of
     /// its memory says it cannot fit (a full-size SDXL at 1024² on a 24 GiB machine fits by
     /// the model, not by twice it), and measured once, it is held to what was measured.
-    pub fn job_working(&self, key: &str, name: &str, spec: &B::Spec, modelled: u64) -> Result<u64, ResidencyError> {
+    /// The working memory lives where the backend puts it ([`Backend::working`]): in RAM for
+    /// the CPU, in VRAM for a GPU, and is checked against that memory's budget.
+    pub fn job_working(
+        &self,
+        key: &str,
+        name: &str,
+        spec: &B::Spec,
+        modelled: u64,
+    ) -> Result<Footprint, ResidencyError> {
         let measured = self.lock().calibration.contains_key(key);
-        let estimate = self.working_estimate(key, modelled);
-        let floor = if measured { estimate } else { modelled };
+        let estimate = self.backend.working(self.working_estimate(key, modelled));
+        let floor = if measured {
+            estimate
+        } else {
+            self.backend.working(modelled)
+        };
         self.check_fits(key, name, spec, floor)?;
         let weights = self.weights_of(key, spec);
         Ok(estimate.min(self.budget.saturating_sub(weights)).max(floor))
     }
 
     /// A model's weights: measured when it was loaded, else the backend's estimate.
-    fn weights_of(&self, key: &str, spec: &B::Spec) -> u64 {
+    fn weights_of(&self, key: &str, spec: &B::Spec) -> Footprint {
         let measured = self.lock().measured.get(key).copied();
         measured.unwrap_or_else(|| self.backend.estimate(spec))
     }
 
-    /// Refuses a job whose working memory and model together exceed the whole budget: it
-    /// could never run, so it is better refused before it queues.
-    pub fn check_fits(&self, key: &str, name: &str, spec: &B::Spec, working: u64) -> Result<(), ResidencyError> {
+    /// Refuses a job whose working memory and model together exceed the whole budget (of
+    /// either memory): it could never run, so it is better refused before it queues.
+    pub fn check_fits(&self, key: &str, name: &str, spec: &B::Spec, working: Footprint) -> Result<(), ResidencyError> {
         let weights = self.weights_of(key, spec);
-        if weights.saturating_add(working) > self.budget {
+        if let Some(memory) = (weights + working).exceeds(self.budget) {
             return Err(ResidencyError::WorkingTooLarge {
                 model: name.to_string(),
-                working,
-                weights,
-                budget: self.budget,
+                memory,
+                working: working.get(memory),
+                weights: weights.get(memory),
+                budget: self.budget.get(memory),
             });
         }
         Ok(())
     }
 
-    /// Evicts idle models, least recently used first, until `needed` more bytes fit.
-    fn evict_until_fits(&self, state: &mut State<B::Model>, needed: u64) {
+    /// Evicts idle models, least recently used first, until `needed` more fits in both
+    /// memories. Only models holding some of the memory that is short are candidates: a
+    /// model in RAM alone frees no VRAM.
+    fn evict_until_fits(&self, state: &mut State<B::Model>, needed: Footprint) {
         let mut evicted = Vec::new();
-        while used(state) + needed > self.budget {
+        while let Some(short) = (used(state) + needed).exceeds(self.budget) {
             let Some(index) = state
                 .models
                 .iter()
                 .enumerate()
-                .filter(|(_, m)| m.in_use == 0)
+                .filter(|(_, m)| m.in_use == 0 && (m.memory + m.working).get(short) > 0)
                 .min_by_key(|(_, m)| m.last_used)
                 .map(|(i, _)| i)
             else {
@@ -604,7 +647,7 @@ impl<B: Backend> Residency<B> {
 pub const UNMEASURED_WORKING_FACTOR: f64 = 2.0;
 
 /// Weights of every resident model plus the working memory of the jobs running.
-fn used<M>(state: &State<M>) -> u64 {
+fn used<M>(state: &State<M>) -> Footprint {
     state.models.iter().map(|m| m.memory + m.working).sum()
 }
 
@@ -624,26 +667,48 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// A fake backend: a model's spec is its size; loads are counted.
+    /// A fake backend: a model's spec is its size; loads are counted. On a fake GPU the size
+    /// is on the device, with a tenth of it in host memory beside it, and jobs work there.
     #[derive(Default)]
     struct Fake {
         loads: AtomicUsize,
         /// Measured size = spec × this (to model a measurement above the estimate).
         measured_factor: u64,
+        gpu: bool,
+    }
+
+    impl Fake {
+        fn footprint(&self, size: u64) -> Footprint {
+            if self.gpu {
+                Footprint {
+                    host: size / 10,
+                    device: size,
+                }
+            } else {
+                Footprint::host(size)
+            }
+        }
     }
 
     impl Backend for Fake {
         type Spec = u64;
         type Model = u64;
-        fn load(&self, spec: &u64) -> Result<(u64, u64), String> {
+        fn load(&self, spec: &u64) -> Result<(u64, Footprint), String> {
             self.loads.fetch_add(1, Ordering::SeqCst);
             if *spec == 0 {
                 return Err("broken weights".into());
             }
-            Ok((*spec, spec * self.measured_factor.max(1)))
+            Ok((*spec, self.footprint(spec * self.measured_factor.max(1))))
         }
-        fn estimate(&self, spec: &u64) -> u64 {
-            *spec
+        fn estimate(&self, spec: &u64) -> Footprint {
+            self.footprint(*spec)
+        }
+        fn working(&self, bytes: u64) -> Footprint {
+            if self.gpu {
+                Footprint::device(bytes)
+            } else {
+                Footprint::host(bytes)
+            }
         }
     }
 
@@ -652,7 +717,7 @@ mod tests {
     fn residency(budget: u64, keep_alive: KeepAlive) -> (Arc<Residency<Fake>>, Events) {
         let events: Events = Arc::default();
         let sink = events.clone();
-        let r = Residency::new(Fake::default(), budget, keep_alive, move |e| {
+        let r = Residency::new(Fake::default(), Footprint::host(budget), keep_alive, move |e| {
             sink.lock().unwrap().push(e)
         });
         (Arc::new(r), events)
@@ -687,7 +752,10 @@ mod tests {
             events.lock().unwrap()[..],
             [
                 ResidencyEvent::Loading { .. },
-                ResidencyEvent::Loaded { memory: 10, .. }
+                ResidencyEvent::Loaded {
+                    memory: Footprint { host: 10, device: 0 },
+                    ..
+                }
             ]
         ));
         let b = acquire(&r, "a", 10, t);
@@ -773,7 +841,7 @@ mod tests {
             ]
         );
         assert_eq!(resident(&r, t + Duration::from_secs(6)), ["a", "d"]);
-        assert_eq!(r.used(), 25);
+        assert_eq!(r.used(), Footprint::host(25));
         r.release(d, t);
     }
 
@@ -833,11 +901,17 @@ mod tests {
             measured_factor: 2,
             ..Default::default()
         };
-        let r = Residency::new(fake, 30, KeepAlive::Forever, move |e| sink.lock().unwrap().push(e));
+        let r = Residency::new(fake, Footprint::host(30), KeepAlive::Forever, move |e| {
+            sink.lock().unwrap().push(e)
+        });
         let t = Instant::now();
         let a = r.acquire("a", "a", &5, None, t, &|| false).unwrap();
         r.release(a, t);
-        assert_eq!(r.list(t)[0].memory, 10, "the measured size, not the estimate");
+        assert_eq!(
+            r.list(t)[0].memory,
+            Footprint::host(10),
+            "the measured size, not the estimate"
+        );
         // `b` is estimated at 12 (fits beside `a`) but measures 24: `a` is evicted afterwards.
         let b = r
             .acquire("b", "b", &12, None, t + Duration::from_secs(1), &|| false)
@@ -860,14 +934,26 @@ mod tests {
         r.release(idle, t);
         // 40 of weights and 50 of working memory: the idle model must go to make room.
         let job = r
-            .acquire_for_job("a", "a", &40, None, 50, t + Duration::from_secs(1), &|| false)
+            .acquire_for_job(
+                "a",
+                "a",
+                &40,
+                None,
+                Footprint::host(50),
+                t + Duration::from_secs(1),
+                &|| false,
+            )
             .unwrap();
         assert_eq!(unloads(&events), [("idle".to_string(), UnloadReason::Evicted)]);
-        assert_eq!((r.used(), r.working()), (90, 50));
-        assert_eq!(r.list(t)[0].working, 50);
+        assert_eq!((r.used(), r.working()), (Footprint::host(90), Footprint::host(50)));
+        assert_eq!(r.list(t)[0].working, Footprint::host(50));
         r.release(job, t + Duration::from_secs(2));
-        assert_eq!((r.used(), r.working()), (40, 0), "the working memory is given back");
-        let error = r.check_fits("a", "a", &40, 61).unwrap_err();
+        assert_eq!(
+            (r.used(), r.working()),
+            (Footprint::host(40), Footprint::ZERO),
+            "the working memory is given back"
+        );
+        let error = r.check_fits("a", "a", &40, Footprint::host(61)).unwrap_err();
         assert!(
             matches!(
                 error,
@@ -879,7 +965,7 @@ mod tests {
             ),
             "{error}"
         );
-        assert!(r.check_fits("a", "a", &40, 60).is_ok());
+        assert!(r.check_fits("a", "a", &40, Footprint::host(60)).is_ok());
     }
 
     #[test]
@@ -899,15 +985,19 @@ mod tests {
     fn an_unmeasured_models_margin_shrinks_to_the_budget_a_measured_one_does_not() {
         let (r, _) = residency(100, KeepAlive::Forever);
         // 40 of weights: 30 modelled fits, twice it would not; the margin is what is left.
-        assert_eq!(r.job_working("a", "a", &40, 30).unwrap(), 60);
-        assert_eq!(r.job_working("a", "a", &40, 20).unwrap(), 40, "the whole margin fits");
+        assert_eq!(r.job_working("a", "a", &40, 30).unwrap(), Footprint::host(60));
+        assert_eq!(
+            r.job_working("a", "a", &40, 20).unwrap(),
+            Footprint::host(40),
+            "the whole margin fits"
+        );
         assert!(
             r.job_working("a", "a", &40, 61).is_err(),
             "the model alone does not fit"
         );
         // Measured at twice the model: held to that.
         r.record_working("a", 30, 60);
-        assert_eq!(r.job_working("a", "a", &40, 30).unwrap(), 60);
+        assert_eq!(r.job_working("a", "a", &40, 30).unwrap(), Footprint::host(60));
         let error = r.job_working("a", "a", &40, 31).unwrap_err();
         assert!(
             matches!(error, ResidencyError::WorkingTooLarge { working: 62, .. }),
@@ -943,5 +1033,146 @@ mod tests {
             .unwrap_err();
         assert!(matches!(error, ResidencyError::Load { ref message, .. } if message == "broken weights"));
         assert!(r.list(Instant::now()).is_empty());
+    }
+
+    fn gpu_residency(host: u64, device: u64) -> (Arc<Residency<Fake>>, Events) {
+        let events: Events = Arc::default();
+        let sink = events.clone();
+        let fake = Fake {
+            gpu: true,
+            ..Default::default()
+        };
+        let budget = Footprint { host, device };
+        let r = Residency::new(fake, budget, KeepAlive::Forever, move |e| sink.lock().unwrap().push(e));
+        (Arc::new(r), events)
+    }
+
+    #[test]
+    fn on_a_gpu_vram_has_its_own_budget_and_a_full_one_evicts_idle_models() {
+        // Plenty of RAM, VRAM for two 40s: loading a third evicts the least recently used.
+        let (r, events) = gpu_residency(1000, 100);
+        let t = Instant::now();
+        for (i, key) in ["a", "b"].into_iter().enumerate() {
+            let lease = acquire(&r, key, 40, t + Duration::from_secs(i as u64));
+            r.release(lease, t + Duration::from_secs(i as u64));
+        }
+        assert_eq!(r.used(), Footprint { host: 8, device: 80 });
+        let c = acquire(&r, "c", 40, t + Duration::from_secs(5));
+        assert_eq!(resident(&r, t), ["b", "c"]);
+        assert_eq!(unloads(&events), [("a".to_string(), UnloadReason::Evicted)]);
+        assert_eq!(r.list(t)[1].memory, Footprint { host: 4, device: 40 });
+        assert!(matches!(
+            events.lock().unwrap().last(),
+            Some(ResidencyEvent::Loaded {
+                memory: Footprint { host: 4, device: 40 },
+                ..
+            })
+        ));
+        r.release(c, t);
+    }
+
+    #[test]
+    fn on_a_gpu_a_model_larger_than_the_vram_budget_fails_at_once_and_says_vram() {
+        let (r, _) = gpu_residency(1000, 100);
+        let error = r
+            .acquire("huge", "huge", &101, None, Instant::now(), &|| false)
+            .unwrap_err();
+        assert!(
+            matches!(
+                error,
+                ResidencyError::TooLarge {
+                    memory: Memory::Device,
+                    needed: 101,
+                    budget: 100,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        let message = error.to_string();
+        assert!(
+            message.contains("VRAM") && message.contains("EASEL_VRAM_BUDGET"),
+            "{message}"
+        );
+        assert_eq!(r.backend.loads.load(Ordering::SeqCst), 0);
+        // The host budget is checked too: a model whose RAM share does not fit is refused by it.
+        let (r, _) = gpu_residency(5, 1000);
+        let error = r
+            .acquire("wide", "wide", &60, None, Instant::now(), &|| false)
+            .unwrap_err();
+        assert!(
+            matches!(
+                error,
+                ResidencyError::TooLarge {
+                    memory: Memory::Host,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn on_a_gpu_working_memory_is_vram_and_waits_for_vram_held_by_a_running_job() {
+        let (r, _) = gpu_residency(1000, 100);
+        let t = Instant::now();
+        // Unmeasured: twice the modelled 25 would be 50, and it fits beside the 40 of weights.
+        let working = r.job_working("a", "a", &40, 25).unwrap();
+        assert_eq!(working, Footprint::device(50));
+        let first = r.acquire_for_job("a", "a", &40, None, working, t, &|| false).unwrap();
+        assert_eq!(r.used(), Footprint { host: 4, device: 90 });
+        assert_eq!(r.working(), Footprint::device(50));
+        // A second job of 50 does not fit in VRAM beside the first: it waits, then is cancelled.
+        let cancel_after = std::sync::atomic::AtomicUsize::new(0);
+        let error = r
+            .acquire_for_job("a", "a", &40, None, working, t, &|| {
+                cancel_after.fetch_add(1, Ordering::SeqCst) >= 1
+            })
+            .unwrap_err();
+        assert_eq!(error, ResidencyError::Cancelled);
+        r.release(first, t);
+        assert_eq!(r.used(), Footprint { host: 4, device: 40 });
+        // A job that could never fit in VRAM is refused before it queues, naming VRAM.
+        let error = r.job_working("a", "a", &40, 61).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                ResidencyError::WorkingTooLarge {
+                    memory: Memory::Device,
+                    working: 61,
+                    weights: 40,
+                    budget: 100,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn eviction_for_vram_passes_over_models_that_hold_none() {
+        // A CPU-only footprint (no device memory) is never evicted to make room in VRAM.
+        let (r, events) = gpu_residency(1000, 100);
+        let t = Instant::now();
+        {
+            let mut state = r.lock();
+            state.models.push(Resident {
+                key: "ram-only".into(),
+                name: "ram-only".into(),
+                model: Arc::new(Mutex::new(0)),
+                memory: Footprint::host(10),
+                working: Footprint::ZERO,
+                in_use: 0,
+                last_used: t,
+                keep_alive: KeepAlive::Forever,
+                unload_when_idle: false,
+            });
+        }
+        let a = acquire(&r, "a", 60, t + Duration::from_secs(1));
+        r.release(a, t + Duration::from_secs(1));
+        let b = acquire(&r, "b", 60, t + Duration::from_secs(2));
+        assert_eq!(resident(&r, t), ["ram-only", "b"]);
+        assert_eq!(unloads(&events), [("a".to_string(), UnloadReason::Evicted)]);
+        r.release(b, t);
     }
 }

@@ -3,6 +3,10 @@
 //! A model's memory is measured as the growth of the daemon's resident memory while loading it
 //! (loads run one at a time, so the growth is the model's), and never less than its weights'
 //! size on disk. The first load also carries ONNX Runtime's one-time set-up.
+//!
+//! On a GPU the weights live in VRAM: the model's device memory is the growth of the GPU's used
+//! memory while loading (never less than the weights), its RAM the resident growth alone (what
+//! ONNX Runtime keeps on the host beside it), and its jobs' working memory is VRAM too.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -14,7 +18,7 @@ use crate::memory;
 use crate::model::runtime::OrtRuntime;
 use crate::model::{LoadedModel, ModelFolder};
 
-use super::Backend;
+use super::{Backend, Footprint};
 
 pub struct OrtBackend {
     runtime: OrtRuntime,
@@ -26,24 +30,57 @@ impl OrtBackend {
     pub fn new(runtime: OrtRuntime, threads: usize) -> Self {
         Self { runtime, threads }
     }
+
+    fn on_gpu(&self) -> bool {
+        self.runtime.device_memory.is_some()
+    }
+}
+
+/// What a load took: `host_grown` of resident memory and, on a GPU, `device_grown` of VRAM.
+/// The weights are counted where they live even when the growth undercounts them (the heap
+/// may hand a load pages an earlier one freed; the GPU's reading may have failed).
+fn loaded_footprint(host_grown: u64, device_grown: Option<u64>, weights: u64) -> Footprint {
+    match device_grown {
+        None => Footprint::host(host_grown.max(weights)),
+        Some(device) => Footprint {
+            host: host_grown,
+            device: device.max(weights),
+        },
+    }
 }
 
 impl Backend for OrtBackend {
     type Spec = Arc<ModelFolder>;
     type Model = LoadedModel;
 
-    fn load(&self, folder: &Arc<ModelFolder>) -> Result<(LoadedModel, u64), String> {
+    fn load(&self, folder: &Arc<ModelFolder>) -> Result<(LoadedModel, Footprint), String> {
+        let gpu = self.runtime.device_memory.as_deref();
         let before = memory::resident_memory();
+        let device_before = gpu.map(|g| g.used());
         let model =
             LoadedModel::load(&self.runtime, folder.clone(), self.threads).map_err(|e| crate::error_chain(&e))?;
         let grown = memory::resident_memory().saturating_sub(before);
-        // The heap may hand a load pages an earlier one freed, so the growth can undercount;
-        // the weights themselves are always in memory.
-        Ok((model, grown.max(weights_size(&folder.root))))
+        let device_grown = gpu
+            .zip(device_before)
+            .map(|(g, before)| crate::model::device_memory::growth(&before, &g.used()));
+        Ok((model, loaded_footprint(grown, device_grown, weights_size(&folder.root))))
     }
 
-    fn estimate(&self, folder: &Arc<ModelFolder>) -> u64 {
-        weights_size(&folder.root)
+    fn estimate(&self, folder: &Arc<ModelFolder>) -> Footprint {
+        let weights = weights_size(&folder.root);
+        if self.on_gpu() {
+            Footprint::device(weights)
+        } else {
+            Footprint::host(weights)
+        }
+    }
+
+    fn working(&self, bytes: u64) -> Footprint {
+        if self.on_gpu() {
+            Footprint::device(bytes)
+        } else {
+            Footprint::host(bytes)
+        }
     }
 
     fn unloaded(&self) {
@@ -79,6 +116,22 @@ pub fn weights_size(root: &Path) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn weights_count_where_they_live() {
+        assert_eq!(
+            loaded_footprint(5, None, 10),
+            Footprint::host(10),
+            "the CPU: RAM, at least the weights"
+        );
+        assert_eq!(loaded_footprint(50, None, 10), Footprint::host(50));
+        assert_eq!(
+            loaded_footprint(3, Some(4), 10),
+            Footprint { host: 3, device: 10 },
+            "a GPU: VRAM at least the weights, RAM as grown"
+        );
+        assert_eq!(loaded_footprint(3, Some(40), 10), Footprint { host: 3, device: 40 });
+    }
 
     #[test]
     fn weights_are_the_graphs_and_their_external_data_only() {
