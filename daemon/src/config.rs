@@ -157,6 +157,10 @@ pub struct Config {
     /// Keep ONNX Runtime's optimized graphs in `$EASEL_HOME/cache/optimized/` so later loads
     /// skip the optimization (about twice as fast; costs a copy of each model's weights on disk).
     pub optimized_cache: bool,
+    /// A socket-activated daemon exits after this long with no request in flight and no job
+    /// (`idle_exit` / `EASEL_IDLE_EXIT`); the service manager starts it again on the next
+    /// connection. `None` (the default, or `0`): never.
+    pub idle_exit: Option<Duration>,
     /// Which device runs the models (`device` / `EASEL_DEVICE`): `auto`, `cpu` or `cuda:N`.
     pub device: crate::model::device::DeviceSetting,
     /// The GPU memory models and jobs may take (`vram_budget` / `EASEL_VRAM_BUDGET`), as
@@ -235,6 +239,8 @@ struct FileConfig {
     /// A size.
     import_keep_free: Option<String>,
     optimized_cache: Option<bool>,
+    /// A duration (`15m`); `0`: never.
+    idle_exit: Option<String>,
     device: Option<String>,
     /// A size or a share of the GPU's memory.
     vram_budget: Option<String>,
@@ -296,6 +302,14 @@ impl Config {
             })?,
             None => KeepAlive::DEFAULT,
         };
+        let idle_exit = match env_text("EASEL_IDLE_EXIT").or(file.idle_exit) {
+            Some(text) => idle_exit(&text).map_err(|message| ConfigError::Setting {
+                name: "EASEL_IDLE_EXIT / idle_exit",
+                value: text.clone(),
+                message,
+            })?,
+            None => None,
+        };
         let optimized_cache = match env_text("EASEL_OPTIMIZED_CACHE") {
             Some(text) => match text.trim() {
                 "1" | "true" | "on" | "yes" => true,
@@ -346,6 +360,7 @@ impl Config {
             max_import_files,
             import_keep_free,
             optimized_cache,
+            idle_exit,
             socket: match (env_socket, file.socket) {
                 (Some(env), _) => PathBuf::from(env),
                 (None, Some(file)) => file,
@@ -360,6 +375,17 @@ impl Config {
             threads: env_number("EASEL_THREADS")?.or(file.threads).unwrap_or(0),
             limits,
         })
+    }
+}
+
+/// `idle_exit`: a duration as keep-alive writes them (`30s`, `15m`, `1h`); `0` turns it off.
+fn idle_exit(text: &str) -> Result<Option<Duration>, String> {
+    match KeepAlive::parse(text) {
+        Ok(KeepAlive::For(duration)) if duration.is_zero() => Ok(None),
+        Ok(KeepAlive::For(duration)) => Ok(Some(duration)),
+        _ => Err(format!(
+            "`{text}` is not a duration; use e.g. 15m, 30s or 1h, or 0 to never exit when idle"
+        )),
     }
 }
 
@@ -470,6 +496,20 @@ mod tests {
         assert_eq!(vram_budget(None, 1000), 900, "90% by default");
         let err = size_setting("memory_budget", "lots", 0).unwrap_err().to_string();
         assert!(err.contains("memory_budget") && err.contains("lots"), "{err}");
+    }
+
+    #[test]
+    fn idle_exit_is_a_positive_duration_or_off() {
+        assert_eq!(idle_exit("15m"), Ok(Some(Duration::from_secs(900))));
+        assert_eq!(idle_exit("0"), Ok(None));
+        for bad in ["-1", "soon", ""] {
+            let message = idle_exit(bad).unwrap_err();
+            assert!(message.contains("15m"), "{message}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, "idle_exit = \"10m\"\n").unwrap();
+        assert_eq!(read_file(&path).unwrap().idle_exit.as_deref(), Some("10m"));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! builds them first). ONNX Runtime comes from `ORT_DYLIB_PATH` or `cargo xtask fetch-ort`'s
 //! folder; missing, the tests fail with a message saying how to get it.
 
+pub mod desktop;
 pub mod gateway;
 pub mod hub;
 pub mod python;

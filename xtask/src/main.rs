@@ -14,13 +14,21 @@
 //! - `cargo xtask bench [--quick] [--threads N]`: easel beside a bare ONNX Runtime session and
 //!   optimum's pipeline on a full-size SD 1.5-architecture model, into `BENCHMARKS.md` (see
 //!   `bench.rs`).
+//! - `cargo xtask dist [--bins DIR] [--ort PATH] [--stage DIR]`: the release tarball
+//!   (`<target>/dist/easel-<version>-<arch>-<os>.tar.gz`): release binaries, the pinned ONNX
+//!   Runtime, completions and man pages generated from the clap definitions, the systemd
+//!   units, the LaunchAgent, install.sh, README and licences (see `dist.rs`).
 //! - `cargo xtask samples`: regenerate `docs/tiny-shapes-samples.png`, the README's grid of
 //!   pictures drawn by easel with the built-in model.
+//! - `cargo xtask tray-screenshot`: regenerate `docs/tray.png`, the tray icon and its open menu
+//!   in a real tray host under Xvfb (see `tray_screenshot.rs`).
 //!
 //! `<target>` is cargo's target folder as `cargo metadata` reports it, so `CARGO_TARGET_DIR`
 //! and `build.target-dir` are respected.
 
 mod bench;
+mod dist;
+mod tray_screenshot;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -65,6 +73,8 @@ fn run() -> Result<()> {
         Some("samples") => samples(&root),
         Some("test") => test(&root),
         Some("bench") => bench::bench(&root, &args[1..]),
+        Some("dist") => dist::dist(&root, &args[1..]),
+        Some("tray-screenshot") => tray_screenshot::tray_screenshot(&root),
         Some("fetch-ort") => {
             let gpu = args.iter().any(|a| a == "--gpu");
             let files = fetch_wheel(&root, if gpu { &ORT_GPU } else { &ORT_CPU })?;
@@ -94,7 +104,7 @@ fn run() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <demo | test | bench [--quick | --sdxl] [--threads N] | samples | fetch-ort [--gpu] [--install]>"
+                "usage: cargo xtask <demo | test | bench [--quick | --sdxl] [--threads N] | samples | fetch-ort [--gpu] [--install] | dist [--bins DIR] [--ort PATH] [--stage DIR] | tray-screenshot>"
             );
             std::process::exit(2);
         }

@@ -2,8 +2,9 @@
 //!
 //! - `serve` replaces this process with the daemon (`exec`), in the foreground.
 //! - `daemon start` uses the same launcher as autostart; a running daemon is not an error.
-//! - `daemon stop` calls `Shutdown` and waits until the daemon has removed its socket; no
-//!   daemon is not an error either.
+//! - `daemon stop` calls `Shutdown` and waits until the daemon has removed its socket or its
+//!   process has ended (a socket-activated daemon leaves systemd's socket in place); no daemon
+//!   is not an error either.
 
 use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
@@ -13,7 +14,7 @@ use easel_client::pb;
 
 use super::Global;
 
-/// How long `easel daemon stop` waits for the socket to go away.
+/// How long `easel daemon stop` waits for the daemon to go away.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn serve(global: &Global) -> anyhow::Result<()> {
@@ -66,7 +67,7 @@ pub async fn stop(global: &Global) -> anyhow::Result<()> {
     client.shutdown(pb::ShutdownRequest {}).await?;
     drop(client);
     let deadline = Instant::now() + STOP_TIMEOUT;
-    while global.socket.exists() {
+    while global.socket.exists() && !pid.is_some_and(has_exited) {
         if Instant::now() >= deadline {
             let pid = pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
             anyhow::bail!(
@@ -83,4 +84,43 @@ pub async fn stop(global: &Global) -> anyhow::Result<()> {
         None => outln!("stopped easeld"),
     }
     Ok(())
+}
+
+/// Whether process `pid` has ended: gone, or a zombie its parent has not yet reaped (as a
+/// daemon started by a test or a shell is until then).
+fn has_exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses, which may itself hold spaces.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| matches!(rest.trim_start().chars().next(), Some('Z' | 'X'))),
+        // No /proc (macOS), or no such process: ask the kernel.
+        Err(_) => {
+            let Ok(raw) = i32::try_from(pid) else { return true };
+            matches!(
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), None),
+                Err(nix::errno::Errno::ESRCH)
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_exited;
+
+    #[test]
+    fn a_live_process_has_not_exited_and_a_reaped_one_has() {
+        assert!(!has_exited(std::process::id()));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        // Ended but not yet reaped: a zombie counts as gone.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !has_exited(pid) {
+            assert!(std::time::Instant::now() < deadline, "`true` never ended");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        child.wait().unwrap();
+        assert!(has_exited(pid));
+    }
 }

@@ -6,6 +6,7 @@
 //! - [`residency`]: `easel ps`, `load`, `unload`, `events`.
 //! - [`store`]: `easel models show|rm|import`, `easel pull`.
 //! - [`gateway`]: `easel gateway`, the HTTP APIs for existing apps.
+//! - [`shell`]: `easel completions SHELL` and the hidden `easel manpages DIR`.
 //!
 //! Commands return `anyhow::Result`; `main` turns errors into `easel: error: …` and an exit
 //! code ([`UsageError`]: 2, [`Interrupted`]: 130, [`StdoutClosed`]: 141, anything else: 1).
@@ -24,6 +25,7 @@ pub mod generate;
 pub mod info;
 pub mod progress;
 pub mod residency;
+pub mod shell;
 pub mod store;
 
 use std::fmt;
@@ -107,6 +109,17 @@ pub enum Command {
     Daemon {
         #[command(subcommand)]
         command: DaemonCommand,
+    },
+    /// Print a shell completion script, e.g. `easel completions bash > ~/.local/share/bash-completion/completions/easel`
+    Completions {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (easel.1 and one per subcommand) into a folder (used by `cargo xtask dist`)
+    #[command(hide = true)]
+    Manpages {
+        /// The folder to write them into (created if missing)
+        dir: PathBuf,
     },
 }
 
@@ -246,6 +259,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let command = match cli.command {
         Command::Serve => return daemon::serve(&global),
         Command::Gateway(args) => return gateway::run(&global, args),
+        Command::Completions { shell } => return shell::completions(shell),
+        Command::Manpages { dir } => return shell::man_pages(&dir),
         command => command,
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -279,8 +294,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Load { model, keep_alive } => residency::load(&global, &model, keep_alive).await,
             Command::Unload { model } => residency::unload(&global, &model).await,
             Command::Events { json } => residency::events(&global, json).await,
-            // They run their own way (exec, a multi-threaded runtime): handled above.
-            Command::Serve | Command::Gateway(_) => unreachable!("handled before the runtime starts"),
+            // They run their own way (exec, a multi-threaded runtime) or need no daemon: handled above.
+            Command::Serve | Command::Gateway(_) | Command::Completions { .. } | Command::Manpages { .. } => {
+                unreachable!("handled before the runtime starts")
+            }
         }
     })
 }

@@ -3,7 +3,8 @@
 //! easel links ONNX Runtime dynamically (`ort`'s `load-dynamic`), so the daemon binary works
 //! with whichever official build the user has: CPU, CUDA, … The library is looked up in the
 //! order DESIGN.md fixes — `ORT_DYLIB_PATH`, the config file, `$EASEL_HOME/runtime/`, next to
-//! the executable — and a missing or too-old library is a startup error that says how to get
+//! the executable, then `../lib/easel/` from it (where `install.sh` and the release tarball put
+//! it) — and a missing or too-old library is a startup error that says how to get
 //! one, never a panic deep inside the first request.
 
 use std::path::{Path, PathBuf};
@@ -51,8 +52,14 @@ pub fn candidate_paths(configured: Option<&Path>, easel_home: &Path) -> Vec<Path
         .and_then(|e| e.parent().map(Path::to_path_buf))
     {
         candidates.extend(library_files_in(&exe_dir));
+        candidates.extend(library_files_in(&installed_library_dir(&exe_dir)));
     }
     candidates
+}
+
+/// `PREFIX/lib/easel` for a daemon in `PREFIX/bin`: the installed layout.
+fn installed_library_dir(exe_dir: &Path) -> PathBuf {
+    exe_dir.parent().unwrap_or(exe_dir).join("lib").join("easel")
 }
 
 /// `libonnxruntime.so*` (or the platform's equivalent) in `dir`, the plain name first.
@@ -147,6 +154,18 @@ mod tests {
         assert!(message.contains("not found"), "{message}");
         assert!(message.contains("cargo xtask fetch-ort"), "{message}");
         assert!(message.contains("ORT_DYLIB_PATH"), "{message}");
+    }
+
+    #[test]
+    fn the_installed_layout_is_searched_beside_bin() {
+        let prefix = tempfile::tempdir().unwrap();
+        let bin = prefix.path().join("bin");
+        let lib = prefix.path().join("lib/easel");
+        assert_eq!(installed_library_dir(&bin), lib);
+        std::fs::create_dir_all(&lib).unwrap();
+        std::fs::write(lib.join("libonnxruntime.so.1.31.1"), b"").unwrap();
+        let found = library_files_in(&installed_library_dir(&bin));
+        assert!(found.contains(&lib.join("libonnxruntime.so.1.31.1")), "{found:?}");
     }
 
     #[test]

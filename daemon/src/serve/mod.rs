@@ -4,10 +4,14 @@
 //! - [`convert`]: proto ↔ daemon types (requests, events, tensors, timestamps, models).
 //! - [`status`]: every error → the gRPC status code it gets, in one place.
 //! - [`socket`]: the Unix socket, its lock file and the peer-uid check.
+//! - [`activation`]: socket activation, readiness notification and exit when idle, for
+//!   service managers (systemd).
 //!
 //! [`run`] is the seam tests and the binary share: it serves a [`Daemon`] on a listener until
-//! a shutdown signal or a `Shutdown` call, then stops the job queue and returns.
+//! a shutdown signal or a `Shutdown` call, then stops the job queue and returns
+//! ([`run_with`]: the same with [`ServeOptions`]).
 
+pub mod activation;
 pub mod convert;
 pub mod service;
 pub mod socket;
@@ -33,6 +37,14 @@ pub struct DaemonInfo {
     pub socket: String,
 }
 
+/// How [`run_with`] serves, beyond the defaults [`run`] uses.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    /// Stop after this long with no request in flight and no job (`idle_exit`, for a
+    /// socket-activated daemon); `None`: never.
+    pub idle_exit: Option<std::time::Duration>,
+}
+
 /// Serves the API (plus `grpc.health.v1` and server reflection) on `listener` until `shutdown`
 /// completes or a client calls `Shutdown`; then refuses new work, ends running jobs and returns
 /// once open calls have finished.
@@ -42,6 +54,19 @@ pub async fn run(
     info: DaemonInfo,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
+    run_with(listener, daemon, info, shutdown, ServeOptions::default()).await
+}
+
+/// [`run`] with options. Tells a service manager (`$NOTIFY_SOCKET`) when it serves and when it
+/// stops.
+pub async fn run_with(
+    listener: UnixListener,
+    daemon: Daemon,
+    info: DaemonInfo,
+    shutdown: impl Future<Output = ()>,
+    options: ServeOptions,
+) -> Result<(), tonic::transport::Error> {
+    let socket_path = info.socket.clone();
     let requested = Arc::new(Notify::new());
     let jobs = daemon.jobs.clone();
     let limits = *jobs.limits();
@@ -58,11 +83,31 @@ pub async fn run(
         .expect("the embedded descriptor sets are valid");
     let stopping = Arc::new(Notify::new());
     let stopped = stopping.clone();
-    let stop = async move {
-        tokio::select! {
-            _ = shutdown => tracing::info!("shutting down (signal)"),
-            _ = requested.notified() => tracing::info!("shutting down (requested)"),
+    let activity = activation::Activity::new();
+    let idle = {
+        let activity = activity.clone();
+        let jobs = jobs.clone();
+        async move {
+            match options.idle_exit {
+                Some(period) => {
+                    activation::idle_for(activity, period, move || {
+                        let status = jobs.status();
+                        status.queued + status.running > 0
+                    })
+                    .await
+                }
+                None => std::future::pending().await,
+            }
         }
+    };
+    let stop = async move {
+        let reason = tokio::select! {
+            _ = shutdown => "shutting down (signal)",
+            _ = requested.notified() => "shutting down (requested)",
+            _ = idle => "shutting down (idle)",
+        };
+        tracing::info!("{reason}");
+        activation::notify_stopping(reason);
         health_reporter.set_not_serving::<EaselServer<EaselService>>().await;
         jobs.shutdown().await;
         // Watches end now; calls still open (an import, a pull) get a grace period below.
@@ -70,11 +115,15 @@ pub async fn run(
         stopping.notify_one();
     };
     let server = tonic::transport::Server::builder()
+        .layer(activation::ActivityLayer(activity))
         .layer(tower::util::MapResponseLayer::new(explain_message_limit))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(EaselServer::new(service).max_decoding_message_size(max_request))
         .serve_with_incoming_shutdown(socket::OwnerOnly::new(listener), stop);
+    // The listener already queues connections and the service is built: from here on every
+    // client gets an answer.
+    activation::notify_ready(&format!("serving on {socket_path}"));
     // Once stopping, open calls have SHUTDOWN_GRACE to finish; then the daemon exits anyway
     // (their clients see the connection close), so a stalled call cannot keep it running.
     tokio::select! {

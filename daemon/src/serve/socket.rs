@@ -6,6 +6,9 @@
 //!   file left by a crashed daemon is known to be stale (nobody holds the lock) and removed.
 //! - Every accepted connection's peer uid is checked against ours, so loosening the file modes
 //!   does not let another user in.
+//! - A socket passed by a service manager ([`adopt`]) is served as it is: the manager made it
+//!   and keeps it, so it is neither replaced nor removed; the lock is still taken, so a daemon
+//!   started by hand on the same path fails instead of taking the socket away from it.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -38,17 +41,22 @@ pub enum SocketError {
     },
 }
 
-/// A bound socket and the lock that makes it ours. Dropping it removes the socket file.
+/// A bound socket and the lock that makes it ours. Dropping it removes the socket file (unless
+/// a service manager owns it) and the lock file.
 #[derive(Debug)]
 pub struct BoundSocket {
     pub path: PathBuf,
     lock_path: PathBuf,
     _lock: Flock<File>,
+    /// False for an adopted socket: the service manager keeps listening on it.
+    owns_socket: bool,
 }
 
 impl Drop for BoundSocket {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        if self.owns_socket {
+            let _ = std::fs::remove_file(&self.path);
+        }
         let _ = std::fs::remove_file(&self.lock_path);
     }
 }
@@ -69,6 +77,70 @@ pub fn bind(path: &Path) -> Result<(BoundSocket, UnixListener), SocketError> {
                 source,
             })?;
     }
+    let (lock_path, lock) = take_lock(path)?;
+    // We hold the lock, so any socket file here belongs to a daemon that died.
+    if path.exists() {
+        std::fs::remove_file(path).map_err(|source| SocketError::Bind {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    }
+    let listener = UnixListener::bind(path).map_err(|source| SocketError::Bind {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| SocketError::Bind {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok((
+        BoundSocket {
+            path: path.to_path_buf(),
+            lock_path,
+            _lock: lock,
+            owns_socket: true,
+        },
+        listener,
+    ))
+}
+
+/// Serves on a listener a service manager bound and passed (socket activation). Its path comes
+/// from the socket itself; its folder and modes are the manager's (the units set 0700/0600).
+/// Call it inside the runtime.
+pub fn adopt(listener: std::os::unix::net::UnixListener) -> Result<(BoundSocket, UnixListener), SocketError> {
+    let unnamed = || SocketError::Bind {
+        path: PathBuf::from("(the inherited socket)"),
+        source: std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "it has no path (an abstract or unnamed socket); give the .socket unit a ListenStream= file path",
+        ),
+    };
+    let path = listener
+        .local_addr()
+        .ok()
+        .and_then(|address| address.as_pathname().map(Path::to_path_buf))
+        .ok_or_else(unnamed)?;
+    let (lock_path, lock) = take_lock(&path)?;
+    let bind_error = |source| SocketError::Bind {
+        path: path.clone(),
+        source,
+    };
+    // tokio needs a non-blocking socket; the manager hands over a blocking one.
+    listener.set_nonblocking(true).map_err(bind_error)?;
+    let listener = UnixListener::from_std(listener).map_err(bind_error)?;
+    Ok((
+        BoundSocket {
+            path,
+            lock_path,
+            _lock: lock,
+            owns_socket: false,
+        },
+        listener,
+    ))
+}
+
+/// Takes `PATH.lock` (holding our pid) for the daemon's lifetime, or says who holds it.
+fn take_lock(path: &Path) -> Result<(PathBuf, Flock<File>), SocketError> {
     let lock_path = PathBuf::from(format!("{}.lock", path.display()));
     let lock_file = OpenOptions::new()
         .read(true)
@@ -99,29 +171,7 @@ pub fn bind(path: &Path) -> Result<(BoundSocket, UnixListener), SocketError> {
             path: lock_path.clone(),
             source,
         })?;
-    // We hold the lock, so any socket file here belongs to a daemon that died.
-    if path.exists() {
-        std::fs::remove_file(path).map_err(|source| SocketError::Bind {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    }
-    let listener = UnixListener::bind(path).map_err(|source| SocketError::Bind {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| SocketError::Bind {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    Ok((
-        BoundSocket {
-            path: path.to_path_buf(),
-            lock_path,
-            _lock: lock,
-        },
-        listener,
-    ))
+    Ok((lock_path, lock))
 }
 
 /// Accepted connections from our own uid; others are closed and logged.

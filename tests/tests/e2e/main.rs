@@ -2,6 +2,7 @@
 //! real `easel` CLI and the client library. One test binary (so the heavy dependencies link
 //! once), one module per area.
 
+mod activation;
 mod bad_input;
 mod bundle;
 mod cancel;
@@ -14,6 +15,7 @@ mod grpcio;
 mod hub;
 mod img2img;
 mod inpaint;
+mod install;
 mod load;
 mod memory;
 mod python_client;
@@ -21,3 +23,4 @@ mod quality;
 mod residency;
 mod sdxl;
 mod store;
+mod tray;

@@ -1,0 +1,46 @@
+//! `easel_tray`: the system-tray launcher for `easeld`.
+//!
+//! The icon follows the daemon through `WatchEvents` — stopped, idle, loading a model,
+//! generating (progress in the title, tooltip and icon), error — and its menu starts and stops
+//! the daemon, cancels the running job, unloads models, opens the images folder and the log,
+//! and switches start at login.
+//!
+//! - [`state`]: the pure state machine (inputs in, the view and notifications out), where all
+//!   the tray's decisions are made and unit-tested.
+//! - [`icon`]: the pixmaps, drawn in code.
+//! - [`actions`]: what each menu item does.
+//! - [`watch`]: the connection to the daemon, with reconnection and backoff.
+//! - `sni`, `notify`, `app` (Linux only): the StatusNotifierItem/dbusmenu face on `ksni`,
+//!   freedesktop notifications, and the loop that ties them together.
+//!
+//! Platforms: Linux, through the StatusNotifierItem D-Bus protocol (KDE, GNOME with the
+//! AppIndicator extension, XFCE, and any panel that hosts SNI items; no GTK needed). macOS is
+//! not supported yet: the binary says so and exits.
+
+pub mod actions;
+pub mod icon;
+pub mod state;
+pub mod watch;
+
+#[cfg(target_os = "linux")]
+pub mod app;
+#[cfg(target_os = "linux")]
+pub mod notify;
+#[cfg(target_os = "linux")]
+pub mod sni;
+
+/// An error and its causes on one line, `: `-separated.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        // Transparent wrappers repeat their cause; say it once.
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
+}
