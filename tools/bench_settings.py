@@ -12,6 +12,12 @@ Prints one JSON object: setting -> {load_s, first_s, step_s: [...], peak_rss_byt
 
 from __future__ import annotations
 
+import os
+
+# Before onnxruntime loads: its official builds write a device id under ~/.cache/Microsoft
+# and send telemetry unless this is set (easeld sets it for itself too).
+os.environ["ORT_DISABLE_TELEMETRY"] = "1"
+
 import argparse
 import json
 import sys

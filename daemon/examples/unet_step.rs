@@ -21,6 +21,11 @@ use easeld::generation::sampler::SeededNoise;
 use easeld::model::{LoadedModel, ModelFolder, device, device_memory, runtime};
 
 fn main() -> Result<()> {
+    // SAFETY: the first thing the process does, on its one thread.
+    #[allow(unsafe_code)]
+    unsafe {
+        easeld::model::runtime::switch_off_telemetry()
+    };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [library, folder, device_name, size, steps, threads] = &args[..] else {
         bail!("usage: unet_step ORT_LIBRARY MODEL_FOLDER cpu|cuda:N SIZE STEPS THREADS");

@@ -16,6 +16,11 @@ use anyhow::{Context, Result, bail};
 use easeld::model::{LoadedModel, ModelFolder, runtime};
 
 fn main() -> Result<()> {
+    // SAFETY: the first thing the process does, on its one thread.
+    #[allow(unsafe_code)]
+    unsafe {
+        easeld::model::runtime::switch_off_telemetry()
+    };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [library, folder, size, mode, threads] = &args[..] else {
         bail!("usage: vae_decode ORT_LIBRARY MODEL_FOLDER SIZE whole|tiled THREADS");

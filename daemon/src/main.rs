@@ -68,7 +68,12 @@ fn real_main() -> anyhow::Result<()> {
             .and_then(|_| out.flush())
             .context("writing to standard output");
     }
-    // First, while this is the only thread: it clears LISTEN_FDS from the environment.
+    // First, while this is the only thread: both change the environment.
+    // SAFETY: no thread has been started yet (the runtime and the logger come below).
+    #[allow(unsafe_code)]
+    unsafe {
+        easeld::model::runtime::switch_off_telemetry()
+    };
     let inherited = easeld::serve::activation::inherited_listener()?;
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,ort=warn")))

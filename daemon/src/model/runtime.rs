@@ -36,6 +36,26 @@ pub enum RuntimeError {
     },
 }
 
+/// The variable that keeps ONNX Runtime's telemetry from starting. Microsoft's official builds
+/// (the pinned wheels among them) carry its 1DS telemetry on Linux too: loaded, the library
+/// writes a device id and an event queue under `~/.cache/Microsoft/DeveloperTools/.onnxruntime/`
+/// and tries to send them. The environment builder's `with_telemetry(false)` comes too late
+/// for that (it is set up when the library loads); this variable, read at load, stops it all.
+pub const TELEMETRY_SWITCH: &str = "ORT_DISABLE_TELEMETRY";
+
+/// Sets [`TELEMETRY_SWITCH`] for this process and what it starts: easel is private and
+/// offline, whatever the environment said.
+///
+/// # Safety
+///
+/// Changes the environment: call it first thing in `main`, while the process has one thread
+/// (no other thread may read or write the environment meanwhile).
+#[allow(unsafe_code)]
+pub unsafe fn switch_off_telemetry() {
+    // SAFETY: the caller guarantees no other thread touches the environment.
+    unsafe { std::env::set_var(TELEMETRY_SWITCH, "1") };
+}
+
 /// Where the library may be, in lookup order. `configured` is the config file's setting.
 pub fn candidate_paths(configured: Option<&Path>, easel_home: &Path) -> Vec<PathBuf> {
     let mut candidates = Vec::new();
@@ -128,6 +148,8 @@ pub fn load(candidates: &[PathBuf]) -> Result<OrtRuntime, RuntimeError> {
     })?;
     let environment = builder
         .with_name("easeld")
+        // easel is private and offline: Microsoft's builds have ONNX Runtime's telemetry on.
+        .with_telemetry(false)
         .build()
         .map_err(|source| RuntimeError::Init {
             path: path.clone(),

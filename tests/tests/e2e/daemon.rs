@@ -183,6 +183,30 @@ async fn health_and_reflection_answer() {
     assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
 }
 
+/// ONNX Runtime's official builds write a device id and a telemetry queue under
+/// `~/.cache/Microsoft/` when the library loads, unless `ORT_DISABLE_TELEMETRY=1` is set before;
+/// the daemon sets it itself, whatever its environment says.
+#[test]
+fn onnx_runtime_telemetry_writes_nothing_into_the_home() {
+    let home = tempfile::tempdir().unwrap();
+    let home_text = home.path().display().to_string();
+    let cache = home.path().join(".cache").display().to_string();
+    let daemon = Daemon::start_with(&[
+        ("HOME", &home_text),
+        ("XDG_CACHE_HOME", &cache),
+        ("ORT_DISABLE_TELEMETRY", "0"),
+    ]);
+    let out = daemon.dir.path().join("t.png");
+    let output = daemon.generate_tiny("a boat", &["--steps", "2"], &out);
+    assert!(output.status.success(), "{}", stderr(&output));
+    drop(daemon);
+    let written: Vec<String> = files_under(home.path())
+        .into_iter()
+        .map(|(relative, _)| relative)
+        .collect();
+    assert!(written.is_empty(), "the daemon wrote into its home: {written:?}");
+}
+
 #[test]
 fn prompts_stay_out_of_the_log() {
     let daemon = Daemon::start();
