@@ -2,9 +2,12 @@
 //!
 //! Daemon actions go through the `easel_client` library like any client: Cancel the running
 //! job by id, Shutdown, UnloadModel for every resident model, and [`start_daemon`] (detached,
-//! logging beside the socket). Desktop actions hand files to the desktop's opener (`xdg-open`),
-//! copy a path with `wl-copy` (Wayland) or `xclip` (X11), and switch start at login by writing
-//! or removing an XDG autostart entry (`$XDG_CONFIG_HOME/autostart/easel-tray.desktop`).
+//! logging beside the socket). Desktop actions hand files to the desktop's opener (`xdg-open`;
+//! `open` on macOS), copy a path with `wl-copy` (Wayland) or `xclip` (X11) (`pbcopy` on macOS),
+//! and switch start at login by writing or removing an XDG autostart entry
+//! (`$XDG_CONFIG_HOME/autostart/easel-tray.desktop`; on macOS a LaunchAgent,
+//! `~/Library/LaunchAgents/org.easel.easel-tray.plist`). [`run_action`] is what both faces call
+//! for a click: the action, and what the state machine or the user must hear of it.
 //!
 //! Every failure is an [`ActionError`] whose message says what to do; the app shows it as a
 //! notification. Nothing here blocks the runtime: file system scans run on blocking threads and
@@ -18,10 +21,12 @@ use std::time::Duration;
 use easel_client::{ClientError, connect, log_path, pb, start_daemon};
 use tokio::io::AsyncWriteExt;
 
-use crate::state::{Action, Input};
+use crate::state::{Action, Input, Notification};
 
 /// The name of the autostart entry, in `autostart/` of the user's config folder.
 pub const AUTOSTART_FILE: &str = "easel-tray.desktop";
+/// The LaunchAgent's label (and file name, with `.plist`) that starts the tray at login on macOS.
+pub const LAUNCH_AGENT_LABEL: &str = "org.easel.easel-tray";
 
 /// How long a clipboard helper may take to take the text.
 const CLIPBOARD_TIMEOUT: Duration = Duration::from_secs(5);
@@ -86,6 +91,44 @@ pub enum ActionError {
     },
     #[error("no config folder for the autostart entry: set XDG_CONFIG_HOME or HOME")]
     NoConfigFolder,
+}
+
+/// Does a clicked `action` (all but Quit, which the faces handle) for the main loop: a
+/// state-machine input it brings goes to `inputs`; a daemon just asked to start is looked for
+/// at once (`wake`); a failure comes back as the notification to show (a failed start goes to
+/// the state machine instead, which shows it in the menu).
+pub async fn run_action(
+    action: Action,
+    settings: &Settings,
+    inputs: &tokio::sync::mpsc::UnboundedSender<Input>,
+    wake: &tokio::sync::Notify,
+) -> Option<Notification> {
+    match perform(&action, settings).await {
+        Ok(Some(input)) => {
+            let _ = inputs.send(input);
+            None
+        }
+        // The watcher sleeps between attempts: have it look now.
+        Ok(None) if action == Action::StartDaemon => {
+            wake.notify_one();
+            None
+        }
+        Ok(None) => None,
+        Err(error) => {
+            let message = crate::error_chain(&error);
+            tracing::warn!("{action:?} failed: {message}");
+            if action == Action::StartDaemon {
+                let _ = inputs.send(Input::StartFailed(message));
+                None
+            } else {
+                Some(Notification {
+                    summary: "easel tray".into(),
+                    body: message,
+                    critical: true,
+                })
+            }
+        }
+    }
 }
 
 /// Does `action` (all but Quit, which the app handles). Returns an input for the state machine
@@ -191,10 +234,53 @@ pub fn config_home(xdg_config_home: Option<OsString>, home: Option<OsString>) ->
         .map(|home| home.join(".config"))
 }
 
-/// The autostart entry's path under the user's config folder, from the environment.
+/// The autostart entry's path, from the environment: under the user's config folder, or on
+/// macOS the user's LaunchAgents folder.
 pub fn autostart_file_from_env() -> Option<PathBuf> {
+    if cfg!(target_os = "macos") {
+        return std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .filter(|home| home.is_absolute())
+            .map(|home| launch_agent_file(&home));
+    }
     config_home(std::env::var_os("XDG_CONFIG_HOME"), std::env::var_os("HOME"))
         .map(|config| config.join("autostart").join(AUTOSTART_FILE))
+}
+
+/// `~/Library/LaunchAgents/org.easel.easel-tray.plist` under `home`.
+pub fn launch_agent_file(home: &Path) -> PathBuf {
+    home.join("Library/LaunchAgents")
+        .join(format!("{LAUNCH_AGENT_LABEL}.plist"))
+}
+
+/// The LaunchAgent that starts `exe` at login (macOS's autostart entry).
+pub fn launch_agent(exe: &Path) -> String {
+    let escaped = exe
+        .to_string_lossy()
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+         <!DOCTYPE plist PUBLIC \"-//Apple//DTD PLIST 1.0//EN\" \"http://www.apple.com/DTDs/PropertyList-1.0.dtd\">\n\
+         <plist version=\"1.0\">\n\
+         <dict>\n\
+         \t<key>Label</key>\n\t<string>{LAUNCH_AGENT_LABEL}</string>\n\
+         \t<key>ProgramArguments</key>\n\t<array>\n\t\t<string>{escaped}</string>\n\t</array>\n\
+         \t<key>RunAtLoad</key>\n\t<true/>\n\
+         \t<key>ProcessType</key>\n\t<string>Interactive</string>\n\
+         </dict>\n\
+         </plist>\n"
+    )
+}
+
+/// What start at login writes at `path`: a LaunchAgent for a `.plist`, else a desktop entry.
+pub fn autostart_entry(path: &Path, exe: &Path) -> String {
+    if path.extension().is_some_and(|e| e == "plist") {
+        launch_agent(exe)
+    } else {
+        desktop_entry(exe)
+    }
 }
 
 /// The autostart entry for `exe`.
@@ -230,7 +316,7 @@ pub fn set_autostart(path: &Path, exe: &Path, on: bool) -> Result<(), ActionErro
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(error)?;
         }
-        easel_client::output::write_atomic(path, desktop_entry(exe).as_bytes()).map_err(|e| match e {
+        easel_client::output::write_atomic(path, autostart_entry(path, exe).as_bytes()).map_err(|e| match e {
             easel_client::output::OutputError::Write { source, .. }
             | easel_client::output::OutputError::CreateDir { source, .. } => error(source),
         })
@@ -339,11 +425,19 @@ pub fn find_clipboard_tool(path_var: Option<OsString>, wayland: bool, x11: bool)
 
 async fn copy_to_clipboard(path: &Path) -> Result<(), ActionError> {
     let non_empty = |name| std::env::var_os(name).is_some_and(|v| !v.is_empty());
-    let tool = find_clipboard_tool(
-        std::env::var_os("PATH"),
-        non_empty("WAYLAND_DISPLAY"),
-        non_empty("DISPLAY"),
-    )
+    let tool = if cfg!(target_os = "macos") {
+        // Part of every macOS.
+        Some(ClipboardTool {
+            program: PathBuf::from("/usr/bin/pbcopy"),
+            args: vec![],
+        })
+    } else {
+        find_clipboard_tool(
+            std::env::var_os("PATH"),
+            non_empty("WAYLAND_DISPLAY"),
+            non_empty("DISPLAY"),
+        )
+    }
     .ok_or_else(|| ActionError::NoClipboardTool {
         path: path.to_path_buf(),
     })?;
@@ -372,6 +466,31 @@ async fn copy_to_clipboard(path: &Path) -> Result<(), ActionError> {
         Ok(Ok(status)) if !status.success() => Err(ActionError::Failed { program, status }),
         Ok(Ok(_)) => Ok(()),
     }
+}
+
+/// AppleScript's `display notification BODY with title SUMMARY`, both quoted as AppleScript
+/// strings (backslashes and double quotes escaped; line breaks become spaces).
+pub fn applescript_notification(note: &Notification) -> String {
+    let quote = |text: &str| {
+        let mut quoted = String::from("\"");
+        for c in text.chars() {
+            match c {
+                '"' | '\\' => {
+                    quoted.push('\\');
+                    quoted.push(c);
+                }
+                '\n' | '\r' => quoted.push(' '),
+                c => quoted.push(c),
+            }
+        }
+        quoted.push('"');
+        quoted
+    };
+    format!(
+        "display notification {} with title {}",
+        quote(&note.body),
+        quote(&note.summary)
+    )
 }
 
 #[cfg(test)]
@@ -420,6 +539,41 @@ mod tests {
     fn exec_quoting_escapes_what_the_spec_says() {
         let entry = desktop_entry(Path::new("/a/$b\"c`d\\e"));
         assert!(entry.contains(r#"Exec="/a/\$b\"c\`d\\e""#), "{entry}");
+    }
+
+    #[test]
+    fn a_macos_notification_is_one_applescript_line_with_its_text_quoted() {
+        let note = Notification {
+            summary: "easel \"tray\"".into(),
+            body: "C:\\x failed\nsee the log".into(),
+            critical: true,
+        };
+        assert_eq!(
+            applescript_notification(&note),
+            r#"display notification "C:\\x failed see the log" with title "easel \"tray\"""#
+        );
+    }
+
+    #[test]
+    fn on_macos_start_at_login_is_a_launch_agent_that_runs_the_tray() {
+        let home = tempfile::tempdir().unwrap();
+        let path = launch_agent_file(home.path());
+        assert!(
+            path.ends_with("Library/LaunchAgents/org.easel.easel-tray.plist"),
+            "{path:?}"
+        );
+        let exe = Path::new("/Applications/easel & co/easel-tray");
+        set_autostart(&path, exe, true).unwrap();
+        let agent: plist::Dictionary = plist::from_file(&path).unwrap();
+        assert_eq!(agent["Label"].as_string(), Some(LAUNCH_AGENT_LABEL));
+        let arguments = agent["ProgramArguments"].as_array().unwrap();
+        assert_eq!(arguments[0].as_string(), Some("/Applications/easel & co/easel-tray"));
+        assert_eq!(agent["RunAtLoad"].as_boolean(), Some(true));
+        assert!(autostart_enabled(Some(&path)));
+        set_autostart(&path, exe, false).unwrap();
+        assert!(!autostart_enabled(Some(&path)));
+        // Elsewhere the same switch writes a desktop entry.
+        assert!(autostart_entry(Path::new("/x/easel-tray.desktop"), exe).starts_with("[Desktop Entry]"));
     }
 
     #[tokio::test]

@@ -10,20 +10,26 @@
 //! - [`icon`]: the pixmaps, drawn in code.
 //! - [`actions`]: what each menu item does.
 //! - [`watch`]: the connection to the daemon, with reconnection and backoff.
+//! - [`main_loop`]: the main loop every face shares (state machine in, views and actions out).
 //! - `sni`, `notify`, `app` (Linux only): the StatusNotifierItem/dbusmenu face on `ksni`,
-//!   freedesktop notifications, and the loop that ties them together.
+//!   freedesktop notifications, and their start.
+//! - `macos` (macOS only): the menu-bar face on `tray-icon` and `tao`, notifications through
+//!   `osascript`.
 //!
 //! Platforms: Linux, through the StatusNotifierItem D-Bus protocol (KDE, GNOME with the
-//! AppIndicator extension, XFCE, and any panel that hosts SNI items; no GTK needed). macOS is
-//! not supported yet: the binary says so and exits.
+//! AppIndicator extension, XFCE, and any panel that hosts SNI items; no GTK needed), and macOS's
+//! menu bar. Elsewhere the binary says it is not supported and exits.
 
 pub mod actions;
 pub mod icon;
+pub mod main_loop;
 pub mod state;
 pub mod watch;
 
 #[cfg(target_os = "linux")]
 pub mod app;
+#[cfg(target_os = "macos")]
+pub mod macos;
 #[cfg(target_os = "linux")]
 pub mod notify;
 #[cfg(target_os = "linux")]

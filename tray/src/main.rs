@@ -46,7 +46,7 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[cfg(target_os = "linux")]
+#[cfg(any(target_os = "linux", target_os = "macos"))]
 fn default_images_dir() -> Option<PathBuf> {
     let dirs = directories::UserDirs::new()?;
     let pictures = dirs
@@ -56,11 +56,43 @@ fn default_images_dir() -> Option<PathBuf> {
     Some(pictures.join("easel"))
 }
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(target_os = "macos")]
+fn main() -> anyhow::Result<()> {
+    use anyhow::Context;
+    use easel_tray::actions::{Settings, autostart_file_from_env};
+
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let images_dir = match args.images_dir {
+        Some(dir) => dir,
+        None => default_images_dir().context("no Pictures or home folder is known; pass --images-dir DIR")?,
+    };
+    let settings = Settings {
+        socket: args.socket.unwrap_or_else(easel_proto::paths::socket_path),
+        images_dir,
+        autostart_file: autostart_file_from_env(),
+        opener: "open".into(),
+        exe: std::env::current_exe().context("cannot tell where easel-tray itself is")?,
+    };
+    // AppKit's event loop takes the main thread; the rest runs on the runtime beside it.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    easel_tray::macos::run(settings, runtime)
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "macos")))]
 fn main() -> std::process::ExitCode {
     let _ = Args::parse();
     eprintln!(
-        "easel-tray: error: this platform is not supported yet (the tray speaks the Linux StatusNotifierItem protocol); use `easel status` and `easel daemon` from a terminal instead"
+        "easel-tray: error: this platform is not supported yet (the tray runs on Linux and macOS); use `easel status` and `easel daemon` from a terminal instead"
     );
     std::process::ExitCode::FAILURE
 }

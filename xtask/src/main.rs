@@ -372,6 +372,7 @@ fn test(root: &Path) -> Result<()> {
         .current_dir(root)
         .args(["test", "-p", "easeld", "--features", "cuda", "--lib", "model::device"]);
     status(device_tests, "cargo test -p easeld --features cuda (the device checks)")?;
+    macos_check(root)?;
     // The end-to-end tests run the real binaries: build them first.
     let mut build = cargo();
     build.current_dir(root).args(["build", "--workspace", "--bins"]);
