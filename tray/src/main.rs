@@ -20,6 +20,28 @@ struct Args {
 #[cfg(target_os = "linux")]
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let settings = start("xdg-open")?;
+    easel_tray::app::run(settings).await?;
+    Ok(())
+}
+
+#[cfg(target_os = "macos")]
+fn main() -> anyhow::Result<()> {
+    use anyhow::Context;
+
+    let settings = start("open")?;
+    // AppKit's event loop takes the main thread; the rest runs on the runtime beside it.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    easel_tray::macos::run(settings, runtime)
+}
+
+/// Parses the arguments, starts logging and says where the actions act (`opener`: the
+/// platform's program that opens files and folders).
+#[cfg(any(target_os = "linux", target_os = "macos"))]
+fn start(opener: &str) -> anyhow::Result<easel_tray::actions::Settings> {
     use anyhow::Context;
     use easel_tray::actions::{Settings, autostart_file_from_env};
 
@@ -35,15 +57,13 @@ async fn main() -> anyhow::Result<()> {
         Some(dir) => dir,
         None => default_images_dir().context("no Pictures or home folder is known; pass --images-dir DIR")?,
     };
-    let settings = Settings {
+    Ok(Settings {
         socket: args.socket.unwrap_or_else(easel_proto::paths::socket_path),
         images_dir,
         autostart_file: autostart_file_from_env(),
-        opener: "xdg-open".into(),
+        opener: opener.into(),
         exe: std::env::current_exe().context("cannot tell where easel-tray itself is")?,
-    };
-    easel_tray::app::run(settings).await?;
-    Ok(())
+    })
 }
 
 #[cfg(any(target_os = "linux", target_os = "macos"))]
@@ -54,38 +74,6 @@ fn default_images_dir() -> Option<PathBuf> {
         .map(PathBuf::from)
         .unwrap_or_else(|| dirs.home_dir().join("Pictures"));
     Some(pictures.join("easel"))
-}
-
-#[cfg(target_os = "macos")]
-fn main() -> anyhow::Result<()> {
-    use anyhow::Context;
-    use easel_tray::actions::{Settings, autostart_file_from_env};
-
-    let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let images_dir = match args.images_dir {
-        Some(dir) => dir,
-        None => default_images_dir().context("no Pictures or home folder is known; pass --images-dir DIR")?,
-    };
-    let settings = Settings {
-        socket: args.socket.unwrap_or_else(easel_proto::paths::socket_path),
-        images_dir,
-        autostart_file: autostart_file_from_env(),
-        opener: "open".into(),
-        exe: std::env::current_exe().context("cannot tell where easel-tray itself is")?,
-    };
-    // AppKit's event loop takes the main thread; the rest runs on the runtime beside it.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    easel_tray::macos::run(settings, runtime)
 }
 
 #[cfg(not(any(target_os = "linux", target_os = "macos")))]
