@@ -546,8 +546,10 @@ impl<B: Backend> Residency<B> {
     /// Measurements only ever raise the estimate above the model: a job measured below it is
     /// more likely a measurement disturbed by the rest of the machine (reclaimed pages) than
     /// a model that overestimates, and an estimate too low lets a job past the budget.
+    /// The measurement is of the process's resident memory: a backend whose jobs work in VRAM
+    /// is not measured by it (a GPU job's RAM barely grows), so its margin stays.
     pub fn record_working(&self, key: &str, modelled: u64, measured: u64) {
-        if modelled == 0 || measured == 0 {
+        if modelled == 0 || measured == 0 || self.backend.working(1).host == 0 {
             return;
         }
         let ratio = (measured as f64 / modelled as f64).clamp(1.0, 20.0);
@@ -1147,6 +1149,14 @@ mod tests {
             ),
             "{error}"
         );
+    }
+
+    #[test]
+    fn on_a_gpu_a_jobs_ram_says_nothing_about_its_vram() {
+        let (r, _) = gpu_residency(1000, 100);
+        // A GPU job's RAM grows little: recorded, it would drop the margin to the model.
+        r.record_working("a", 25, 1);
+        assert_eq!(r.job_working("a", "a", &40, 25).unwrap(), Footprint::device(50));
     }
 
     #[test]
