@@ -3,9 +3,13 @@
 //! Only the daemon's `serve` wing (server side) and the clients (the CLI's client library, the
 //! HTTP gateway) use these types. Everything else works with plain Rust types, so the engine
 //! never depends on gRPC.
+//!
+//! Beside them, what every crate shares: [`paths`] (socket and config locations), [`units`],
+//! [`limits`], and [`errors`] (an error and its causes on one line).
 
 #![allow(clippy::all, missing_docs)]
 
+pub mod errors;
 pub mod limits;
 pub mod paths;
 pub mod units;

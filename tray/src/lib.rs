@@ -35,18 +35,4 @@ pub mod notify;
 #[cfg(target_os = "linux")]
 pub mod sni;
 
-/// An error and its causes on one line, `: `-separated.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        // Transparent wrappers repeat their cause; say it once.
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = cause.source();
-    }
-    message
-}
+pub use easel_proto::errors::error_chain;
