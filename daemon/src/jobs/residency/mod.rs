@@ -580,8 +580,9 @@ impl<B: Backend> Residency<B> {
         } else {
             self.backend.working(modelled)
         };
-        self.check_fits(key, name, spec, floor)?;
+        // Once: for a model never loaded, the estimate lists its folder.
         let weights = self.weights_of(key, spec);
+        self.refuse_unless_fits(name, weights, floor)?;
         Ok(estimate.min(self.budget.saturating_sub(weights)).max(floor))
     }
 
@@ -594,7 +595,10 @@ impl<B: Backend> Residency<B> {
     /// Refuses a job whose working memory and model together exceed the whole budget (of
     /// either memory): it could never run, so it is better refused before it queues.
     pub fn check_fits(&self, key: &str, name: &str, spec: &B::Spec, working: Footprint) -> Result<(), ResidencyError> {
-        let weights = self.weights_of(key, spec);
+        self.refuse_unless_fits(name, self.weights_of(key, spec), working)
+    }
+
+    fn refuse_unless_fits(&self, name: &str, weights: Footprint, working: Footprint) -> Result<(), ResidencyError> {
         if let Some(memory) = (weights + working).exceeds(self.budget) {
             return Err(ResidencyError::WorkingTooLarge {
                 model: name.to_string(),
