@@ -67,12 +67,8 @@ impl Backend for OrtBackend {
     }
 
     fn estimate(&self, folder: &Arc<ModelFolder>) -> Footprint {
-        let weights = weights_size(&folder.root);
-        if self.on_gpu() {
-            Footprint::device(weights)
-        } else {
-            Footprint::host(weights)
-        }
+        // The weights live where jobs work: on the device the sessions run on.
+        self.working(weights_size(&folder.root))
     }
 
     fn working(&self, bytes: u64) -> Footprint {
