@@ -382,7 +382,6 @@ fn test(root: &Path) -> Result<()> {
         .current_dir(root)
         .args(["test", "--workspace"])
         .env("ORT_DYLIB_PATH", &library)
-        .env("ORT_DISABLE_TELEMETRY", "1")
         .env("EASEL_TEST_PYTHON", &python);
     status(tests, "cargo test --workspace")
 }
