@@ -26,12 +26,6 @@ prompt_reference.py) stay light.
 
 from __future__ import annotations
 
-import os
-
-# Before onnxruntime loads: its official builds write a device id under ~/.cache/Microsoft
-# and send telemetry unless this is set (easeld sets it for itself too).
-os.environ["ORT_DISABLE_TELEMETRY"] = "1"
-
 import argparse
 import functools
 import gzip
@@ -51,6 +45,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# onnxruntime's official builds write a device id under ~/.cache/Microsoft and send telemetry
+# when loaded unless this is set (easeld sets it for itself too).
+os.environ["ORT_DISABLE_TELEMETRY"] = "1"
 
 import numpy as np  # noqa: E402
 

@@ -29,12 +29,6 @@ See the README text in tools/README.md ("make_fp16_fixture.py").
 
 from __future__ import annotations
 
-import os
-
-# Before onnxruntime loads: its official builds write a device id under ~/.cache/Microsoft
-# and send telemetry unless this is set (easeld sets it for itself too).
-os.environ["ORT_DISABLE_TELEMETRY"] = "1"
-
 import json
 import sys
 import time

@@ -35,12 +35,6 @@ and `clip_skip`; noise/*.npy; images/*.png).
 
 from __future__ import annotations
 
-import os
-
-# Before onnxruntime loads: its official builds write a device id under ~/.cache/Microsoft
-# and send telemetry unless this is set (easeld sets it for itself too).
-os.environ["ORT_DISABLE_TELEMETRY"] = "1"
-
 import json
 import shutil
 
