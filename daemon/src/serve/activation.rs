@@ -131,7 +131,7 @@ pub async fn idle_for(activity: Arc<Activity>, period: Duration, busy_elsewhere:
                 None | Some(Duration::ZERO) => return,
                 Some(left) => left,
             },
-            None => period.min(BUSY_POLL),
+            None => BUSY_POLL,
         };
         // A job that starts meanwhile is seen at the next look: at most `BUSY_POLL` late.
         let wait = wait.min(BUSY_POLL);
